@@ -1,0 +1,180 @@
+"""Typed configuration schema (Hydra structured configs) and the value checks Hydra cannot express.
+
+The dataclasses give types and key names: Hydra rejects an unknown key or a wrongly typed value.
+``validate`` checks values against their allowed sets and ranges and raises ConfigError with one
+line naming the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from esper_exp.blend import CAST_POLICIES, SCHEDULE_KINDS
+from esper_exp.precision import DTYPES
+from esper_exp.seeds import BLUEPRINTS, GELU_VARIANTS
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration: reported as one line, exit code 2, before training."""
+
+
+@dataclass
+class EnvConfig:
+    name: str = MISSING  # config group name, e.g. cartpole
+    id: str = MISSING  # gymnasium id, e.g. CartPole-v1
+    num_envs: int = 4
+    clip_action: bool = False
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    clip_obs: float = 10.0
+    clip_reward: float = 10.0
+    max_episode_steps: Optional[int] = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AlphaConfig:
+    kind: str = "linear"  # constant | linear | cosine
+    start: float = 0.0
+    end: float = 1.0
+    start_update: int = 0
+    ramp_updates: int = 50
+
+
+@dataclass
+class ModelConfig:
+    blueprint: str = "mlp"  # mlp_small (2x) | mlp (4x)
+    gelu: str = "exact"  # exact | tanh
+    width: int = 64
+    depth: int = 2  # host encoder layers
+    checkpointing: bool = False
+    blend_cast: str = "always"  # always | conditional
+    compile: bool = False
+    alpha: AlphaConfig = field(default_factory=AlphaConfig)
+
+
+@dataclass
+class PrecisionConfig:
+    name: str = "fp32"  # fp32 | bf16 | fp16
+
+
+@dataclass
+class PPOConfig:
+    total_timesteps: int = 500_000
+    num_steps: int = 128
+    learning_rate: float = 2.5e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    num_minibatches: int = 4
+    update_epochs: int = 4
+    norm_adv: bool = True
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: Optional[float] = None
+    adam_eps: float = 1e-5
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "esper-exp"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: the cell
+
+
+@dataclass
+class TrackingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    progress: str = "auto"  # auto (only on a terminal) | on | off
+    checkpoint_every: int = 0  # PPO updates between checkpoints; 0: only at exit
+
+
+@dataclass
+class TrainConfig:
+    env: EnvConfig = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = True
+    torch_threads: int = 1  # 0: leave torch's default
+    sweep_name: str = "default"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="env", name="env_schema", node=EnvConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="precision", name="precision_schema", node=PrecisionConfig)
+    cs.store(group="ppo", name="ppo_schema", node=PPOConfig)
+    cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+
+
+WANDB_MODES = ("offline", "online", "disabled")
+PROGRESS_MODES = ("auto", "on", "off")
+
+
+def _choice(name: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+
+
+def _positive(name: str, value: float, strict: bool = True) -> None:
+    if value is None or (value <= 0 if strict else value < 0):
+        raise ConfigError(f"{name}={value!r} is not allowed; allowed: a number {'>' if strict else '>='} 0")
+
+
+def validate(cfg) -> None:
+    """Check every value Hydra's types cannot; raise ConfigError naming the first bad one."""
+    _choice("model.gelu", cfg.model.gelu, GELU_VARIANTS)
+    _choice("model.blueprint", cfg.model.blueprint, tuple(BLUEPRINTS))
+    _choice("model.blend_cast", cfg.model.blend_cast, CAST_POLICIES)
+    _choice("model.alpha.kind", cfg.model.alpha.kind, SCHEDULE_KINDS)
+    for key in ("start", "end"):
+        if not 0.0 <= cfg.model.alpha[key] <= 1.0:
+            raise ConfigError(f"model.alpha.{key}={cfg.model.alpha[key]!r} is not allowed; allowed: a number in [0, 1]")
+    _positive("model.alpha.ramp_updates", cfg.model.alpha.ramp_updates)
+    _positive("model.alpha.start_update", cfg.model.alpha.start_update, strict=False)
+    _positive("model.width", cfg.model.width)
+    _positive("model.depth", cfg.model.depth)
+    _choice("precision", cfg.precision.name, tuple(DTYPES))
+    _choice("tracking.wandb.mode", cfg.tracking.wandb.mode, WANDB_MODES)
+    _choice("tracking.progress", cfg.tracking.progress, PROGRESS_MODES)
+    _positive("tracking.checkpoint_every", cfg.tracking.checkpoint_every, strict=False)
+    if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):
+        raise ConfigError(f"device={cfg.device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
+    _positive("env.num_envs", cfg.env.num_envs)
+    p = cfg.ppo
+    for key in ("total_timesteps", "num_steps", "num_minibatches", "update_epochs", "learning_rate", "clip_coef",
+                "max_grad_norm", "adam_eps"):
+        _positive(f"ppo.{key}", p[key])
+    for key in ("ent_coef", "vf_coef"):
+        _positive(f"ppo.{key}", p[key], strict=False)
+    for key in ("gamma", "gae_lambda"):
+        if not 0.0 <= p[key] <= 1.0:
+            raise ConfigError(f"ppo.{key}={p[key]!r} is not allowed; allowed: a number in [0, 1]")
+    if p.target_kl is not None:
+        _positive("ppo.target_kl", p.target_kl)
+    batch = cfg.env.num_envs * p.num_steps
+    if batch % p.num_minibatches:
+        raise ConfigError(
+            f"ppo.num_minibatches={p.num_minibatches} does not divide the batch env.num_envs x ppo.num_steps = {batch}; "
+            f"allowed: a divisor of {batch}"
+        )
+    if p.total_timesteps < batch:
+        raise ConfigError(
+            f"ppo.total_timesteps={p.total_timesteps} is smaller than one batch ({batch} steps); allowed: >= {batch}"
+        )
+    if cfg.torch_threads < 0:
+        raise ConfigError(f"torch_threads={cfg.torch_threads} is not allowed; allowed: 0 (torch default) or more")

@@ -1,0 +1,192 @@
+"""Run tracking: run.json (status + fingerprint), metrics.jsonl, episodes.jsonl, and wandb.
+
+Local files are the source of truth (analysis reads only them); wandb mirrors them, offline by
+default so a run never needs a network (``wandb sync <run dir>/wandb/offline-run-*`` uploads later).
+metrics.jsonl and episodes.jsonl are appended and flushed every PPO update, so a crash loses at most
+one update. run.json is rewritten atomically (temp file + rename) on every status change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("running", "completed", "failed", "interrupted")
+IDENTITY_EXCLUDE = ("tracking", "sweep_name")  # keys that do not change what a run computes
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def config_hash(config: dict) -> str:
+    """Hash of the resolved config minus bookkeeping keys: equal hash = same computation."""
+    ident = {k: v for k, v in config.items() if k not in IDENTITY_EXCLUDE}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cell_name(config: dict, sep: str = "/") -> str:
+    parts = [config["env"]["name"], config["model"]["gelu"], config["precision"]["name"]]
+    if config["model"].get("compile"):
+        parts.append("compiled")
+    return sep.join(parts)
+
+
+def git_sha() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in ("torch", "numpy", "gymnasium", "mujoco", "hydra-core", "wandb", "esper-exp"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def read_run_json(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "run.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, allow_nan=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, config: dict, device, resumed: bool = False):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.cell = cell_name(config)
+        mode = "a" if resumed else "w"
+        self._metrics = open(self.run_dir / "metrics.jsonl", mode)
+        self._episodes = open(self.run_dir / "episodes.jsonl", mode)
+        self.info = {
+            "status": "running",
+            "reason": None,
+            "seed": config["seed"],
+            "env": config["env"]["name"],
+            "env_id": config["env"]["id"],
+            "gelu": config["model"]["gelu"],
+            "precision": config["precision"]["name"],
+            "compile": bool(config["model"]["compile"]),
+            "cell": self.cell,
+            "config_hash": config_hash(config),
+            "git_sha": git_sha(),
+            "versions": versions(),
+            "device": device_name(device),
+            "started_at": now(),
+            "ended_at": None,
+            "total_timesteps": config["ppo"]["total_timesteps"],
+            "global_step": 0,
+            "update": 0,
+            "nonfinite_events": 0,
+            "wandb_run_dir": None,
+            "config": config,
+        }
+        if resumed:
+            previous = read_run_json(self.run_dir) or {}
+            self.info["started_at"] = previous.get("started_at", self.info["started_at"])
+            self.info["resumed_at"] = previous.get("resumed_at", []) + [now()]
+        self._write()
+        self.wandb = None
+        self._start_wandb(config)
+
+    def _start_wandb(self, config: dict) -> None:
+        wb = config["tracking"]["wandb"]
+        if wb["mode"] == "disabled":
+            return
+        import wandb
+
+        self.wandb = wandb.init(
+            project=wb["project"], entity=wb["entity"], mode=wb["mode"], dir=str(self.run_dir),
+            group=wb["group"] or self.cell.replace("/", "-"),
+            name=f"{self.cell.replace('/', '-')}-seed{config['seed']}",
+            job_type=f"{config['model']['gelu']}-{config['precision']['name']}",
+            tags=[config["env"]["name"], f"gelu={config['model']['gelu']}", f"precision={config['precision']['name']}",
+                  f"compile={bool(config['model']['compile'])}"],
+            config=config, reinit="finish_previous", settings=wandb.Settings(console="off", x_disable_stats=True),
+        )
+        self.wandb.define_metric("global_step")
+        self.wandb.define_metric("*", step_metric="global_step")
+        self.info["wandb_run_dir"] = str(Path(self.wandb.dir).parent)
+        self._write()
+
+    def _write(self) -> None:
+        write_json_atomic(self.run_dir / "run.json", self.info)
+
+    def log_episode(self, global_step: int, ret: float, length: int, env_index: int) -> None:
+        self._episodes.write(json.dumps({"global_step": global_step, "return": ret, "length": length,
+                                         "env_index": env_index}) + "\n")
+
+    def log_update(self, record: dict) -> None:
+        self._episodes.flush()
+        self._metrics.write(json.dumps(record, allow_nan=True) + "\n")
+        self._metrics.flush()
+        self.info["global_step"], self.info["update"] = record["global_step"], record["update"]
+        self.info["nonfinite_events"] = record.get("nonfinite_grad_steps", 0)
+        if self.wandb is not None:
+            self.wandb.log(record)
+
+    def finish(self, status: str, reason: str | None = None) -> None:
+        assert status in STATUSES
+        if status == "failed":
+            self.info["nonfinite_events"] += int("non-finite" in (reason or ""))
+        self.info.update(status=status, reason=reason, ended_at=now())
+        for f in (self._metrics, self._episodes):
+            if not f.closed:
+                f.flush()
+                f.close()
+        self._write()
+        if self.wandb is not None:
+            self.wandb.summary["status"] = status
+            self.wandb.finish(exit_code=0 if status == "completed" else 1)
+            self.wandb = None
+
+
+def print_err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
