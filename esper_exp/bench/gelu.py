@@ -1,0 +1,147 @@
+"""Seed MLP speed, exact vs tanh GELU (B3-PT-05: "Profile MLP forward pass with exact vs approximate GELU").
+
+Times ``x + fc2(gelu(fc1(x)))`` forward (no_grad, as in a PPO rollout) and forward+backward (input and
+parameter gradients for a fixed cotangent, as in a PPO update), for the ``mlp_small`` (2x) and ``mlp``
+(4x) seeds, per precision (fp32; bf16/fp16 through autocast over fp32 master weights, as the trainer
+runs them), eager and compiled. Throughput is reported in TFLOP/s (matmul FLOPs only) and as a fraction
+of a large matmul measured in the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+import torch
+
+from esper_exp.bench.timing import TORCH_DTYPES, Deadline, time_twice
+from esper_exp.seeds import GELU_VARIANTS, make_seed
+
+EXPANSION = {"mlp_small": 2, "mlp": 4}
+# mode -> torch.compile keyword arguments (None: eager)
+MODES = {
+    "eager": None,
+    "compile": {},
+    "max-autotune": {"mode": "max-autotune-no-cudagraphs"},
+    "cudagraphs": {"mode": "reduce-overhead"},  # compile + CUDA graphs (CUDA only)
+}
+PASSES = ("fwd", "fwdbwd")
+
+
+def seed_flops(blueprint: str, dim: int, rows: int, pass_: str) -> int:
+    """Matmul FLOPs of one call: two matmuls forward; backward does twice the forward (input and
+    weight gradients)."""
+    fwd = 2 * 2 * rows * dim * dim * EXPANSION[blueprint]
+    return fwd if pass_ == "fwd" else 3 * fwd
+
+
+def autocast_ctx(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=TORCH_DTYPES[precision])
+
+
+def make_step(model, x, cotangent, device, precision, pass_, mode):
+    """A zero-argument callable doing one timed step."""
+    compiled = model if MODES[mode] is None else torch.compile(model, dynamic=False, **MODES[mode])
+    params = [x, *model.parameters()]
+    mark = torch.compiler.cudagraph_mark_step_begin if mode == "cudagraphs" else (lambda: None)
+
+    if pass_ == "fwd":
+
+        def step():
+            mark()
+            with torch.no_grad(), autocast_ctx(device, precision):
+                return compiled(x)
+
+    else:
+
+        def step():
+            mark()
+            with autocast_ctx(device, precision):
+                y = compiled(x)
+            return torch.autograd.grad(y, params, cotangent)
+
+    return step
+
+
+def configs(device: torch.device, quick: bool, precisions, variants=GELU_VARIANTS):
+    """(blueprint, dim, rows, precision, mode) in priority order: eager everywhere first, then the
+    compiled modes on a few shapes (each compiled entry costs a compilation)."""
+    if quick:
+        shapes = [("mlp_small", 64, 64), ("mlp", 64, 256)]
+        modes = ["eager"]
+    else:
+        shapes = [(b, d, r) for b in ("mlp_small", "mlp") for d in (64, 384) for r in (64, 2048, 65536)]
+        if device.type == "cpu":
+            shapes = [s for s in shapes if not (s[1] == 384 and s[2] == 65536)]
+        modes = ["eager"]
+    out = [(*s, p, m) for m in modes for s in shapes for p in precisions]
+    if not quick:
+        # compiled modes on two shapes: the policy size (launch-bound) and a large one (compute-bound)
+        shapes = [("mlp_small", 64, 2048), ("mlp", 384, 65536 if device.type == "cuda" else 4096)]
+        out += [(*s, p, "compile") for s in shapes for p in precisions]
+        if device.type == "cuda":
+            out += [(*s, p, "cudagraphs") for s in shapes for p in precisions if p != "fp16"]
+        out += [(*s, p, "max-autotune") for s in shapes for p in precisions if p != "fp16"]
+    return out
+
+
+def bench_one(blueprint, dim, rows, precision, variant, mode, pass_, device, timing) -> dict:
+    torch.manual_seed(0)
+    model = make_seed(blueprint, dim, gelu=variant).to(device)
+    torch.nn.init.normal_(model.fc2.weight, std=dim**-0.5)  # a trained seed, not the zero-init identity
+    x = torch.randn(rows, dim, device=device, requires_grad=True)
+    cotangent = torch.randn(rows, dim, device=device)
+    step = make_step(model, x, cotangent, device, precision, pass_, mode)
+    t = time_twice(step, device, **timing)
+    flops = seed_flops(blueprint, dim, rows, pass_)
+    return {**t, "tflops": flops / (t["median_us"] * 1e-6) / 1e12, "flops": flops}
+
+
+def run(device: torch.device, quick: bool, deadline: Deadline, precisions, ceilings: dict) -> dict:
+    timing = dict(warmup=3, min_reps=5, max_reps=50, target_s=0.02) if quick else dict(warmup=10, min_reps=20, max_reps=2000, target_s=0.1)
+    records = []
+    for (blueprint, dim, rows, precision, mode), pass_, variant in itertools.product(
+        configs(device, quick, precisions), PASSES, GELU_VARIANTS
+    ):
+        rec = dict(blueprint=blueprint, dim=dim, rows=rows, precision=precision, mode=mode, pass_=pass_, gelu=variant)
+        if deadline.expired():
+            rec["skipped"] = "time budget"
+        else:
+            try:
+                rec.update(bench_one(blueprint, dim, rows, precision, variant, mode, pass_, device, timing))
+                ceiling = ceilings.get(precision)
+                if ceiling:
+                    rec["frac_of_matmul_ceiling"] = rec["tflops"] / ceiling
+            except Exception as exc:  # a mode that fails on this build is a result, not a crash
+                rec["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            finally:
+                torch._dynamo.reset()
+        records.append(rec)
+    return {"records": records, "speedups": speedups(records)}
+
+
+def speedups(records) -> list[dict]:
+    """tanh speed-up (time exact / time tanh) per configuration, with the noise it must beat."""
+    key = lambda r: (r["blueprint"], r["dim"], r["rows"], r["precision"], r["mode"], r["pass_"])  # noqa: E731
+    by = {}
+    for r in records:
+        if "median_us" in r:
+            by.setdefault(key(r), {})[r["gelu"]] = r
+    out = []
+    for k, pair in by.items():
+        if set(pair) == {"exact", "tanh"}:
+            e, t = pair["exact"], pair["tanh"]
+            out.append(
+                dict(
+                    zip(("blueprint", "dim", "rows", "precision", "mode", "pass_"), k),
+                    exact_us=e["median_us"],
+                    tanh_us=t["median_us"],
+                    tanh_speedup=e["median_us"] / t["median_us"],
+                    noise=max(e["spread"], t["spread"]),
+                    exact_tflops=e["tflops"],
+                    exact_frac_ceiling=e.get("frac_of_matmul_ceiling"),
+                )
+            )
+    return out
