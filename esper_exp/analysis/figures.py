@@ -23,8 +23,8 @@ HEALTH_PANELS = [
     ("clipfrac", "clip fraction", "linear"),
     ("explained_variance", "explained variance", "linear"),
     ("grad_norm", "gradient norm (pre-clip)", "log"),
-    ("loss_scale", "fp16 loss scale", "log"),
-    ("nonfinite_grad_steps", "skipped non-finite steps (cumulative)", "linear"),
+    ("loss_scale", "fp16 loss scale (lowest seed)", "log"),
+    ("nonfinite_grad_steps", "skipped non-finite steps, cumulative (worst seed)", "linear"),
 ]
 
 
@@ -44,6 +44,15 @@ def _markevery(n: int, i: int, k: int = 8):
     return slice((i * step) // 6 % step, None, step)
 
 
+def _legend_entries(axes):
+    """Union of the labelled lines of all panels (each env may hold different cells)."""
+    seen = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    return list(seen.values()), list(seen.keys())
+
+
 def _fmt_steps(ax):
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3), useMathText=True)
     ax.grid(True, alpha=0.3, linewidth=0.5)
@@ -52,7 +61,7 @@ def _fmt_steps(ax):
 def plot_curves(curves: dict, path, title_suffix: str = "") -> None:
     """curves: {env: {"grid": steps, "cells": {cell: {"iqm", "lo", "hi", "n"}}}}."""
     envs = list(curves)
-    fig, axes = plt.subplots(1, len(envs), figsize=(5.2 * len(envs) + 1.6, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(envs), figsize=(5.6 * len(envs), 4.2), squeeze=False)
     for ax, env in zip(axes[0], envs):
         grid = curves[env]["grid"]
         for i, (cell, c) in enumerate(curves[env]["cells"].items()):
@@ -64,10 +73,10 @@ def plot_curves(curves: dict, path, title_suffix: str = "") -> None:
         ax.set_xlabel("environment steps")
         ax.set_ylabel("episodic return")
         _fmt_steps(ax)
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False,
-               title="GELU/precision", title_fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
+        # per panel: each env may hold different cells and seed counts
+        ax.legend(loc="lower right", fontsize=7, title="GELU/precision", title_fontsize=7,
+                  framealpha=0.85, handlelength=3.5)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -129,18 +138,17 @@ def plot_health(env: str, health: dict, path) -> None:
                 ax.plot(steps, np.full(len(steps), 0.02), transform=ax.get_xaxis_transform(),
                         linestyle="none", marker="|", markersize=9, color=cell_style(cell)["color"])
         if scale == "log":
-            ax.set_yscale("symlog" if key == "approx_kl" else "log",
-                          **({"linthresh": 1e-4} if key == "approx_kl" else {}))
+            ax.set_yscale("log", nonpositive="mask")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("environment steps", fontsize=8)
         _fmt_steps(ax)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8,
+    handles, labels = _legend_entries(axes.flat)
+    fig.suptitle(f"{env}: training health (median over seeds with IQR band unless noted; "
+                 f"| on the axis = an update with a non-finite value)", fontsize=10)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8,
                frameon=False)
-    fig.suptitle(f"{env}: training health (median over seeds, IQR band; | = update with a "
-                 f"non-finite value)", fontsize=10, y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -201,19 +201,18 @@ class Sweep:
     def missing(self, env: str) -> list[tuple[str, int]]:
         """(cell, seed) pairs with no run directory at all, judged against the full grid.
 
-        The expected grid is every observed GELU variant x precision x compile flag of this env,
-        times every seed seen in the env: a sweep cannot tell us cells nobody launched.
+        The expected grid, per compile flag, is every observed GELU variant x precision of this
+        env under that flag, times every seed seen in the env (a sweep cannot name cells nobody
+        launched; compiled runs are often a deliberate subset, so they form their own grid).
         """
         runs = [r for r in self.runs if r.env == env]
-        gelus = {r.info["gelu"] for r in runs}
-        precs = {r.info["precision"] for r in runs}
-        comps = {r.compile for r in runs}
         seeds = {r.seed for r in runs}
         have = {(r.cell, r.seed) for r in runs}
         out = []
-        for g in gelus:
-            for p in precs:
-                for c in comps:
+        for c in {r.compile for r in runs}:
+            sub = [r for r in runs if r.compile == c]
+            for g in {r.info["gelu"] for r in sub}:
+                for p in {r.info["precision"] for r in sub}:
                     for s in seeds:
                         cl = cell_label(g, p, c)
                         if (cl, s) not in have:

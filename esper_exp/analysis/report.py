@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -58,11 +59,14 @@ def _health_curve(run: Run, key: str, grid: np.ndarray) -> np.ndarray:
     return out
 
 
+# health panels that show the worst run of a cell instead of the median over seeds
+WORST_CASE = {"loss_scale": "min", "nonfinite_grad_steps": "max"}
+
+
 def _nanstats(a: np.ndarray):
     """median / quartiles over runs (axis 0) of finite values; NaN where a column has none."""
     a = np.where(np.isfinite(a), a, np.nan)
     with np.errstate(all="ignore"):
-        import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return (np.nanmedian(a, axis=0), np.nanpercentile(a, 25, axis=0),
@@ -152,6 +156,7 @@ def analyse_env(sweep: Sweep, env: str, reference: str, o: dict) -> dict:
     if res["reference"] and done[reference]:
         ref_fin = {r.seed: per_run[(reference, r.seed)]["final_return"] for r in done[reference]}
         ref_auc = {r.seed: per_run[(reference, r.seed)]["auc"] for r in done[reference]}
+        k = len([c for c in cells if c != reference and done[c]])
         for c in cells:
             if c == reference:
                 continue
@@ -162,14 +167,17 @@ def analyse_env(sweep: Sweep, env: str, reference: str, o: dict) -> dict:
                                         ("auc", x_auc, ref_auc, "normalised AUC")):
                 xv = np.array([v for v in xs.values() if np.isfinite(v)])
                 rv = np.array([v for v in rs.values() if np.isfinite(v)])
-                cmp = S.compare(xv, rv, o["reps"], _seed(o["seed"], env, c, name, "cmp"), o["power"])
+                cmp = S.compare(xv, rv, o["reps"], _seed(o["seed"], env, c, name, "cmp"), o["power"],
+                                n_comparisons=k)
                 row[f"{name}_n"], row[f"{name}_n_ref"] = cmp["n"], cmp["n_ref"]
                 row[f"{name}_poi"] = cmp["poi"]
                 row[f"{name}_poi_lo"], row[f"{name}_poi_hi"] = cmp["poi_ci"]
                 row[f"{name}_iqm_diff"] = cmp["iqm_diff"]
                 row[f"{name}_iqm_diff_lo"], row[f"{name}_iqm_diff_hi"] = cmp["iqm_diff_ci"]
+                row[f"{name}_iqm_diff_lo_bonf"], row[f"{name}_iqm_diff_hi_bonf"] = cmp["iqm_diff_ci_adj"]
                 row[f"{name}_mde"] = cmp["mde"]
                 row[f"{name}_detected"] = cmp["detected"]
+                row[f"{name}_detected_bonf"] = cmp["detected_adj"]
                 row[f"{name}_verdict"] = S.verdict(cmp, label)
             seeds, diffs = S.paired_differences(x_fin, ref_fin)
             ok = np.isfinite(diffs)
@@ -186,7 +194,7 @@ def analyse_env(sweep: Sweep, env: str, reference: str, o: dict) -> dict:
             if r.metrics.get("global_step") is not None and r.metrics["global_step"].size]
     n_upd = max([r.metrics["global_step"].size for c in cells for r in all_runs[c]
                  if r.metrics.get("global_step") is not None] or [1])
-    hgrid = np.linspace(0.0, max(ends) if ends else 0.0, max(min(n_upd, 200), 2))
+    hgrid = np.linspace(0.0, max(ends) if ends else 0.0, max(min(n_upd, 100), 2))
     health = {"grid": hgrid, "metrics": {}, "nonfinite": {}}
     health_rows = []
     for c in cells:
@@ -198,7 +206,14 @@ def analyse_env(sweep: Sweep, env: str, reference: str, o: dict) -> dict:
             if not have:
                 continue
             arr = np.stack([_health_curve(r, key, hgrid) for r in have])
-            med, q25, q75 = _nanstats(arr)
+            if key in WORST_CASE:  # one bad seed must show: plot the cell's worst run, no band
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    a = np.where(np.isfinite(arr), arr, np.nan)
+                    med = np.nanmin(a, axis=0) if WORST_CASE[key] == "min" else np.nanmax(a, axis=0)
+                q25 = q75 = med
+            else:
+                med, q25, q75 = _nanstats(arr)
             if np.isfinite(med).any():
                 health["metrics"].setdefault(key, {})[c] = {"median": med, "q25": q25, "q75": q75}
             # table: median over runs of each run's last-10%-of-updates median (max for grad_norm)
@@ -348,8 +363,12 @@ def write_report(sweep: Sweep, results: list[dict], reference: str, o: dict, out
                        p["path"]] for p in problems]), ""]
     missing = summary["missing"]
     if missing:
+        groups: dict[tuple, list] = {}
+        for m in missing:
+            groups.setdefault((m["env"], m["cell"]), []).append(m["seed"])
         L += [f"Missing runs ({len(missing)}; no run directory for these cell x seed pairs of the "
-              f"observed grid): " + ", ".join(f"{m['env']} {m['cell']} seed={m['seed']}" for m in missing), ""]
+              f"observed grid):", ""]
+        L += [f"- {e} {c}: seed " + ", ".join(map(str, s)) for (e, c), s in groups.items()] + [""]
     if dup_rows:
         L += [f"Duplicate runs ({len(dup_rows)}; same env/cell/seed found more than once, the latest "
               f"completed copy is kept):", ""]

@@ -155,11 +155,13 @@ def minimum_detectable_effect(null_diffs: np.ndarray, power: float = 0.8,
     return worst
 
 
-def compare(x, ref, reps: int, seed: int, power: float = 0.8) -> dict:
+def compare(x, ref, reps: int, seed: int, power: float = 0.8, n_comparisons: int = 1) -> dict:
     """Variant scores ``x`` against reference scores ``ref`` (independent resampling of each cell).
 
     Returns poi (P(variant > reference)) and the IQM difference (variant - reference), each with a
     95 % CI, the minimum detectable IQM shift at ``power``, and whether the CI excludes zero.
+    ``iqm_diff_ci_adj`` is the Bonferroni-widened interval (level 1 - 0.05 / n_comparisons) from the
+    same bootstrap replicates, for judging several variant cells against one reference at once.
     """
     x = np.asarray(x, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
@@ -172,13 +174,19 @@ def compare(x, ref, reps: int, seed: int, power: float = 0.8) -> dict:
     out["poi_ci"] = (nan, nan) if res_p is None else (float(res_p.confidence_interval.low),
                                                       float(res_p.confidence_interval.high))
     if res_d is None:
-        out["iqm_diff_ci"] = (nan, nan)
+        out["iqm_diff_ci"] = out["iqm_diff_ci_adj"] = (nan, nan)
         out["mde"] = nan
     else:
         out["iqm_diff_ci"] = (float(res_d.confidence_interval.low), float(res_d.confidence_interval.high))
+        a = (1 - CONFIDENCE) / max(int(n_comparisons), 1)
+        q = np.quantile(res_d.bootstrap_distribution, [a / 2, 1 - a / 2])
+        out["iqm_diff_ci_adj"] = (float(q[0]), float(q[1]))
         out["mde"] = minimum_detectable_effect(res_d.bootstrap_distribution - out["iqm_diff"], power)
+    out["n_comparisons"] = int(n_comparisons)
     lo, hi = out["iqm_diff_ci"]
     out["detected"] = bool(np.isfinite(lo) and (lo > 0 or hi < 0))
+    lo_a, hi_a = out["iqm_diff_ci_adj"]
+    out["detected_adj"] = bool(np.isfinite(lo_a) and (lo_a > 0 or hi_a < 0))
     out["zero_spread"] = bool(x.size and ref.size and np.ptp(x) == 0 and np.ptp(ref) == 0)
     return out
 
@@ -199,6 +207,10 @@ def verdict(cmp: dict, metric: str, units: str = "") -> str:
         word = "higher" if d > 0 else "lower"
         s = (f"{metric} {word} than the reference: IQM difference {d:+.4g}{units} "
              f"(95% CI {lo:+.4g} to {hi:+.4g})")
+        k = cmp.get("n_comparisons", 1)
+        if k > 1 and not cmp.get("detected_adj", True):
+            s += (f", but not after a Bonferroni correction for the {k} cells compared with the "
+                  f"reference: tentative")
     else:
         s = (f"no detectable difference in {metric} (IQM difference {d:+.4g}{units}, 95% CI "
              f"{lo:+.4g} to {hi:+.4g}); these seeds could have detected a shift of "
