@@ -33,11 +33,13 @@ class NonFiniteError(RuntimeError):
     """A loss or gradient became NaN/inf: the run stops with status 'failed'."""
 
 
-def bootstrap_truncated(rewards: torch.Tensor, truncated: torch.Tensor, terminated: torch.Tensor,
-                        final_values: torch.Tensor, gamma: float) -> torch.Tensor:
-    """r + gamma * V(final_obs) where an episode was truncated (time limit) but not terminated."""
-    mask = truncated & ~terminated
-    return torch.where(mask, rewards + gamma * final_values, rewards)
+def bootstrap_truncated(rewards, final_values, gamma: float):
+    """Reward of a step whose episode was truncated (time limit), not terminated: r + gamma * V(final_obs).
+
+    The episode did not end in the MDP, only in the rollout, so the value of the state it was cut at
+    is folded into the reward; GAE then treats the step as an episode end (no bootstrap across it).
+    """
+    return rewards + gamma * final_values
 
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, episode_ends: torch.Tensor, last_value: torch.Tensor,
@@ -119,6 +121,8 @@ class PPO:
     # ---------------------------------------------------------------- rollout
     def collect_rollout(self, on_episode: Callable[[int, float, int, int], None], timers: dict) -> None:
         buf, gamma = self.buf, self.cfg.ppo.gamma
+        rewards = np.zeros((self.num_steps, self.num_envs), dtype=np.float32)
+        episode_ends = np.zeros((self.num_steps, self.num_envs), dtype=bool)
         for t in range(self.num_steps):
             t0 = time.perf_counter()
             buf.obs[t] = self.next_obs
@@ -130,25 +134,23 @@ class PPO:
             step = self.envs.step(action_np)
             t2 = time.perf_counter()
             self.global_step += self.num_envs
-            reward = torch.as_tensor(step.reward, dtype=torch.float32, device=self.device)
-            terminated = torch.as_tensor(step.terminated, device=self.device)
-            truncated = torch.as_tensor(step.truncated, device=self.device)
-            if step.final_obs and truncated.any():
-                idx = sorted(i for i in step.final_obs if step.truncated[i] and not step.terminated[i])
-                if idx:
-                    final = torch.as_tensor(np.stack([step.final_obs[i] for i in idx]), dtype=torch.float32,
-                                            device=self.device)
-                    final_values = torch.zeros(self.num_envs, device=self.device)
-                    with torch.no_grad(), self.precision.autocast():
-                        final_values[idx] = self.value(final)
-                    reward = bootstrap_truncated(reward, truncated, terminated, final_values, gamma)
-            buf.rewards[t] = reward
-            buf.episode_ends[t] = terminated | truncated
+            rewards[t] = step.reward
+            episode_ends[t] = step.terminated | step.truncated
+            # time-limit truncation is not termination: bootstrap from the value of the final observation
+            cut = [i for i in step.final_obs if step.truncated[i] and not step.terminated[i]]
+            if cut:
+                final = torch.as_tensor(np.stack([step.final_obs[i] for i in cut]), dtype=torch.float32,
+                                        device=self.device)
+                with torch.no_grad(), self.precision.autocast():
+                    final_values = self.value(final).cpu().numpy()
+                rewards[t, cut] = bootstrap_truncated(rewards[t, cut], final_values, gamma)
             self.next_obs = torch.as_tensor(step.obs, dtype=torch.float32, device=self.device)
             for env_index, ret, length in step.episodes:
                 on_episode(self.global_step, ret, length, env_index)
             timers["inference"] += (t1 - t0) + (time.perf_counter() - t2)
             timers["env"] += t2 - t1
+        buf.rewards.copy_(torch.from_numpy(rewards))
+        buf.episode_ends.copy_(torch.from_numpy(episode_ends))
 
     # ---------------------------------------------------------------- update
     def update(self, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:

@@ -37,7 +37,9 @@ class Precision:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Context for every policy forward (rollout and update). fp32: autocast explicitly off."""
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.uses_autocast)
+        if not self.uses_autocast:
+            return contextlib.nullcontext()  # cheaper than a disabled autocast on the per-step hot path
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device_type, enabled=self.needs_grad_scaler)

@@ -159,7 +159,11 @@ def _precheck_groups(argv: list[str]) -> None:
 
 def main() -> None:
     _precheck_groups(sys.argv[1:])
-    hydra_main()
+    try:
+        hydra_main()
+    except KeyboardInterrupt as e:  # the run directory already says "interrupted"
+        print_err(f"interrupted ({'SIGTERM' if isinstance(e, Interrupted) else 'Ctrl-C'})")
+        sys.exit(143 if isinstance(e, Interrupted) else 130)
     if any(s in ("failed", "interrupted") for s in _RESULTS) and len(_RESULTS) == 1:
         sys.exit(1)
 

@@ -226,7 +226,8 @@ def analyse_env(sweep: Sweep, env: str, reference: str, o: dict) -> dict:
                 tail = v[-max(len(v) // 10, 1):]
                 per.append({"grad_norm": np.max(v), "loss_scale": np.min(v),
                             "nonfinite_grad_steps": np.max(v)}.get(key, np.median(tail)))
-            row[key] = float(np.median(per)) if per else float("nan")
+            agg = {"min": np.min, "max": np.max}.get(WORST_CASE.get(key), np.median)
+            row[key] = float(agg(per)) if per else float("nan")
         row["updates_with_nonfinite"] = len(health["nonfinite"][c])
         row["runs_flagged_nonfinite"] = sum(r.nonfinite_summary()["flagged"] for r in all_runs[c])
         health_rows.append(row)
@@ -429,8 +430,9 @@ def write_report(sweep: Sweep, results: list[dict], reference: str, o: dict, out
                      [[h["cell"], h["runs"]] + [_f(h.get(k)) for k in hk]
                       + [h["updates_with_nonfinite"], h["runs_flagged_nonfinite"]]
                       for h in r["health_rows"]]), ""]
-        L += ["(late) = median over runs of each run's median over its last 10% of updates; max/min "
-              "are over all updates, median over runs.", ""]
+        L += ["(late) = median over runs of each run's median over its last 10% of updates; max grad "
+              "norm = median over runs of each run's maximum; min loss scale and max skipped steps = "
+              "the worst run of the cell.", ""]
         flagged = [row for row in r["runs"] if row["flagged"]]
         if flagged:
             L += ["Runs with non-finite events:", ""]

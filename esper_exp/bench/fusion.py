@@ -111,8 +111,12 @@ def parse_launches(code: str) -> list[dict]:
         if name in defs:
             launches.append({"name": name, "kind": _kernel_kind(name, defs[name]["source"]), "aten": defs[name]["aten"]})
         elif name.startswith(("extern_kernels.", "torch.ops.aten.")):
+            # an extern call computes the op it names; its comment also lists the upstream nodes it
+            # reads from (seen: a fused gelu_backward kernel's ops on the following mm), so keep that
+            # list only for information
+            op = "aten." + name.split(".")[-1] if name.startswith("extern_kernels.") else name.removeprefix("torch.ops.").split(".default")[0]
             ops = last_comment if last_comment_line == i - 1 else []
-            launches.append({"name": name, "kind": "extern", "aten": ops})
+            launches.append({"name": name, "kind": "extern", "aten": [op], "source_aten": ops})
     return launches
 
 

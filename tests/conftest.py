@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from esper_exp.train import CONFIG_DIR, run
+
+WALL_CLOCK = {"sps", "time_env", "time_inference", "time_update"}
+
+
+def make_cfg(*overrides: str):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=["tracking.wandb.mode=disabled", "tracking.progress=off", *overrides])
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def without_wall_clock(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in records]
+
+
+@pytest.fixture
+def train_run(tmp_path):
+    """train_run(*overrides, name=...) -> run dir of a finished in-process run."""
+
+    def _run(*overrides: str, name: str = "run") -> Path:
+        run_dir = tmp_path / name
+        status = run(make_cfg(*overrides), run_dir)
+        assert status in ("completed", "failed", "skipped"), status
+        return run_dir
+
+    return _run
+
+
+TINY_CARTPOLE = ("env=cartpole", "ppo.total_timesteps=2048", "ppo.num_steps=64")
