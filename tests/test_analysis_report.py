@@ -1,0 +1,244 @@
+"""esper-report end to end on synthetic run directories (tests/synthetic_runs.py writes the
+trainer's exact on-disk format)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic_runs import make_sweep, run_path, write_run  # noqa: E402
+
+from esper_exp.analysis.load import load_sweep  # noqa: E402
+from esper_exp.analysis.report import main, run_report  # noqa: E402
+
+SEEDS = range(10)
+SHIFTS = {"tanh/fp32": -40.0, "exact/fp16": +30.0}  # planted; every other cell is null
+NULL_CELLS = ("exact/bf16", "tanh/bf16")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    # data_seed_offset picks one fixed draw of the synthetic noise; the false-positive rate over
+    # many draws is tested in test_null_false_positive_rate_on_run_directories
+    make_sweep(root, seeds=SEEDS, shifts=SHIFTS, skip={("tanh/fp16", 3)}, total_timesteps=40_000,
+               data_seed_offset=1)
+    # a failed fp16 run that went non-finite and stopped early
+    write_run(run_path(root, "cartpole", "tanh", "fp16", 4), gelu="tanh", precision="fp16", seed=4,
+              status="failed", reason="FloatingPointError: non-finite loss at update 20",
+              stop_at=11_000, nonfinite_at=(5, 9, 20), total_timesteps=40_000, data_seed_offset=1)
+    # a completed run that skipped one optimizer step (GradScaler found inf grads)
+    write_run(run_path(root, "cartpole", "exact", "fp16", 2), gelu="exact", precision="fp16", seed=2,
+              shift=SHIFTS["exact/fp16"], nonfinite_at=(12,), total_timesteps=40_000, data_seed_offset=1)
+    # merged from a second machine: a failed copy of a cell+seed that also completed here
+    write_run(root / "machine_b" / "exact" / "fp32" / "seed=5", gelu="exact", precision="fp32", seed=5,
+              status="failed", reason="killed", stop_at=5_000, total_timesteps=40_000,
+              ended_at="2026-11-23T00:00:00+00:00")
+    # a crash mid-write: truncated last metrics line
+    with open(run_path(root, "cartpole", "tanh", "bf16", 7) / "metrics.jsonl", "a") as f:
+        f.write('{"global_step": 99999, "update": 19')
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    run_report(sweep, "exact/fp32", out, reps=400, seed=0)
+    summary = json.loads((out / "summary.json").read_text())
+    return out, summary
+
+
+def _cmp(summary, cell):
+    (row,) = [c for c in summary["comparisons"] if c["cell"] == cell]
+    return row
+
+
+def test_planted_shifts_are_detected_with_the_right_sign(report):
+    _, summary = report
+    for cell, shift in SHIFTS.items():
+        c = _cmp(summary, cell)
+        for m in ("final", "auc"):
+            assert c[f"{m}_detected"], (cell, m)
+            assert np.sign(c[f"{m}_iqm_diff"]) == np.sign(shift)
+            assert np.sign(c[f"{m}_iqm_diff_lo"]) == np.sign(c[f"{m}_iqm_diff_hi"]) == np.sign(shift)
+        assert (c["final_poi_lo"] > 0.5) if shift > 0 else (c["final_poi_hi"] < 0.5)
+        assert np.sign(c["paired_mean_diff"]) == np.sign(shift) and c["paired_n"] == 10
+        assert ("higher" if shift > 0 else "lower") in c["final_verdict"]
+
+
+def test_null_cells_have_ci_containing_zero_and_state_their_resolution(report):
+    out, summary = report
+    md = (out / "report.md").read_text()
+    for cell in NULL_CELLS:
+        c = _cmp(summary, cell)
+        assert c["final_iqm_diff_lo"] <= 0 <= c["final_iqm_diff_hi"], cell
+        assert not c["final_detected"]
+        assert 0 < c["final_mde"] < 40  # finer than the planted shifts, which were found
+        assert "no detectable difference" in c["final_verdict"]
+        assert f"{c['final_mde']:.3g} or more" in c["final_verdict"]
+        assert c["final_verdict"] in md
+
+
+def test_null_false_positive_rate_on_run_directories(tmp_path):
+    """Many independent null sweeps (two cells, 8 seeds, same generator, no shift) read back from
+    disk: the 95% interval of the final-return IQM difference excludes zero rarely."""
+    from esper_exp.analysis import stats as S
+    from esper_exp.analysis.load import load_run
+
+    n_sets, hits = 30, 0
+    for off in range(n_sets):
+        fin = {}
+        for g in ("exact", "tanh"):
+            fin[g] = np.array([S.final_return(load_run(write_run(
+                tmp_path / str(off) / g / str(s), gelu=g, seed=s, total_timesteps=15_000, cap=100.0,
+                data_seed_offset=off)).episodes_return, last=50) for s in range(8)])
+        hits += S.compare(fin["tanh"], fin["exact"], reps=300, seed=off)["detected"]
+    assert hits / n_sets <= 0.15, hits
+
+
+def test_outcome_table_counts(report):
+    _, summary = report
+    rows = {o["cell"]: o for o in summary["outcomes"]}
+    assert set(rows) == {f"{g}/{p}" for g in ("exact", "tanh") for p in ("fp32", "bf16", "fp16")}
+    assert rows["exact/fp32"]["n_seeds"] == 10 and rows["exact/fp32"]["failed"] == 0
+    assert rows["tanh/fp16"]["n_seeds"] == 8 and rows["tanh/fp16"]["failed"] == 1
+    assert rows["tanh/fp16"]["nonfinite_events"] == 3
+    for o in rows.values():
+        for m in ("final_iqm", "final_mean", "final_median", "auc_iqm"):
+            assert o[f"{m}_lo"] <= o[m] <= o[f"{m}_hi"]
+
+
+def test_missing_and_failed_runs_are_reported_not_fatal(report):
+    out, summary = report
+    assert {"env": "cartpole", "cell": "tanh/fp16", "seed": 3} in summary["missing"]
+    assert len(summary["missing"]) == 1
+    md = (out / "report.md").read_text()
+    assert "tanh/fp16: seed 3" in md
+    failed = [r for r in summary["runs"] if r["status"] == "failed"]
+    assert [(r["cell"], r["seed"]) for r in failed] == [("tanh/fp16", 4)]
+    assert not failed[0]["used_in_stats"]
+    assert "FloatingPointError: non-finite loss at update 20" in md
+
+
+def test_nonfinite_runs_are_flagged(report):
+    out, summary = report
+    flagged = {(r["cell"], r["seed"]) for r in summary["runs"] if r["flagged"]}
+    assert flagged == {("tanh/fp16", 4), ("exact/fp16", 2)}
+    (r,) = [r for r in summary["runs"] if (r["cell"], r["seed"]) == ("exact/fp16", 2)]
+    assert r["nonfinite_events"] == 1 and r["skipped_steps"] == 1 and r["nonfinite_metric_updates"] == 1
+    health = {h["cell"]: h for h in summary["health"]}
+    assert health["exact/fp16"]["runs_flagged_nonfinite"] == 1
+    assert health["exact/fp16"]["updates_with_nonfinite"] == 1
+    assert health["exact/fp32"]["runs_flagged_nonfinite"] == 0
+    assert health["tanh/fp16"]["loss_scale"] < 65536  # the failed run's scale went down
+    md = (out / "report.md").read_text()
+    assert "Runs with non-finite events" in md
+
+
+def test_duplicates_keep_the_completed_copy(sweep, report):
+    _, summary = report
+    (d,) = summary["duplicates"]
+    assert (d["cell"], d["seed"], d["status"]) == ("exact/fp32", 5, "failed")
+    assert "machine_b" in d["path"] and "machine_b" not in d["kept"]
+    s = load_sweep(sweep)
+    (kept,) = [r for r in s.runs if r.cell == "exact/fp32" and r.seed == 5]
+    assert kept.status == "completed"
+
+
+def test_truncated_metrics_line_is_skipped(sweep):
+    s = load_sweep(sweep)
+    (r,) = [r for r in s.runs if r.cell == "tanh/bf16" and r.seed == 7]
+    assert r.bad_lines == 1 and r.metrics["global_step"][-1] < 99999
+
+
+def _assert_real_image(path, min_kb=15):
+    import matplotlib.image as mpimg
+
+    assert path.exists() and path.stat().st_size > min_kb * 1024, path
+    img = mpimg.imread(path)[..., :3]
+    nonwhite = (img.min(axis=-1) < 0.9).mean()
+    assert 0.03 < nonwhite < 0.9, (path, nonwhite)  # not blank, not a solid block
+    assert len(np.unique(img.reshape(-1, 3).round(2), axis=0)) > 20  # several colours drawn
+
+
+def test_figures_are_produced_and_not_blank(report):
+    out, _ = report
+    for name in ("curves.png", "paired_final_return.png", "health_cartpole.png"):
+        _assert_real_image(out / name)
+    md = (out / "report.md").read_text()
+    for name in ("curves.png", "paired_final_return.png", "health_cartpole.png"):
+        assert f"]({name})" in md
+
+
+def test_curves_show_the_planted_shift(report):
+    import csv
+
+    out, _ = report
+    rows = list(csv.DictReader(open(out / "curves.csv")))
+    last = {}
+    for r in rows:
+        last[r["cell"]] = r  # rows are in step order per cell
+    assert float(last["tanh/fp32"]["hi"]) < float(last["exact/fp32"]["lo"])
+    assert float(last["exact/fp16"]["lo"]) > float(last["exact/fp32"]["hi"])
+    for r in rows:
+        assert float(r["lo"]) <= float(r["iqm"]) <= float(r["hi"])
+
+
+def test_report_is_reproducible(sweep, report, tmp_path):
+    out, summary = report
+    run_report(sweep, "exact/fp32", tmp_path, reps=400, seed=0)
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert (tmp_path / "report.md").read_text() == (out / "report.md").read_text()
+
+
+def test_other_reference_and_partial_sweep(tmp_path):
+    """A sweep of two cells, one seed failed everywhere; the reference can be any cell."""
+    make_sweep(tmp_path / "s", seeds=range(4), precisions=("bf16",), shifts={"tanh/bf16": 50.0})
+    shutil.rmtree(run_path(tmp_path / "s", "cartpole", "exact", "bf16", 0))
+    out = tmp_path / "r"
+    assert main([str(tmp_path / "s"), "--reference", "tanh/bf16", "--out", str(out), "--reps", "200"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    (c,) = summary["comparisons"]
+    assert c["cell"] == "exact/bf16" and c["final_iqm_diff"] < 0 and c["paired_n"] == 3
+    assert "only 3 seeds" in c["final_verdict"]
+
+
+@pytest.mark.parametrize("case", ["no_such_dir", "empty_dir", "bad_reference", "bad_reps"])
+def test_bad_input_gives_one_clear_line(case, sweep, tmp_path, capsys):
+    args = {"no_such_dir": [str(tmp_path / "nope")],
+            "empty_dir": [str(tmp_path)],
+            "bad_reference": [str(sweep), "--reference", "exact/fp64", "--out", str(tmp_path / "o")],
+            "bad_reps": [str(sweep), "--reps", "0", "--out", str(tmp_path / "o")]}[case]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("esper-report: error:")
+    if case == "bad_reference":
+        assert "exact/fp64" in err[0]
+        for cell in ("exact/fp32", "tanh/fp32", "exact/bf16", "tanh/bf16", "exact/fp16", "tanh/fp16"):
+            assert cell in err[0]
+    elif case == "bad_reps":
+        assert "--reps" in err[0] and "0" in err[0]
+    else:
+        assert args[0] in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_entry_point_runs_without_traceback_and_never_imports_the_trainer(sweep, tmp_path):
+    code = ("import sys; from esper_exp.analysis.report import main; rc = main(sys.argv[1:]); "
+            "bad = [m for m in sys.modules if m.split('.')[:2] in (['esper_exp','train'], "
+            "['esper_exp','ppo'], ['esper_exp','policy'])]; "
+            "print('TRAINER_MODULES', bad); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code, str(sweep), "--reference", "nope/fp32"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "unknown reference cell 'nope/fp32'" in p.stderr
+    p = subprocess.run([sys.executable, "-c", code, str(sweep), "--out", str(tmp_path), "--reps", "50"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "TRAINER_MODULES []" in p.stdout
+    assert (tmp_path / "report.md").exists()
