@@ -242,3 +242,53 @@ def test_cli_entry_point_runs_without_traceback_and_never_imports_the_trainer(sw
     assert p.returncode == 0, p.stderr
     assert "TRAINER_MODULES []" in p.stdout
     assert (tmp_path / "report.md").exists()
+
+
+def test_nonfinite_is_flagged_from_each_signal_alone(tmp_path):
+    """run.json's counter, the metrics' skipped-step counter, a NaN/Infinity metric and a NaN
+    episode return each flag the run on their own (a crashing run may not update every one)."""
+    from esper_exp.analysis.load import load_run
+
+    def variant(name, edit_info=None, edit_metrics=None, edit_episodes=None, **kw):
+        d = write_run(tmp_path / name, precision="fp16", total_timesteps=8_000, **kw)
+        if edit_info:
+            info = json.loads((d / "run.json").read_text())
+            edit_info(info)
+            (d / "run.json").write_text(json.dumps(info))
+        for fname, edit in (("metrics.jsonl", edit_metrics), ("episodes.jsonl", edit_episodes)):
+            if edit:
+                rows = [json.loads(line) for line in (d / fname).read_text().splitlines()]
+                edit(rows)
+                (d / fname).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return load_run(d).nonfinite_summary()
+
+    def zero_counter(info):
+        info["nonfinite_events"] = 0
+
+    def drop_nan_metrics(rows):
+        for r in rows:
+            r["grad_norm"] = 0.5 if r["grad_norm"] != r["grad_norm"] else r["grad_norm"]
+            r["policy_loss"] = 0.0 if abs(r["policy_loss"]) == float("inf") else r["policy_loss"]
+
+    def zero_skipped(rows):
+        for r in rows:
+            r["nonfinite_grad_steps"] = 0
+
+    def nan_value_loss(rows):
+        rows[3]["value_loss"] = float("nan")
+
+    def nan_return(rows):
+        rows[-1]["return"] = float("nan")
+
+    clean = variant("clean")
+    assert not clean["flagged"]
+    only_counter = variant("counter", edit_metrics=lambda r: (drop_nan_metrics(r), zero_skipped(r)),
+                           nonfinite_at=(3,))
+    assert only_counter["flagged"] and only_counter["nonfinite_events"] == 1
+    only_skipped = variant("skipped", edit_info=zero_counter, edit_metrics=drop_nan_metrics,
+                           nonfinite_at=(3,))
+    assert only_skipped["flagged"] and only_skipped["skipped_steps"] == 1
+    only_metric = variant("metric", edit_metrics=nan_value_loss)
+    assert only_metric["flagged"] and only_metric["nonfinite_metric_updates"] == 1
+    only_episode = variant("episode", edit_episodes=nan_return)
+    assert only_episode["flagged"] and only_episode["nonfinite_episode_returns"] == 1

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import figures
 from . import stats as S
-from .load import HEALTH_KEYS, Run, Sweep, cell_sort_key, load_sweep
+from .load import HEALTH_KEYS, LOSS_KEYS, Run, Sweep, cell_sort_key, load_sweep
 
 DEFAULTS = {"reference": "exact/fp32", "reps": 2000, "seed": 0, "grid": 100, "window": 20,
             "last": 100, "power": 0.8}
@@ -78,7 +78,7 @@ def _nonfinite_update_steps(run: Run) -> list[float]:
     if steps is None:
         return []
     bad = np.zeros(len(steps), dtype=bool)
-    for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm"):
+    for k in LOSS_KEYS:
         v = run.metrics.get(k)
         if v is not None:
             bad |= ~run.absent[k] & ~np.isfinite(v)
