@@ -80,7 +80,9 @@ def correctness(device: torch.device, compiled: bool = True) -> list[dict]:
     for h, s, a in itertools.product(("fp32", "bf16", "fp16"), repeat=3):
         host = (torch.randn(512, 64, device=device, generator=gen) * 3).to(TORCH_DTYPES[h])
         seed = (torch.randn(512, 64, device=device, generator=gen) * 3).to(TORCH_DTYPES[s])
-        for policy in policies:
+        # the compiled blend is checked with an fp32 alpha (what the alpha controller produces): each
+        # dtype combination is a compilation
+        for policy in (p for p in policies if p != "compiled" or a == "fp32"):
             row = {"host": h, "seed": s, "alpha": a, "policy": policy}
             worst, ends_exact = 0.0, True
             try:

@@ -40,11 +40,11 @@ def ceilings(device: torch.device, quick: bool, precisions) -> dict:
     return out
 
 
-def run_part(part: str, device, quick: bool, deadline: Deadline, precisions, ceil: dict, code_dir: Path | None) -> tuple[dict, str]:
+def run_part(part: str, device, quick: bool, deadline: Deadline, precisions, ceil: dict, code_dir: Path | None, modes=None) -> tuple[dict, str]:
     if part == "gelu":
         from esper_exp.bench import gelu
 
-        res = gelu.run(device, quick, deadline, precisions, {p: c["tflops"] for p, c in ceil["matmul"].items()})
+        res = gelu.run(device, quick, deadline, precisions, {p: c["tflops"] for p, c in ceil["matmul"].items()}, modes=modes)
         return res, report.gelu_tables(res)
     if part == "fusion":
         from esper_exp.bench import fusion
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default=",".join(DTYPES), help="comma list of fp32,bf16,fp16")
     ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget; later configurations are recorded as skipped")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--modes", default=None, help="gelu: comma list of eager,compile,max-autotune,cudagraphs (default: all)")
     ap.add_argument("--keep-code", action="store_true", help="fusion: also write the generated Inductor code under OUT/inductor_code/")
     args = ap.parse_args(argv)
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             budget = max(left * (SHARE[part] if args.part == "all" else 1.0), 0.0)
         t0 = time.monotonic()
         print(f"[esper-bench] {part} ...", flush=True)
-        res, text = run_part(part, device, args.quick, Deadline(budget), precisions, ceil, out_dir / "inductor_code" if args.keep_code else None)
+        res, text = run_part(part, device, args.quick, Deadline(budget), precisions, ceil, out_dir / "inductor_code" if args.keep_code else None, modes=args.modes.split(",") if args.modes else None)
         res["wall_s"] = time.monotonic() - t0
         result["parts"][part] = res
         md += [f"## {part} ({res['wall_s']:.1f} s)", "", text, ""]

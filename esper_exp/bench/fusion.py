@@ -67,6 +67,23 @@ def ops_from_name(name: str) -> list[str]:
     return ops
 
 
+def kernel_sources(code: str) -> dict[str, str]:
+    """Source of every kernel the wrapper defines, by name."""
+    lines = code.splitlines()
+    out = {}
+    for i, line in enumerate(lines):
+        m = _DEF.match(line)
+        if m:
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith(_END_OF_SOURCE)), len(lines) - 1)
+            out[m.group(1)] = "\n".join(lines[i : end + 1])
+    return out
+
+
+def math_functions(source: str) -> list[str]:
+    """Transcendental functions a kernel calls (tells exact GELU, erf, from tanh GELU, tanh)."""
+    return sorted({f for f in ("erf", "tanh", "exp") if re.search(rf"\b{f}\b|\.{f}\(|{f}f?\(", source)})
+
+
 def parse_launches(code: str) -> list[dict]:
     """Every kernel launch / extern call in the wrapper's ``call()``, in order, with the ATen ops it
     computes: for a generated kernel, from the source-node comment above its definition (Triton) and
@@ -181,6 +198,11 @@ def analyse(codes: list[str]) -> dict:
     bwd = [p for p in parsed if any("aten.gelu_backward" in l["aten"] for l in p)]
     fwd_l = fwd[0] if fwd else []
     bwd_l = bwd[0] if bwd else []
+    for launches, code in ((fwd_l, next((c for c, p in zip(codes, parsed) if p is fwd_l), "")), (bwd_l, next((c for c, p in zip(codes, parsed) if p is bwd_l), ""))):
+        sources = kernel_sources(code)
+        for l in launches:
+            if l["name"] in sources:
+                l["math"] = math_functions(sources[l["name"]])
     return {
         "n_graphs": len(codes),
         "forward": {"launches": fwd_l, "gelu": classify(fwd_l, "aten.gelu"), "n_generated": sum(l["kind"] != "extern" for l in fwd_l), "n_extern": sum(l["kind"] == "extern" for l in fwd_l)},

@@ -78,12 +78,16 @@ def configs(device: torch.device, quick: bool, precisions, variants=GELU_VARIANT
         modes = ["eager"]
     out = [(*s, p, m) for m in modes for s in shapes for p in precisions]
     if not quick:
-        # compiled modes on two shapes: the policy size (launch-bound) and a large one (compute-bound)
+        # compiled modes on two shapes: the policy size (launch-bound) and a large one (compute-bound);
+        # in priority order, as a time budget may cut the tail: bf16 first (the trainer's AMP dtype)
         shapes = [("mlp_small", 64, 2048), ("mlp", 384, 65536 if device.type == "cuda" else 4096)]
-        out += [(*s, p, "compile") for s in shapes for p in precisions]
-        if device.type == "cuda":
-            out += [(*s, p, "cudagraphs") for s in shapes for p in precisions if p != "fp16"]
-        out += [(*s, p, "max-autotune") for s in shapes for p in precisions if p != "fp16"]
+        order = [p for p in ("bf16", "fp32", "fp16") if p in precisions]
+        modes = ["compile", "cudagraphs", "max-autotune"] if device.type == "cuda" else ["compile", "max-autotune"]
+        for mode in modes:
+            for p in order:
+                if mode != "compile" and p == "fp16":
+                    continue
+                out += [(*s, p, mode) for s in shapes]
     return out
 
 
@@ -99,11 +103,11 @@ def bench_one(blueprint, dim, rows, precision, variant, mode, pass_, device, tim
     return {**t, "tflops": flops / (t["median_us"] * 1e-6) / 1e12, "flops": flops}
 
 
-def run(device: torch.device, quick: bool, deadline: Deadline, precisions, ceilings: dict) -> dict:
-    timing = dict(warmup=3, min_reps=5, max_reps=50, target_s=0.02) if quick else dict(warmup=10, min_reps=20, max_reps=2000, target_s=0.1)
+def run(device: torch.device, quick: bool, deadline: Deadline, precisions, ceilings: dict, modes=None) -> dict:
+    timing = dict(warmup=3, min_reps=5, max_reps=50, target_s=0.02) if quick else dict(warmup=10, min_reps=20, max_reps=2000, target_s=0.05 if device.type == "cuda" else 0.1)
     records = []
     for (blueprint, dim, rows, precision, mode), pass_, variant in itertools.product(
-        configs(device, quick, precisions), PASSES, GELU_VARIANTS
+        [c for c in configs(device, quick, precisions) if modes is None or c[4] in modes], PASSES, GELU_VARIANTS
     ):
         rec = dict(blueprint=blueprint, dim=dim, rows=rows, precision=precision, mode=mode, pass_=pass_, gelu=variant)
         if deadline.expired():

@@ -65,6 +65,7 @@ def time_fn(
     The number of timed calls is chosen so that they take about ``target_s`` (within
     [min_reps, max_reps]), from the time of the warm-up calls.
     """
+    fn()  # the first call compiles / autotunes / records graphs: never part of the estimate
     synchronize(device)
     t0 = time.perf_counter()
     for _ in range(max(warmup, 1)):
