@@ -292,3 +292,16 @@ def test_nonfinite_is_flagged_from_each_signal_alone(tmp_path):
     assert only_metric["flagged"] and only_metric["nonfinite_metric_updates"] == 1
     only_episode = variant("episode", edit_episodes=nan_return)
     assert only_episode["flagged"] and only_episode["nonfinite_episode_returns"] == 1
+
+
+def test_sweep_with_no_completed_run_still_reports(tmp_path):
+    for s in range(2):
+        write_run(run_path(tmp_path / "s", "cartpole", "exact", "fp32", s), seed=s, status="running",
+                  stop_at=3000, total_timesteps=8000)
+        write_run(run_path(tmp_path / "s", "cartpole", "tanh", "fp32", s), gelu="tanh", seed=s,
+                  status="interrupted", reason="KeyboardInterrupt", stop_at=2000, total_timesteps=8000)
+    assert main([str(tmp_path / "s"), "--out", str(tmp_path / "r"), "--reps", "50"]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "No completed run with episodes" in md and "KeyboardInterrupt" in md
+    assert "not enough runs to compare final return" in md
+    assert not (tmp_path / "r" / "curves.png").exists() and "curves.png" not in md

@@ -46,15 +46,21 @@ def _run_end(run: Run) -> float:
     return float(max(ends)) if ends else 0.0
 
 
-def _health_curve(run: Run, key: str, grid: np.ndarray) -> np.ndarray:
-    """Metric value of the latest update at or before each grid step; NaN outside the run."""
+def _health_curve(run: Run, key: str, grid: np.ndarray, hold: bool = False) -> np.ndarray:
+    """Metric value of the latest update at or before each grid step; NaN before the run's first
+    update and, unless ``hold``, after its last one (``hold`` keeps a stopped run's final state,
+    so a run that died with its loss scale collapsed still counts as the worst seed)."""
     steps = run.metrics.get("global_step")
     vals = run.metrics.get(key)
     out = np.full(len(grid), np.nan)
     if steps is None or vals is None or steps.size == 0:
         return out
+    finite = np.isfinite(vals) if hold else np.ones(len(vals), dtype=bool)
+    steps, vals = steps[finite], vals[finite]
+    if steps.size == 0:
+        return out
     idx = np.searchsorted(steps, grid, side="right") - 1
-    ok = (idx >= 0) & (grid <= steps[-1])
+    ok = (idx >= 0) & (hold | (grid <= steps[-1]))
     out[ok] = vals[idx[ok]]
     return out
 
@@ -205,7 +211,7 @@ def analyse_env(sweep: Sweep, env: str, reference: str, o: dict) -> dict:
             have = [r for r in rs if key in r.metrics and (~r.absent[key]).any()]
             if not have:
                 continue
-            arr = np.stack([_health_curve(r, key, hgrid) for r in have])
+            arr = np.stack([_health_curve(r, key, hgrid, hold=key in WORST_CASE) for r in have])
             if key in WORST_CASE:  # one bad seed must show: plot the cell's worst run, no band
                 with np.errstate(all="ignore"), warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
@@ -298,15 +304,20 @@ def write_report(sweep: Sweep, results: list[dict], reference: str, o: dict, out
     envs = [r["env"] for r in results]
 
     # figures
-    figures.plot_curves({r["env"]: {"grid": r["grid"], "cells": r["curves"]} for r in results
-                         if r["curves"]}, out / "curves.png",
-                        title_suffix=f"\n(mean of last {o['window']} episodes at each step)")
+    written = set()
+    curves = {r["env"]: {"grid": r["grid"], "cells": r["curves"]} for r in results if r["curves"]}
+    if curves:
+        figures.plot_curves(curves, out / "curves.png",
+                            title_suffix=f"\n(mean of last {o['window']} episodes at each step)")
+        written.add("curves.png")
     paired = {r["env"]: r["paired"] for r in results if r["paired"]}
     if paired:
         figures.plot_paired(paired, reference, out / "paired_final_return.png")
+        written.add("paired_final_return.png")
     for r in results:
         if r["health"]["metrics"]:
             figures.plot_health(r["env"], r["health"], out / f"health_{r['env']}.png")
+            written.add(f"health_{r['env']}.png")
 
     # numbers
     all_runs = [row for r in results for row in r["runs"]]
@@ -381,9 +392,13 @@ def write_report(sweep: Sweep, results: list[dict], reference: str, o: dict, out
     if not problems and not missing and not dup_rows and not sweep.unreadable:
         L += ["All runs completed; no missing, duplicate or unreadable runs.", ""]
 
-    L += ["## Convergence curves", "", "![curves](curves.png)", "",
-          "IQM over seeds of the episodic return, shaded: 95% bootstrap band. Colour and marker = "
-          "precision, line style = GELU (solid exact, dashed tanh), hollow markers = compiled.", ""]
+    L += ["## Convergence curves", ""]
+    if "curves.png" in written:
+        L += ["![curves](curves.png)", "",
+              "IQM over seeds of the episodic return, shaded: 95% bootstrap band. Colour and marker "
+              "= precision, line style = GELU (solid exact, dashed tanh), hollow markers = compiled.", ""]
+    else:
+        L += ["No completed run with episodes: no curves.", ""]
 
     for r in results:
         env = r["env"]
@@ -416,7 +431,7 @@ def write_report(sweep: Sweep, results: list[dict], reference: str, o: dict, out
             L += ["Verdicts:", ""]
             for c in r["comparisons"]:
                 L += [f"- **{c['cell']}**: {c['final_verdict']}. AUC: {c['auc_verdict']}."]
-            L += ["", f"![paired](paired_final_return.png)", "",
+            L += ["", "![paired](paired_final_return.png)", "",
                   "Paired view: each point is one seed's final return in the variant minus the same "
                   "seed's in the reference (same env seeds, init and minibatch order); diamond: mean "
                   "with its 95% paired-bootstrap CI; box: quartiles.", ""]
@@ -443,7 +458,7 @@ def write_report(sweep: Sweep, results: list[dict], reference: str, o: dict, out
                            f_["nonfinite_episode_returns"]] for f_ in flagged]), ""]
         else:
             L += ["No non-finite events in any run.", ""]
-        if r["health"]["metrics"]:
+        if f"health_{env}.png" in written:
             L += [f"![health](health_{env}.png)", ""]
 
     L += ["## Files", "", "runs.csv (one row per run), outcomes.csv, comparisons.csv, paired.csv, "
