@@ -303,5 +303,5 @@ def test_sweep_with_no_completed_run_still_reports(tmp_path):
     assert main([str(tmp_path / "s"), "--out", str(tmp_path / "r"), "--reps", "50"]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
     assert "No completed run with episodes" in md and "KeyboardInterrupt" in md
-    assert "not enough runs to compare final return" in md
+    assert "No comparisons: the reference has 0 completed runs" in md
     assert not (tmp_path / "r" / "curves.png").exists() and "curves.png" not in md

@@ -417,7 +417,9 @@ def write_report(sweep: Sweep, results: list[dict], reference: str, o: dict, out
         if not r["reference"]:
             L += [f"The reference cell {reference} has no runs in {env}; no comparisons.", ""]
         elif not r["comparisons"]:
-            L += ["No completed reference runs or no other cells; no comparisons.", ""]
+            n_ref = next(o_["n_seeds"] for o_ in r["outcomes"] if o_["cell"] == reference)
+            L += [f"No comparisons: the reference has {n_ref} completed runs with episodes and "
+                  f"there are {len(r['cells']) - 1} other cells.", ""]
         else:
             L += [_table(["cell", "P(variant > ref) [CI]", "final IQM diff [CI]", "final MDE",
                           "AUC IQM diff [CI]", "AUC MDE", "paired mean diff [CI] (n)"],
