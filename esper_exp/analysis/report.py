@@ -22,7 +22,7 @@ from . import figures
 from . import stats as S
 from .load import HEALTH_KEYS, LOSS_KEYS, Run, Sweep, cell_sort_key, load_sweep
 
-DEFAULTS = {"reference": "exact/fp32", "reps": 2000, "seed": 0, "grid": 100, "window": 20,
+DEFAULTS = {"reference": "exact/fp32", "reps": 5000, "seed": 0, "grid": 100, "window": 20,
             "last": 100, "power": 0.8}
 
 
