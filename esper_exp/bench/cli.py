@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ceil = ceilings(device, args.quick, precisions)
     result = {"meta": meta, "ceilings": ceil, "parts": {}}
     md = [f"# esper-bench {args.part}", "", f"- command: `{meta['command']}`", f"- date (UTC): {meta['date_utc']}", f"- machine: {meta['machine']}",
-          f"- ceilings: copy {ceil['copy']['gbps']:.1f} GB/s; matmul " + ", ".join(f"{p} {c['tflops']:.2f} TFLOP/s (n={c['n']})" for p, c in ceil["matmul"].items()), ""]
+          f"- ceilings: memory {ceil['copy']['gbps']:.1f} GB/s (copy {ceil['copy']['copy_gbps']:.1f}, add {ceil['copy']['add_gbps']:.1f}, {ceil['copy']['nbytes'] >> 20} MiB per stream); matmul " + ", ".join(f"{p} {c['tflops']:.2f} TFLOP/s (n={c['n']})" for p, c in ceil["matmul"].items()), ""]
     for part in parts:
         budget = None
         if args.budget_s is not None:

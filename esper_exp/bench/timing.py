@@ -111,12 +111,18 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, **timing) -
 
 
 def copy_bandwidth(device: torch.device, nbytes: int, **timing) -> dict:
-    """Device-memory bandwidth of a large device-to-device copy, counting bytes read plus written
-    (the roofline for memory-bound kernels such as blend_add)."""
-    src = torch.rand(nbytes // 4, device=device)
+    """Device-memory bandwidth, counting bytes read plus written: a large device-to-device copy
+    (``dst.copy_(src)``) and a STREAM-style add (``torch.add(a, b, out=c)``, 3 streams); ``gbps`` is the
+    larger, the roofline for memory-bound kernels such as blend_add. (On the 2-core CPU copy_ can be the
+    slower of the two, so it alone would understate the roofline.)"""
+    n = nbytes // 4
+    src, src2 = torch.rand(n, device=device), torch.rand(n, device=device)
     dst = torch.empty_like(src)
-    t = time_twice(lambda: dst.copy_(src), device, **timing)
-    return {"nbytes": nbytes, "gbps": 2 * src.numel() * 4 / (t["median_us"] * 1e-6) / 1e9, **t}
+    t_copy = time_twice(lambda: dst.copy_(src), device, **timing)
+    t_add = time_twice(lambda: torch.add(src, src2, out=dst), device, **timing)
+    copy_gbps = 2 * n * 4 / (t_copy["median_us"] * 1e-6) / 1e9
+    add_gbps = 3 * n * 4 / (t_add["median_us"] * 1e-6) / 1e9
+    return {"nbytes": nbytes, "gbps": max(copy_gbps, add_gbps), "copy_gbps": copy_gbps, "add_gbps": add_gbps, "copy": t_copy, "add": t_add}
 
 
 def machine_info(device: torch.device) -> dict:
