@@ -94,7 +94,7 @@ class WandbConfig:
 class TrackingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     progress: str = "auto"  # auto (only on a terminal) | on | off
-    checkpoint_every: int = 0  # PPO updates between checkpoints; 0: only at exit
+    checkpoint_every: int = 25  # PPO updates between checkpoints; 0: only on stop and at the end
 
 
 @dataclass

@@ -15,7 +15,83 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+# Per-layer state a sub-env carries between steps (wrappers' counters and accumulators, classic-control
+# physics). With the running mean/std objects, the RNG and MuJoCo's integration state this is everything a
+# run needs to continue bitwise from a checkpoint. Captured only from an object's own __dict__.
+_STATE_ATTRS = ("_elapsed_steps", "_has_reset", "episode_returns", "episode_lengths", "episode_count",
+                "discounted_reward", "state", "steps_beyond_terminated")
+_RMS_ATTRS = ("obs_rms", "return_rms")
+
+
+def _safe(value):
+    """numpy -> tensors and plain numbers, so torch.load(weights_only=True) can read it back."""
+    if isinstance(value, np.ndarray):
+        return {"ndarray": torch.from_numpy(np.array(value, copy=True))}
+    if isinstance(value, np.generic):
+        return {"npscalar": value.item(), "dtype": value.dtype.str}
+    return value
+
+
+def _unsafe(value):
+    if isinstance(value, dict) and "ndarray" in value:
+        return value["ndarray"].numpy().copy()
+    if isinstance(value, dict) and "npscalar" in value:
+        return np.dtype(value["dtype"]).type(value["npscalar"])
+    return value
+
+
+def _layers(env: gym.Env):
+    while True:
+        yield env
+        if not isinstance(env, gym.Wrapper):
+            return
+        env = env.env
+
+
+def sub_env_state(env: gym.Env) -> list[dict]:
+    states = []
+    for layer in _layers(env):
+        own = vars(layer)
+        state = {k: _safe(own[k]) for k in _STATE_ATTRS if k in own}
+        for k in _RMS_ATTRS:
+            if k in own:
+                rms = own[k]
+                state[k] = {"mean": _safe(rms.mean), "var": _safe(rms.var), "count": _safe(rms.count)}
+        states.append(state)
+    base = env.unwrapped
+    states[-1]["np_random"] = base.np_random.bit_generator.state
+    if hasattr(base, "model") and hasattr(base, "data"):  # MuJoCo: positions, velocities, warm-start, time...
+        import mujoco
+
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        full = np.empty(mujoco.mj_stateSize(base.model, spec))
+        mujoco.mj_getState(base.model, base.data, full, spec)
+        states[-1]["mujoco"] = _safe(full)
+    return states
+
+
+def load_sub_env_state(env: gym.Env, states: list[dict]) -> None:
+    layers = list(_layers(env))
+    if len(layers) != len(states):
+        raise ValueError(f"checkpoint has {len(states)} env layers, this env has {len(layers)}: different wrappers")
+    for layer, state in zip(layers, states):
+        for k in _STATE_ATTRS:
+            if k in state:
+                setattr(layer, k, _unsafe(state[k]))
+        for k in _RMS_ATTRS:
+            if k in state:
+                rms = getattr(layer, k)
+                rms.mean, rms.var, rms.count = (_unsafe(state[k][f]) for f in ("mean", "var", "count"))
+    base = env.unwrapped
+    base.np_random.bit_generator.state = states[-1]["np_random"]
+    if "mujoco" in states[-1]:
+        import mujoco
+
+        # no mj_forward here: it would rewrite the solver warm-start that the next mj_step reads
+        mujoco.mj_setState(base.model, base.data, _unsafe(states[-1]["mujoco"]), mujoco.mjtState.mjSTATE_INTEGRATION)
 
 
 @dataclass
@@ -82,6 +158,15 @@ class VectorEnv:
                 for i in np.flatnonzero(mask):
                     episodes.append((int(i), float(ep["r"][i]), int(ep["l"][i])))
         return StepResult(obs, reward, terminated, truncated, final_obs, episodes)
+
+    def state_dict(self) -> list[list[dict]]:
+        return [sub_env_state(e) for e in self.env.envs]
+
+    def load_state_dict(self, state: list[list[dict]]) -> None:
+        if len(state) != self.num_envs:
+            raise ValueError(f"checkpoint has {len(state)} envs, this run has {self.num_envs}")
+        for e, s in zip(self.env.envs, state):
+            load_sub_env_state(e, s)
 
     def close(self) -> None:
         self.env.close()

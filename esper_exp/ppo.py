@@ -250,6 +250,36 @@ class PPO:
             record["loss_scale"] = float(self.scaler.get_scale())
         return record
 
+    # ---------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict:
+        """Everything the next update depends on, taken at an update boundary."""
+        from esper_exp.runtime import rng_state
+
+        return {
+            "update_idx": self.update_idx, "global_step": self.global_step,
+            "nonfinite_grad_steps": self.nonfinite_grad_steps,
+            "alpha": self.alpha(self.update_idx),  # informational: the schedule is a function of update_idx
+            "policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "next_obs": self.next_obs.cpu(),
+            "action_rng": self.action_rng.get_state(), "minibatch_rng": self.minibatch_rng.bit_generator.state,
+            "global_rng": rng_state(), "envs": self.envs.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        from esper_exp.runtime import set_rng_state
+
+        self.update_idx, self.global_step = state["update_idx"], state["global_step"]
+        self.nonfinite_grad_steps = state["nonfinite_grad_steps"]
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.next_obs = state["next_obs"].to(self.device)
+        self.action_rng.set_state(state["action_rng"])
+        self.minibatch_rng.bit_generator.state = state["minibatch_rng"]
+        set_rng_state(state["global_rng"])
+        self.envs.load_state_dict(state["envs"])
+
     def close(self) -> None:
         self.envs.close()
 

@@ -13,11 +13,15 @@ import numpy as np
 import torch
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, job_num: int | None = None) -> torch.device:
+    """auto -> cuda if available else cpu. In a sweep, job i on a machine with k GPUs uses GPU i mod k
+    (unless the config names one, e.g. cuda:1)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} requested but CUDA is not available; allowed here: auto, cpu")
+    if name == "cuda" and job_num is not None:
+        name = f"cuda:{job_num % torch.cuda.device_count()}"
     return torch.device(name)
 
 
@@ -39,3 +43,20 @@ def prepare(seed: int, device: torch.device, deterministic: bool, threads: int) 
     torch.clear_autocast_cache()
     torch.compiler.reset()  # compiled graphs from a previous job in this process
     seed_everything(seed)
+
+
+def rng_state() -> dict:
+    """The global RNG states (python, numpy legacy, torch), in a form torch.load(weights_only=True) reads."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -96,12 +96,36 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _truncate_jsonl(path: Path, keep) -> None:
+    """Keep the leading records for which keep(record) holds (and drop a torn last line)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not keep(record):
+            break
+        kept.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
 class Tracker:
-    def __init__(self, run_dir: Path, config: dict, device, resumed: bool = False):
+    def __init__(self, run_dir: Path, config: dict, device, resume_at: tuple[int, int] | None = None):
+        """resume_at = (update, global_step) of the checkpoint a resumed run continues from: records after it
+        (written between that checkpoint and the interruption) are dropped, since the run recomputes them."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.cell = cell_name(config)
+        resumed = resume_at is not None
+        if resumed:
+            _truncate_jsonl(self.run_dir / "metrics.jsonl", lambda r: r["update"] <= resume_at[0])
+            _truncate_jsonl(self.run_dir / "episodes.jsonl", lambda r: r["global_step"] <= resume_at[1])
         mode = "a" if resumed else "w"
         self._metrics = open(self.run_dir / "metrics.jsonl", mode)
         self._episodes = open(self.run_dir / "episodes.jsonl", mode)
@@ -132,6 +156,7 @@ class Tracker:
             previous = read_run_json(self.run_dir) or {}
             self.info["started_at"] = previous.get("started_at", self.info["started_at"])
             self.info["resumed_at"] = previous.get("resumed_at", []) + [now()]
+            self.info["global_step"], self.info["update"] = resume_at[1], resume_at[0]
         self._write()
         self.wandb = None
         self._start_wandb(config)

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -17,6 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from esper_exp import checkpoint
 from esper_exp.config import ConfigError, register_configs, validate
 from esper_exp.tracking import Tracker, config_hash, print_err, read_run_json
 
@@ -29,32 +31,61 @@ OmegaConf.register_new_resolver("esper_compiled", lambda flag: "-compiled" if fl
 _RESULTS: list[str] = []  # statuses of the jobs run in this process (read by main for the exit code)
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM (e.g. a cluster preempting the job), handled like Ctrl-C."""
+class StopRequest:
+    """SIGTERM (a cluster preempting the job) or a first Ctrl-C: finish the current update, checkpoint, stop.
 
+    A second Ctrl-C raises KeyboardInterrupt at once (the last periodic checkpoint stays)."""
 
-def _on_sigterm(signum, frame):
-    raise Interrupted("SIGTERM")
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._old: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = name
+        print_err(f"{name}: stopping after this update and writing a checkpoint (Ctrl-C again to abort)")
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def _archive_previous_attempt(run_dir: Path) -> None:
     """Move a failed/interrupted attempt's files to attempts/<n>/ so nothing already written is lost."""
-    files = [p for p in run_dir.iterdir() if p.name in ("run.json", "metrics.jsonl", "episodes.jsonl", "traceback.txt")]
+    names = ("run.json", "metrics.jsonl", "episodes.jsonl", "traceback.txt", "checkpoints", "wandb")
+    files = [p for p in run_dir.iterdir() if p.name in names]
     if not files:
         return
-    attempts = run_dir / "attempts"
-    n = len(list(attempts.glob("*"))) if attempts.exists() else 0
-    dest = attempts / str(n)
+    dest = run_dir / "attempts" / str(len(list((run_dir / "attempts").glob("*"))) if (run_dir / "attempts").exists() else 0)
     dest.mkdir(parents=True)
     for p in files:
         shutil.move(str(p), dest / p.name)
-    for p in run_dir.glob("wandb"):
-        shutil.move(str(p), dest / p.name)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> str:
+def _resume_state(run_dir: Path, previous: dict | None, config: dict) -> dict | None:
+    """The checkpoint to continue from: an interrupted (or hard-killed: still 'running') run of this config."""
+    if not previous or previous.get("status") not in ("interrupted", "running"):
+        return None
+    if previous.get("config_hash") != config_hash(config):
+        return None
+    found = checkpoint.load_latest(run_dir / "checkpoints", warn=print_err)
+    if found is None:
+        return None
+    state, path = found
+    print(f"resuming {run_dir} from {path.name} (update {state['ppo']['update_idx']})", flush=True)
+    return state
+
+
+def run(cfg: DictConfig, run_dir: Path, job_num: int | None = None) -> str:
     """Run one training job in ``run_dir``; returns its final status (or 'skipped')."""
-    import torch
     from tqdm import tqdm
 
     from esper_exp.ppo import PPO, EpisodeWindow, NonFiniteError
@@ -62,6 +93,7 @@ def run(cfg: DictConfig, run_dir: Path) -> str:
 
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     previous = read_run_json(run_dir)
     if previous and previous.get("status") == "completed":
         if previous.get("config_hash") == config_hash(config):
@@ -69,43 +101,57 @@ def run(cfg: DictConfig, run_dir: Path) -> str:
             return "skipped"
         raise ConfigError(f"run directory {run_dir} already holds a completed run of a different config "
                           f"(hash {previous.get('config_hash')}); refusing to overwrite it: choose another directory")
-    if previous:
+    resume = _resume_state(run_dir, previous, config)
+    if previous and resume is None:
         _archive_previous_attempt(run_dir)
 
     try:
-        device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device, job_num)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     prepare(cfg.seed, device, cfg.deterministic, cfg.torch_threads)
-    tracker = Tracker(run_dir, config, device)
-    old_handler = signal.signal(signal.SIGTERM, _on_sigterm) if _in_main_thread() else None
+    resume_at = None if resume is None else (resume["ppo"]["update_idx"], resume["ppo"]["global_step"])
+    tracker = Tracker(run_dir, config, device, resume_at=resume_at)
     ppo = None
     status, reason = "failed", None
     try:
         ppo = PPO(cfg, device)
         window = EpisodeWindow(100)
+        if resume is not None:
+            ppo.load_state_dict(resume["ppo"])
+            window.returns.extend(resume["episode_window"])
 
         def on_episode(global_step: int, ret: float, length: int, env_index: int) -> None:
             window.add(ret)
             tracker.log_episode(global_step, ret, length, env_index)
 
+        def save_checkpoint() -> None:
+            checkpoint.save(run_dir / "checkpoints", ppo.update_idx,
+                            {"ppo": ppo.state_dict(), "episode_window": list(window.returns),
+                             "config_hash": config_hash(config)})
+
+        every = cfg.tracking.checkpoint_every
         show = cfg.tracking.progress == "on" or (cfg.tracking.progress == "auto" and sys.stderr.isatty())
-        start = time.perf_counter()
-        with tqdm(total=ppo.num_updates * ppo.batch_size, unit="step", unit_scale=True, disable=not show,
-                  desc=tracker.cell, dynamic_ncols=True) as bar:
+        start, start_step = time.perf_counter(), ppo.global_step
+        with StopRequest() as stop, tqdm(total=ppo.num_updates * ppo.batch_size, initial=ppo.global_step, unit="step",
+                                         unit_scale=True, disable=not show, desc=tracker.cell, dynamic_ncols=True) as bar:
             while ppo.update_idx < ppo.num_updates:
                 record = ppo.run_update(on_episode)
-                record["sps"] = record["global_step"] / (time.perf_counter() - start)
+                record["sps"] = (record["global_step"] - start_step) / (time.perf_counter() - start)
                 record["return_mean"] = window.mean()
                 tracker.log_update(record)
                 bar.update(ppo.batch_size)
                 bar.set_postfix(sps=f"{record['sps']:.0f}", ret=f"{record['return_mean']:.1f}", refresh=False)
+                if stop.signal or (every and ppo.update_idx % every == 0) or ppo.update_idx == ppo.num_updates:
+                    save_checkpoint()
+                if stop.signal:
+                    raise KeyboardInterrupt(stop.signal)
         status = "completed"
     except NonFiniteError as e:
         reason = str(e)
         print_err(f"run failed: {reason}")
     except KeyboardInterrupt as e:
-        status, reason = "interrupted", ("SIGTERM" if isinstance(e, Interrupted) else "KeyboardInterrupt")
+        status, reason = "interrupted", (str(e) or "SIGINT")
         raise
     except Exception as e:
         reason = f"{type(e).__name__}: {e}"
@@ -116,23 +162,15 @@ def run(cfg: DictConfig, run_dir: Path) -> str:
         tracker.finish(status, reason)
         if ppo is not None:
             ppo.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-        _ = torch  # keep the import local to the job
     return status
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> str:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
     try:
-        status = run(cfg, run_dir)
+        status = run(cfg, run_dir, job_num=hc.job.num if hc.mode.name == "MULTIRUN" else None)
     except ConfigError as e:
         print_err(f"error: {e}")
         status = "config_error"
@@ -162,8 +200,8 @@ def main() -> None:
     try:
         hydra_main()
     except KeyboardInterrupt as e:  # the run directory already says "interrupted"
-        print_err(f"interrupted ({'SIGTERM' if isinstance(e, Interrupted) else 'Ctrl-C'})")
-        sys.exit(143 if isinstance(e, Interrupted) else 130)
+        print_err(f"interrupted ({e or 'SIGINT'}); re-run the same command to resume from the last checkpoint")
+        sys.exit(143 if str(e) == "SIGTERM" else 130)
     if any(s in ("failed", "interrupted") for s in _RESULTS) and len(_RESULTS) == 1:
         sys.exit(1)
 
