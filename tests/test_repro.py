@@ -1,0 +1,51 @@
+"""esper-repro: identical for a fresh run, first divergence for an altered one, exit 2 for bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+from conftest import read_jsonl
+from esper_exp.repro import first_divergence, main
+
+TINY = ("env=cartpole", "ppo.total_timesteps=512", "ppo.num_steps=64")
+
+
+def test_repro_identical_then_names_first_divergence(train_run, tmp_path, capsys):
+    run_dir = train_run(*TINY, "precision=bf16", name="orig")
+    assert main([str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "\nidentical" in out and "diverges" not in out
+
+    altered = tmp_path / "altered"
+    shutil.copytree(run_dir, altered)
+    metrics = read_jsonl(altered / "metrics.jsonl")
+    assert len(metrics) == 2
+    stored_value = metrics[1]["value_loss"]
+    metrics[1]["value_loss"] = stored_value * (1 + 1e-6)
+    (altered / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    assert main([str(altered), "--out", str(tmp_path / "rerun")]) == 1
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("diverges"))
+    assert "update 2" in line and "value_loss" in line
+    assert repr(metrics[1]["value_loss"]) in line and repr(stored_value) in line
+    assert "\nidentical" not in out
+
+
+def test_first_divergence_ignores_wall_clock_and_reports_length():
+    a = [{"update": 1, "global_step": 256, "loss": 1.0, "sps": 10.0}]
+    assert first_divergence(a, [{"update": 1, "global_step": 256, "loss": 1.0, "sps": 99.0}]) is None
+    assert first_divergence(a, [{**a[0], "loss": float("nan")}]) == \
+        "diverges at update 1 (global_step 256): loss: stored 1.0, re-run nan"
+    assert "stored has 1 updates, re-run has 2" in first_divergence(a, a + a)
+
+
+def test_repro_bad_input_exits_2_with_one_line(tmp_path):
+    for target in (tmp_path / "missing", tmp_path):
+        proc = subprocess.run([sys.executable, "-m", "esper_exp.repro", str(target)], capture_output=True, text=True)
+        assert proc.returncode == 2, proc
+        assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    (tmp_path / "run.json").write_text(json.dumps({"status": "running", "config": {}}))
+    proc = subprocess.run([sys.executable, "-m", "esper_exp.repro", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not finished" in proc.stderr
