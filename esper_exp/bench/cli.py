@@ -40,7 +40,7 @@ def ceilings(device: torch.device, quick: bool, precisions) -> dict:
     return out
 
 
-def run_part(part: str, device, quick: bool, deadline: Deadline, precisions, ceil: dict, code_dir: Path | None, modes=None) -> tuple[dict, str]:
+def run_part(part: str, device, quick: bool, deadline: Deadline, precisions, ceil: dict, code_dir: Path | None, modes=None, opts=None) -> tuple[dict, str]:
     if part == "gelu":
         from esper_exp.bench import gelu
 
@@ -49,7 +49,7 @@ def run_part(part: str, device, quick: bool, deadline: Deadline, precisions, cei
     if part == "fusion":
         from esper_exp.bench import fusion
 
-        res = fusion.run(device, quick, deadline, precisions, keep_code_dir=code_dir)
+        res = fusion.run(device, quick, deadline, precisions, keep_code_dir=code_dir, graphs=opts["fusion_graphs"], modes=opts["fusion_modes"])
         return res, report.fusion_tables(res)
     if part == "numerics":
         from esper_exp.bench import numerics
@@ -66,7 +66,7 @@ def run_part(part: str, device, quick: bool, deadline: Deadline, precisions, cei
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="esper-bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("part", choices=(*PARTS, "all"))
+    ap.add_argument("part", nargs="+", choices=(*PARTS, "all"), help="one or more parts, or all")
     ap.add_argument("--quick", action="store_true", help="CI-sized run (seconds on 2 CPU cores)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--out", default="outputs/bench", help="directory for <part>.json and <part>.md")
@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget; later configurations are recorded as skipped")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--modes", default=None, help="gelu: comma list of eager,compile,max-autotune,cudagraphs (default: all)")
+    ap.add_argument("--fusion-graphs", default="inference,training", help="fusion: inference (no_grad forward) and/or training (forward+backward)")
+    ap.add_argument("--fusion-modes", default="default,max-autotune", help="fusion: default and/or max-autotune")
     ap.add_argument("--keep-code", action="store_true", help="fusion: also write the generated Inductor code under OUT/inductor_code/")
     args = ap.parse_args(argv)
 
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown precision(s) {sorted(unknown)}; allowed: {', '.join(DTYPES)}")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    parts = PARTS if args.part == "all" else (args.part,)
+    parts = PARTS if "all" in args.part else tuple(dict.fromkeys(args.part))
+    name = "all" if "all" in args.part else "_".join(parts)
     t_start = time.monotonic()
     meta = {
         "command": "esper-bench " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -100,24 +103,25 @@ def main(argv: list[str] | None = None) -> int:
     }
     ceil = ceilings(device, args.quick, precisions)
     result = {"meta": meta, "ceilings": ceil, "parts": {}}
-    md = [f"# esper-bench {args.part}", "", f"- command: `{meta['command']}`", f"- date (UTC): {meta['date_utc']}", f"- machine: {meta['machine']}",
+    md = [f"# esper-bench {' '.join(parts)}", "", f"- command: `{meta['command']}`", f"- date (UTC): {meta['date_utc']}", f"- machine: {meta['machine']}",
           f"- ceilings: memory {ceil['copy']['gbps']:.1f} GB/s (copy {ceil['copy']['copy_gbps']:.1f}, add {ceil['copy']['add_gbps']:.1f}, {ceil['copy']['nbytes'] >> 20} MiB per stream); matmul " + ", ".join(f"{p} {c['tflops']:.2f} TFLOP/s (n={c['n']})" for p, c in ceil["matmul"].items()), ""]
     for part in parts:
         budget = None
         if args.budget_s is not None:
             left = args.budget_s - (time.monotonic() - t_start)
-            budget = max(left * (SHARE[part] if args.part == "all" else 1.0), 0.0)
+            budget = max(left * (SHARE[part] if len(parts) > 1 and part != parts[-1] else 1.0), 0.0)
         t0 = time.monotonic()
         print(f"[esper-bench] {part} ...", flush=True)
-        res, text = run_part(part, device, args.quick, Deadline(budget), precisions, ceil, out_dir / "inductor_code" if args.keep_code else None, modes=args.modes.split(",") if args.modes else None)
+        res, text = run_part(part, device, args.quick, Deadline(budget), precisions, ceil, out_dir / "inductor_code" if args.keep_code else None, modes=args.modes.split(",") if args.modes else None,
+            opts={"fusion_graphs": tuple(args.fusion_graphs.split(",")), "fusion_modes": tuple(args.fusion_modes.split(","))})
         res["wall_s"] = time.monotonic() - t0
         result["parts"][part] = res
         md += [f"## {part} ({res['wall_s']:.1f} s)", "", text, ""]
         # write after every part, so a run stopped by its time limit keeps what it finished
-        report.write_json(out_dir / f"{args.part}.json", result)
-        (out_dir / f"{args.part}.md").write_text("\n".join(md) + "\n")
+        report.write_json(out_dir / f"{name}.json", result)
+        (out_dir / f"{name}.md").write_text("\n".join(md) + "\n")
         print(f"[esper-bench] {part} done in {res['wall_s']:.1f} s", flush=True)
-    print(f"[esper-bench] wrote {out_dir / (args.part + '.json')} and .md", flush=True)
+    print(f"[esper-bench] wrote {out_dir / (name + '.json')} and .md", flush=True)
     return 0
 
 

@@ -170,8 +170,10 @@ def classify(launches: list[dict], op: str) -> dict:
     return {"placement": placement, "kernels": names}
 
 
-def capture(blueprint: str, dim: int, rows: int, variant: str, precision: str, mode: str, device: torch.device) -> dict:
-    """Compile one seed, run forward+backward once, and return its wrapper codes (forward, backward)."""
+def capture(blueprint: str, dim: int, rows: int, variant: str, precision: str, mode: str, device: torch.device, graph: str = "training") -> dict:
+    """Compile one seed, run it once, and return its wrapper codes: forward and backward
+    (``graph="training"``: input and parameters need gradients, so fc1's output is saved for the
+    backward) or the no_grad forward alone (``graph="inference"``, as in a PPO rollout)."""
     from torch._inductor.utils import run_and_get_code
 
     torch.manual_seed(0)
@@ -181,6 +183,9 @@ def capture(blueprint: str, dim: int, rows: int, variant: str, precision: str, m
     compiled = torch.compile(model, dynamic=False, **COMPILE_MODES[mode])
 
     def fw_bw():
+        if graph == "inference":
+            with torch.no_grad(), autocast_ctx(device, precision):
+                return compiled(x)
         with autocast_ctx(device, precision):
             y = compiled(x)
         y.float().sum().backward()
@@ -210,27 +215,29 @@ def analyse(codes: list[str]) -> dict:
     }
 
 
-def run(device: torch.device, quick: bool, deadline, precisions, keep_code_dir=None) -> dict:
+def run(device: torch.device, quick: bool, deadline, precisions, keep_code_dir=None, graphs=("inference", "training"), modes=("default", "max-autotune")) -> dict:
     if quick:
-        cases = [("mlp", 64, 256, v, "fp32", "default") for v in GELU_VARIANTS]
+        cases = [("mlp", 64, 256, v, "fp32", "default", "training") for v in GELU_VARIANTS]
     else:
         shape = ("mlp", 384, 4096) if device.type == "cuda" else ("mlp", 64, 256)
-        modes = ["default", "max-autotune"]
         precs = [p for p in precisions if p != "fp16"] if device.type == "cuda" else ["fp32"]
-        cases = [(*shape, v, p, m) for m in modes for p in precs for v in GELU_VARIANTS]
+        # cheap default-mode captures first; max-autotune (minutes of autotuning on a GPU) last, training only
+        cases = [(*shape, v, p, "default", g) for g in graphs for p in precs for v in GELU_VARIANTS if "default" in modes]
+        if "max-autotune" in modes and "training" in graphs:
+            cases += [(*shape, v, p, "max-autotune", "training") for p in precs for v in GELU_VARIANTS]
     records = []
-    for blueprint, dim, rows, variant, precision, mode in cases:
-        rec = dict(blueprint=blueprint, dim=dim, rows=rows, gelu=variant, precision=precision, mode=mode)
+    for blueprint, dim, rows, variant, precision, mode, graph in cases:
+        rec = dict(blueprint=blueprint, dim=dim, rows=rows, gelu=variant, precision=precision, mode=mode, graph=graph)
         if deadline.expired():
             rec["skipped"] = "time budget"
             records.append(rec)
             continue
         try:
-            codes = capture(blueprint, dim, rows, variant, precision, mode, device)["codes"]
+            codes = capture(blueprint, dim, rows, variant, precision, mode, device, graph)["codes"]
             rec.update(analyse(codes))
             if keep_code_dir is not None:
                 keep_code_dir.mkdir(parents=True, exist_ok=True)
-                tag = f"{blueprint}_{dim}_{rows}_{variant}_{precision}_{mode}"
+                tag = f"{blueprint}_{dim}_{rows}_{variant}_{precision}_{mode}_{graph}"
                 (keep_code_dir / f"{tag}.py").write_text("\n\n# ======== next graph ========\n\n".join(codes))
         except Exception as exc:
             rec["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"

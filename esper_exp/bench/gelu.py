@@ -100,7 +100,7 @@ def bench_one(blueprint, dim, rows, precision, variant, mode, pass_, device, tim
     step = make_step(model, x, cotangent, device, precision, pass_, mode)
     t = time_twice(step, device, **timing)
     flops = seed_flops(blueprint, dim, rows, pass_)
-    return {**t, "tflops": flops / (t["median_us"] * 1e-6) / 1e12, "flops": flops}
+    return {**t, "tflops": flops / (t.get("device_us", t["median_us"]) * 1e-6) / 1e12, "flops": flops}
 
 
 def run(device: torch.device, quick: bool, deadline: Deadline, precisions, ceilings: dict, modes=None) -> dict:
@@ -148,4 +148,11 @@ def speedups(records) -> list[dict]:
                     exact_frac_ceiling=e.get("frac_of_matmul_ceiling"),
                 )
             )
+            if "device_us" in e and "device_us" in t:
+                out[-1].update(
+                    exact_device_us=e["device_us"],
+                    tanh_device_us=t["device_us"],
+                    device_speedup=e["device_us"] / t["device_us"],
+                    device_noise=max(e["device_spread"], t["device_spread"]),
+                )
     return out

@@ -43,12 +43,15 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 
 def gelu_tables(res: dict) -> str:
-    out = ["### Seed MLP speed: tanh speed-up = time(exact) / time(tanh)", ""]
+    out = ["### Seed MLP speed: tanh speed-up = time(exact) / time(tanh)", "",
+           "Per-call time (host launch overhead included, as a PPO loop sees it); on CUDA also device time (launch overhead hidden, see timing.device_time_us).", ""]
     rows = [
-        [s["blueprint"], s["dim"], s["rows"], s["precision"], s["mode"], s["pass_"], s["exact_us"], s["tanh_us"], s["tanh_speedup"], s["noise"], s["exact_tflops"], s["exact_frac_ceiling"]]
+        [s["blueprint"], s["dim"], s["rows"], s["precision"], s["mode"], s["pass_"], s["exact_us"], s["tanh_us"], s["tanh_speedup"], s["noise"],
+         s.get("exact_device_us"), s.get("tanh_device_us"), s.get("device_speedup"), s.get("device_noise"), s["exact_tflops"], s["exact_frac_ceiling"]]
         for s in res["speedups"]
     ]
-    out.append(table(["seed", "d", "rows", "prec", "mode", "pass", "exact us", "tanh us", "tanh speed-up", "noise (repeat spread)", "TFLOP/s", "of matmul ceiling"], rows))
+    out.append(table(["seed", "d", "rows", "prec", "mode", "pass", "exact us", "tanh us", "tanh speed-up", "noise (repeat spread)",
+                      "exact dev us", "tanh dev us", "dev speed-up", "dev noise", "TFLOP/s (dev if CUDA)", "of matmul ceiling"], rows))
     bad = [r for r in res["records"] if "error" in r or "skipped" in r]
     if bad:
         out += ["", "Not measured:", ""]
@@ -60,7 +63,7 @@ def fusion_tables(res: dict) -> str:
     rows = []
     for r in res["records"]:
         if "forward" not in r:
-            rows.append([r["gelu"], r["precision"], r["mode"], r.get("error") or r.get("skipped"), "", "", "", ""])
+            rows.append([r["gelu"], r["precision"], r["mode"], r.get("graph", "training"), r.get("error") or r.get("skipped"), "", "", "", ""])
             continue
         f, b = r["forward"], r["backward"]
         rows.append(
@@ -68,6 +71,7 @@ def fusion_tables(res: dict) -> str:
                 r["gelu"],
                 r["precision"],
                 r["mode"],
+                r.get("graph", "training"),
                 f["gelu"]["placement"],
                 ", ".join(f["gelu"]["kernels"]),
                 b["gelu_backward"]["placement"],
@@ -76,7 +80,7 @@ def fusion_tables(res: dict) -> str:
             ]
         )
     return "### Inductor: where GELU runs in the compiled seed\n\n" + table(
-        ["gelu", "prec", "mode", "fwd GELU", "fwd kernel", "bwd GELU'", "bwd kernel", "launches fwd / bwd (generated+extern)"], rows
+        ["gelu", "prec", "mode", "graph", "fwd GELU", "fwd kernel", "bwd GELU'", "bwd kernel", "launches fwd / bwd (generated+extern)"], rows
     )
 
 
@@ -110,8 +114,9 @@ def numerics_tables(res: dict) -> str:
 
 def blend_tables(res: dict) -> str:
     out = ["### blend_add speed", ""]
-    rows = [[r["rows"], r["features"], r["numel"], f"{r['host']}/{r['seed']}", r["policy"], r.get("median_us"), r.get("spread"), r.get("achieved_gbps"), r.get("roofline_us"), r.get("x_roofline"), r.get("error") or r.get("skipped") or ""] for r in res["speed"]]
-    out.append(table(["rows", "d", "elements", "host/seed", "policy", "median us", "repeat spread", "GB/s (min bytes)", "roofline us", "x roofline", "note"], rows))
+    rows = [[r["rows"], r["features"], r["numel"], f"{r['host']}/{r['seed']}", r["policy"], r.get("median_us"), r.get("spread"), r.get("device_us"), r.get("device_spread"), r.get("achieved_gbps"), r.get("roofline_us"), r.get("x_roofline"), r.get("error") or r.get("skipped") or ""] for r in res["speed"]]
+    out.append(table(["rows", "d", "elements", "host/seed", "policy", "per-call us", "repeat spread", "device us (CUDA)", "device spread", "GB/s (min bytes)", "roofline us", "x roofline", "note"], rows))
+    out += ["", "x roofline and GB/s use the device time where measured (CUDA), else the per-call time."]
     out += ["", "### blend_add correctness vs float64 (error in units of host eps x max|ref|)", ""]
     rows = [[r["host"], r["seed"], r["alpha"], r["policy"], r["ok"], r.get("max_err_eps"), r.get("endpoints_exact"), r.get("error", "")] for r in res["correctness"]]
     out.append(table(["host", "seed", "alpha", "policy", "runs", "max err (eps units)", "alpha 0/1 exact", "error"], rows))

@@ -84,13 +84,51 @@ def time_fn(
     }
 
 
+def device_time_us(fn: Callable[[], object], device: torch.device, calls: int = 10, reps: int = 5) -> float:
+    """CUDA only: median device time of one call with the host's launch overhead hidden.
+
+    A ``torch.cuda._sleep`` kernel keeps the GPU busy while the host queues ``calls`` calls between two
+    events, so the GPU runs them back to back: what is left is kernel time plus on-device gaps, not the
+    Python/dispatcher time per call (which the per-call timing of :func:`time_fn` includes whenever the
+    host is slower than the GPU, as it is for small PPO-sized work). The sleep is sized from the
+    host's measured enqueue time, twice over."""
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize(device)
+    calls = max(3, min(calls, int(0.01 / max(time.perf_counter() - t0, 1e-6))))  # ~10 ms of work per rep
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host_s = time.perf_counter() - t0  # enqueue time (an upper bound if the GPU was the slower)
+    torch.cuda.synchronize(device)
+    cycles = int(min(2 * host_s, 0.2) * 2.0e9)  # ~2 GHz SM clock; capped at ~0.2 s of sleep
+    out = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(cycles)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        out.append(start.elapsed_time(end) * 1e3 / calls)
+    return statistics.median(out)
+
+
 def time_twice(fn: Callable[[], object], device: torch.device, **kwargs) -> dict:
     """Two independent repeats of :func:`time_fn`; ``median_us`` is the smaller of the two medians and
-    ``spread`` = |r1 - r2| / min(r1, r2), the noise any comparison must beat."""
+    ``spread`` = |r1 - r2| / min(r1, r2), the noise any comparison must beat. On CUDA also
+    ``device_us`` (:func:`device_time_us`, two repeats): the per-call time with launch overhead hidden."""
     first = time_fn(fn, device, **kwargs)
     second = time_fn(fn, device, **{**kwargs, "warmup": 2})
     m1, m2 = first["median_us"], second["median_us"]
+    extra = {}
+    if device.type == "cuda":
+        d1, d2 = device_time_us(fn, device), device_time_us(fn, device)
+        extra = {"device_us": min(d1, d2), "device_repeats_us": [d1, d2], "device_spread": abs(d1 - d2) / max(min(d1, d2), 1e-12)}
     return {
+        **extra,
         "median_us": min(m1, m2),
         "repeats_us": [m1, m2],
         "spread": abs(m1 - m2) / max(min(m1, m2), 1e-12),
