@@ -98,12 +98,23 @@ class TrackingConfig:
 
 
 @dataclass
+class DriftConfig:
+    """Drift instrumentation (esper_exp/probe.py); everything off by default."""
+
+    probe_every: int = 0  # shadow probe every K updates (0: off)
+    snapshot_every: int = 0  # probe-set outputs + parameter sketch every M updates (0: off)
+    probe_set_size: int = 256
+    perturb: str = "none"  # none | ulp (butterfly control: one initial weight moved by one ulp) | large
+
+
+@dataclass
 class TrainConfig:
     env: EnvConfig = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True
@@ -121,6 +132,7 @@ def register_configs() -> None:
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
 
 
+PERTURBATIONS = ("none", "ulp", "large")  # kept in step with esper_exp.probe.PERTURBATIONS
 WANDB_MODES = ("offline", "online", "disabled")
 PROGRESS_MODES = ("auto", "on", "off")
 
@@ -150,6 +162,10 @@ def validate(cfg) -> None:
     _positive("model.depth", cfg.model.depth)
     _choice("precision", cfg.precision.name, tuple(DTYPES))
     _choice("tracking.wandb.mode", cfg.tracking.wandb.mode, WANDB_MODES)
+    _choice("drift.perturb", cfg.drift.perturb, PERTURBATIONS)
+    _positive("drift.probe_every", cfg.drift.probe_every, strict=False)
+    _positive("drift.snapshot_every", cfg.drift.snapshot_every, strict=False)
+    _positive("drift.probe_set_size", cfg.drift.probe_set_size)
     _choice("tracking.progress", cfg.tracking.progress, PROGRESS_MODES)
     _positive("tracking.checkpoint_every", cfg.tracking.checkpoint_every, strict=False)
     if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):

@@ -135,6 +135,7 @@ class VectorEnv:
                          max_episode_steps=max_episode_steps, kwargs=dict(kwargs or {}))
         self.env = SyncVectorEnv([thunk for _ in range(num_envs)], autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
         self.num_envs = num_envs
+        self.clip_obs = clip_obs
         self.single_observation_space = self.env.single_observation_space
         self.single_action_space = self.env.single_action_space
 
@@ -158,6 +159,14 @@ class VectorEnv:
                 for i in np.flatnonzero(mask):
                     episodes.append((int(i), float(ep["r"][i]), int(ep["l"][i])))
         return StepResult(obs, reward, terminated, truncated, final_obs, episodes)
+
+    def normalize_obs(self, raw: np.ndarray) -> np.ndarray:
+        """Raw observations as the policy sees them now: sub-env 0's running normalisation and clip, if any."""
+        for layer in _layers(self.env.envs[0]):
+            if isinstance(layer, gym.wrappers.NormalizeObservation):
+                rms = layer.obs_rms
+                return np.clip((raw - rms.mean) / np.sqrt(rms.var + layer.epsilon), -self.clip_obs, self.clip_obs)
+        return raw
 
     def state_dict(self) -> list[list[dict]]:
         return [sub_env_state(e) for e in self.env.envs]

@@ -27,6 +27,7 @@ from esper_exp.blend import AlphaSchedule
 from esper_exp.envs import VectorEnv
 from esper_exp.policy import ActorCritic, obs_dim_of
 from esper_exp.precision import Precision
+from esper_exp.probe import perturb, shadow_probe
 
 
 class NonFiniteError(RuntimeError):
@@ -83,6 +84,47 @@ class Rollout:
         return cls(z(T, N, obs_dim), z(T, N, *action_shape), z(T, N), z(T, N), z(T, N, dtype=torch.bool), z(T, N))
 
 
+@dataclass
+class Minibatch:
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor  # at rollout time
+    values: torch.Tensor  # at rollout time
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    def index(self, idx: torch.Tensor) -> Minibatch:
+        return Minibatch(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+
+def ppo_loss(evaluate, mb: Minibatch, p) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's loss on one minibatch: clipped surrogate + c_v * (clipped) value loss - c_e * entropy.
+
+    Runs under whatever numerics the caller sets (autocast, GELU variant). Returns (loss, detached parts)."""
+    newlogprob, entropy, newvalue = evaluate(mb.obs, mb.actions)
+    logratio = newlogprob - mb.logprobs
+    ratio = logratio.exp()
+    with torch.no_grad():
+        parts = {"old_approx_kl": (-logratio).mean(), "approx_kl": ((ratio - 1) - logratio).mean(),
+                 "clipfrac": ((ratio - 1.0).abs() > p.clip_coef).float().mean()}
+
+    adv = mb.advantages
+    if p.norm_adv:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - p.clip_coef, 1 + p.clip_coef)).mean()
+
+    if p.clip_vloss:
+        v_unclipped = (newvalue - mb.returns).square()
+        v_clipped = mb.values + (newvalue - mb.values).clamp(-p.clip_coef, p.clip_coef)
+        v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - mb.returns).square()).mean()
+    else:
+        v_loss = 0.5 * (newvalue - mb.returns).square().mean()
+    entropy_loss = entropy.mean()
+    loss = pg_loss - p.ent_coef * entropy_loss + p.vf_coef * v_loss
+    parts.update(policy_loss=pg_loss.detach(), value_loss=v_loss.detach(), entropy=entropy_loss.detach())
+    return loss, parts
+
+
 class PPO:
     """Holds everything a run's PPO state consists of; ``train`` runs the loop."""
 
@@ -104,6 +146,7 @@ class PPO:
         self.policy = ActorCritic(self.obs_dim, self.envs.single_action_space, width=m.width, depth=m.depth,
                                   blueprint=m.blueprint, gelu=m.gelu, checkpointing=m.checkpointing,
                                   blend_cast=m.blend_cast).to(device)
+        self.perturbation = perturb(self.policy, cfg.drift.perturb, cfg.seed)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=p.learning_rate, eps=p.adam_eps, fused=True)
         self.scaler = self.precision.grad_scaler()
         self.alpha = AlphaSchedule(**m.alpha)
@@ -153,13 +196,13 @@ class PPO:
         buf.episode_ends.copy_(torch.from_numpy(episode_ends))
 
     # ---------------------------------------------------------------- update
-    def update(self, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+    def update(self, advantages: torch.Tensor, returns: torch.Tensor, probe=None) -> dict[str, float]:
+        """K epochs of clipped-surrogate minibatch updates. ``probe(minibatch)``, when given, runs once on the
+        first minibatch before any parameter changes (the drift shadow probe)."""
         p = self.cfg.ppo
         b = self.buf
-        b_obs = b.obs.reshape(-1, self.obs_dim)
-        b_actions = b.actions.reshape((-1, *self.action_shape))
-        b_logprobs, b_values = b.logprobs.reshape(-1), b.values.reshape(-1)
-        b_adv, b_returns = advantages.reshape(-1), returns.reshape(-1)
+        batch = Minibatch(b.obs.reshape(-1, self.obs_dim), b.actions.reshape((-1, *self.action_shape)),
+                          b.logprobs.reshape(-1), b.values.reshape(-1), advantages.reshape(-1), returns.reshape(-1))
         # every epoch's permutation is drawn up front: the stream is the same whether or not target_kl stops early
         perms = [torch.as_tensor(self.minibatch_rng.permutation(self.batch_size), device=self.device)
                  for _ in range(p.update_epochs)]
@@ -170,33 +213,15 @@ class PPO:
         for epoch in range(p.update_epochs):
             epochs_run += 1
             for start in range(0, self.batch_size, self.minibatch_size):
-                mb = perms[epoch][start:start + self.minibatch_size]
+                mb = batch.index(perms[epoch][start:start + self.minibatch_size])
+                if probe is not None and epoch == 0 and start == 0:
+                    probe(mb)
                 with self.precision.autocast():
-                    newlogprob, entropy, newvalue = self.evaluate(b_obs[mb], b_actions[mb])
-                logratio = newlogprob - b_logprobs[mb]
-                ratio = logratio.exp()
-                with torch.no_grad():
-                    stats["old_approx_kl"].append((-logratio).mean())
-                    stats["approx_kl"].append(((ratio - 1) - logratio).mean())
-                    stats["clipfrac"].append(((ratio - 1.0).abs() > p.clip_coef).float().mean())
-
-                mb_adv = b_adv[mb]
-                if p.norm_adv:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - p.clip_coef, 1 + p.clip_coef)).mean()
-
-                if p.clip_vloss:
-                    v_unclipped = (newvalue - b_returns[mb]).square()
-                    v_clipped = b_values[mb] + (newvalue - b_values[mb]).clamp(-p.clip_coef, p.clip_coef)
-                    v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - b_returns[mb]).square()).mean()
-                else:
-                    v_loss = 0.5 * (newvalue - b_returns[mb]).square().mean()
-                entropy_loss = entropy.mean()
-                loss = pg_loss - p.ent_coef * entropy_loss + p.vf_coef * v_loss
+                    loss, parts = ppo_loss(self.evaluate, mb, p)
                 if not torch.isfinite(loss):
                     raise NonFiniteError(
-                        f"non-finite loss ({loss.item()}) at update {self.update_idx + 1}, epoch {epoch + 1}: "
-                        f"policy_loss={pg_loss.item()}, value_loss={v_loss.item()}, entropy={entropy_loss.item()}")
+                        f"non-finite loss ({loss.item()}) at update {self.update_idx + 1}, epoch {epoch + 1}: " +
+                        ", ".join(f"{k}={parts[k].item()}" for k in ("policy_loss", "value_loss", "entropy")))
 
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
@@ -209,20 +234,20 @@ class PPO:
                     self.nonfinite_grad_steps += 1  # fp16: GradScaler skips this step and lowers the scale
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                stats["policy_loss"].append(pg_loss.detach())
-                stats["value_loss"].append(v_loss.detach())
-                stats["entropy"].append(entropy_loss.detach())
+                for k, v in parts.items():
+                    stats[k].append(v)
                 stats["grad_norm"].append(grad_norm.detach())
             if p.target_kl is not None and torch.stack(stats["approx_kl"][-(self.batch_size // self.minibatch_size):]).mean() > p.target_kl:
                 break
         out = {k: float(torch.stack(v).float().mean()) for k, v in stats.items()}
         out["epochs"] = epochs_run
-        out["explained_variance"] = explained_variance(b_values, b_returns)
+        out["explained_variance"] = explained_variance(batch.values, batch.returns)
         return out
 
     # ---------------------------------------------------------------- loop
-    def run_update(self, on_episode) -> dict[str, float]:
-        """One PPO iteration: LR anneal, alpha, rollout, GAE, update. Returns its metrics record."""
+    def run_update(self, on_episode, on_probe=None) -> dict[str, float]:
+        """One PPO iteration: LR anneal, alpha, rollout, GAE, update. Returns its metrics record.
+        ``on_probe(record)`` receives the shadow probe's record on the updates it runs (drift.probe_every)."""
         p = self.cfg.ppo
         timers = {"env": 0.0, "inference": 0.0}
         frac = 1.0 - self.update_idx / self.num_updates
@@ -240,7 +265,11 @@ class PPO:
                                           p.gamma, p.gae_lambda)
         timers["inference"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        stats = self.update(advantages, returns)
+        every = self.cfg.drift.probe_every
+        probe = None
+        if every and on_probe is not None and (self.update_idx + 1) % every == 0:
+            probe = lambda mb: on_probe(shadow_probe(self, mb))  # noqa: E731
+        stats = self.update(advantages, returns, probe)
         timers["update"] = time.perf_counter() - t0
         self.update_idx += 1
         record = {"global_step": self.global_step, "update": self.update_idx, "alpha": alpha, "lr": lr, **stats,

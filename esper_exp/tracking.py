@@ -37,6 +37,9 @@ def cell_name(config: dict, sep: str = "/") -> str:
     parts = [config["env"]["name"], config["model"]["gelu"], config["precision"]["name"]]
     if config["model"].get("compile"):
         parts.append("compiled")
+    perturb = config.get("drift", {}).get("perturb", "none")
+    if perturb != "none":
+        parts.append(f"perturb-{perturb}")
     return sep.join(parts)
 
 
@@ -124,11 +127,14 @@ class Tracker:
         self.cell = cell_name(config)
         resumed = resume_at is not None
         if resumed:
+            for name in ("probe.jsonl", "snapshots.jsonl"):
+                _truncate_jsonl(self.run_dir / name, lambda r: r["update"] <= resume_at[0])
             _truncate_jsonl(self.run_dir / "metrics.jsonl", lambda r: r["update"] <= resume_at[0])
             _truncate_jsonl(self.run_dir / "episodes.jsonl", lambda r: r["global_step"] <= resume_at[1])
-        mode = "a" if resumed else "w"
-        self._metrics = open(self.run_dir / "metrics.jsonl", mode)
-        self._episodes = open(self.run_dir / "episodes.jsonl", mode)
+        self._mode = "a" if resumed else "w"
+        self._metrics = open(self.run_dir / "metrics.jsonl", self._mode)
+        self._episodes = open(self.run_dir / "episodes.jsonl", self._mode)
+        self._extra: dict[str, object] = {}  # probe.jsonl, snapshots.jsonl: opened on first use
         self.info = {
             "status": "running",
             "reason": None,
@@ -138,6 +144,7 @@ class Tracker:
             "gelu": config["model"]["gelu"],
             "precision": config["precision"]["name"],
             "compile": bool(config["model"]["compile"]),
+            "perturb": config["drift"]["perturb"],
             "cell": self.cell,
             "config_hash": config_hash(config),
             "git_sha": git_sha(),
@@ -197,12 +204,20 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.log(record)
 
+    def log_record(self, name: str, record: dict) -> None:
+        """Append one record to <run dir>/<name> (probe.jsonl, snapshots.jsonl), flushed."""
+        f = self._extra.get(name)
+        if f is None:
+            f = self._extra[name] = open(self.run_dir / name, self._mode)
+        f.write(json.dumps(record, allow_nan=True) + "\n")
+        f.flush()
+
     def finish(self, status: str, reason: str | None = None) -> None:
         assert status in STATUSES
         if status == "failed":
             self.info["nonfinite_events"] += int("non-finite" in (reason or ""))
         self.info.update(status=status, reason=reason, ended_at=now())
-        for f in (self._metrics, self._episodes):
+        for f in (self._metrics, self._episodes, *self._extra.values()):
             if not f.closed:
                 f.flush()
                 f.close()

@@ -26,7 +26,10 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 GROUPS = ("env", "model", "precision", "ppo", "tracking", "experiment")
 
 register_configs()
-OmegaConf.register_new_resolver("esper_compiled", lambda flag: "-compiled" if flag else "", replace=True)
+# run/sweep directory suffix for what changes a cell's numerics beyond GELU x precision
+OmegaConf.register_new_resolver(
+    "esper_suffix", lambda compiled, perturb: ("-compiled" if compiled else "") +
+    ("" if perturb == "none" else f"-perturb-{perturb}"), replace=True)
 
 _RESULTS: list[str] = []  # statuses of the jobs run in this process (read by main for the exit code)
 
@@ -89,6 +92,7 @@ def run(cfg: DictConfig, run_dir: Path, job_num: int | None = None) -> str:
     from tqdm import tqdm
 
     from esper_exp.ppo import PPO, EpisodeWindow, NonFiniteError
+    from esper_exp.probe import Snapshotter
     from esper_exp.runtime import prepare, resolve_device
 
     validate(cfg)
@@ -130,16 +134,29 @@ def run(cfg: DictConfig, run_dir: Path, job_num: int | None = None) -> str:
                             {"ppo": ppo.state_dict(), "episode_window": list(window.returns),
                              "config_hash": config_hash(config)})
 
+        snapshot = None
+        if cfg.drift.snapshot_every:
+            snapshot = Snapshotter(ppo, cfg.drift.probe_set_size)
+            if ppo.update_idx == 0:
+                tracker.log_record("snapshots.jsonl", snapshot(ppo))  # the initial policy
+        if ppo.perturbation:
+            tracker.info["perturbation"] = ppo.perturbation
+
+        def on_probe(record: dict) -> None:
+            tracker.log_record("probe.jsonl", record)
+
         every = cfg.tracking.checkpoint_every
         show = cfg.tracking.progress == "on" or (cfg.tracking.progress == "auto" and sys.stderr.isatty())
         start, start_step = time.perf_counter(), ppo.global_step
         with StopRequest() as stop, tqdm(total=ppo.num_updates * ppo.batch_size, initial=ppo.global_step, unit="step",
                                          unit_scale=True, disable=not show, desc=tracker.cell, dynamic_ncols=True) as bar:
             while ppo.update_idx < ppo.num_updates:
-                record = ppo.run_update(on_episode)
+                record = ppo.run_update(on_episode, on_probe)
                 record["sps"] = (record["global_step"] - start_step) / (time.perf_counter() - start)
                 record["return_mean"] = window.mean()
                 tracker.log_update(record)
+                if snapshot is not None and ppo.update_idx % cfg.drift.snapshot_every == 0:
+                    tracker.log_record("snapshots.jsonl", snapshot(ppo))
                 bar.update(ppo.batch_size)
                 bar.set_postfix(sps=f"{record['sps']:.0f}", ret=f"{record['return_mean']:.1f}", refresh=False)
                 if stop.signal or (every and ppo.update_idx % every == 0) or ppo.update_idx == ppo.num_updates:
