@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 _PREC = {"fp32": ("#0072B2", "o"), "bf16": ("#D55E00", "s"), "fp16": ("#009E73", "^")}
 _EXTRA = [("#CC79A7", "D"), ("#E69F00", "v"), ("#56B4E9", "P"), ("#000000", "X")]
 _GELU = {"exact": "-", "tanh": "--"}
+_PERTURB = {"perturb-ulp": ("#555555", "x"), "perturb-large": ("#000000", "D")}
 _EXTRA_LS = [":", "-.", (0, (5, 1, 1, 1))]
 
 HEALTH_PANELS = [
@@ -31,9 +32,14 @@ HEALTH_PANELS = [
 def cell_style(cell: str) -> dict:
     parts = cell.split("/")
     gelu, prec = parts[0], parts[1] if len(parts) > 1 else ""
-    compiled = len(parts) > 2
+    tags = parts[2:]
+    compiled = "compiled" in tags
+    perturb = next((t for t in tags if t.startswith("perturb-")), None)
     colour, marker = _PREC.get(prec) or _EXTRA[sum(map(ord, prec)) % len(_EXTRA)]
     ls = _GELU.get(gelu) or _EXTRA_LS[sum(map(ord, gelu)) % len(_EXTRA_LS)]
+    if perturb:  # noise-floor controls: grey/black, dotted, their own marker
+        colour, marker = _PERTURB.get(perturb, ("#000000", "X"))
+        ls = ":"
     return {"color": colour, "marker": marker, "linestyle": ls,
             "markerfacecolor": "white" if compiled else colour, "markeredgecolor": colour}
 
@@ -150,5 +156,95 @@ def plot_health(env: str, health: dict, path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8,
                frameon=False)
     fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+DRIFT_PROBE_PANELS = [
+    ("grad_rel_l2", "gradient: |g_run - g_ref| / |g_ref|"),
+    ("one_minus_grad_cos", "gradient: 1 - cos(g_run, g_ref)"),
+    ("action_kl", "action KL(ref || run), minibatch mean"),
+    ("actor_out_max_abs", "actor output max |run - ref|"),
+    ("actor_seed_max_abs", "actor seed-MLP output max |run - ref|"),
+    ("value_max_abs", "value max |run - ref|"),
+]
+
+DIVERGENCE_PANELS = [
+    ("kl", "KL(run || reference) on the probe set", "log"),
+    ("param_rel", "relative parameter distance", "log"),
+    ("value_rms", "value prediction RMS difference", "log"),
+    ("return_diff", "return difference (run - reference), windowed", "linear"),
+]
+
+
+def _positive(a):
+    a = np.asarray(a, dtype=np.float64)
+    return np.where(a > 0, a, np.nan)
+
+
+def plot_drift_probe(env: str, probe: dict, path) -> None:
+    """probe: {cell: {"updates", key: {"median", "q25", "q75"}}}: the instantaneous run-vs-reference
+    numerics difference over training, median over seeds with IQR band, log y."""
+    panels = [p for p in DRIFT_PROBE_PANELS if any(p[0] in c for c in probe.values())]
+    ncol = 3
+    nrow = max((len(panels) + ncol - 1) // ncol, 1)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(13, 3.1 * nrow + 0.7), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, panels):
+        for i, (cell, c) in enumerate(probe.items()):
+            if key not in c or not np.isfinite(_positive(c[key]["median"])).any():
+                continue  # all zero (reference numerics against themselves): nothing on a log axis
+            st = cell_style(cell)
+            u = c["updates"]
+            ax.fill_between(u, _positive(c[key]["q25"]), _positive(c[key]["q75"]), color=st["color"],
+                            alpha=0.12, linewidth=0)
+            ax.plot(u, _positive(c[key]["median"]), label=f"{cell} (n={c['n']})", linewidth=1.3,
+                    markevery=_markevery(len(u), i), markersize=4, **st)
+        ax.set_yscale("log")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("update", fontsize=8)
+        ax.grid(True, alpha=0.3, linewidth=0.5)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = _legend_entries(axes.flat)
+    fig.suptitle(f"{env}: shadow probe, run numerics vs reference (exact GELU, fp32) at the same parameters "
+                 f"and minibatch\n(median over seeds, IQR band; cells identical to the reference are not drawn)",
+                 fontsize=10)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_divergence(env: str, curves: dict, control: str | None, path) -> None:
+    """curves: {cell: {"updates", "n", metric: {"median", "lo", "hi"}}}: each cell's divergence
+    from the reference run of the same seed; the control cell drawn as a grey band."""
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.6), squeeze=False)
+    for ax, (key, label, scale) in zip(axes.flat, DIVERGENCE_PANELS):
+        tr = _positive if scale == "log" else (lambda a: np.asarray(a, dtype=np.float64))
+        if control in curves:
+            c = curves[control]
+            ax.fill_between(c["updates"], tr(c[key]["lo"]), tr(c[key]["hi"]), color="0.55", alpha=0.35,
+                            linewidth=0, label=f"noise floor: {control} (95% CI)")
+            ax.plot(c["updates"], tr(c[key]["median"]), color="0.3", linewidth=1.2, linestyle=":")
+        for i, (cell, c) in enumerate(curves.items()):
+            if cell == control:
+                continue
+            st = cell_style(cell)
+            ax.fill_between(c["updates"], tr(c[key]["lo"]), tr(c[key]["hi"]), color=st["color"], alpha=0.1,
+                            linewidth=0)
+            ax.plot(c["updates"], tr(c[key]["median"]), label=f"{cell} (n={c['n']})", linewidth=1.4,
+                    markevery=_markevery(len(c["updates"]), i), markersize=4, **st)
+        if scale == "log":
+            ax.set_yscale("log")
+        else:
+            ax.axhline(0.0, color="0.3", linewidth=0.8)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("update", fontsize=8)
+        ax.grid(True, alpha=0.3, linewidth=0.5)
+    handles, labels = _legend_entries(axes.flat)
+    fig.suptitle(f"{env}: divergence from the reference run of the same seed (median over seeds, 95% "
+                 f"bootstrap band; exact zeros not drawn on log axes)", fontsize=10)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.75 / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -30,9 +30,26 @@ HEALTH_KEYS = ("approx_kl", "clipfrac", "explained_variance", "grad_norm", "loss
 LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm")
 
 
-def cell_label(gelu: str, precision: str, compile_: bool) -> str:
-    """Cell name without the env, e.g. ``exact/fp32`` or ``tanh/bf16/compiled``."""
-    return f"{gelu}/{precision}" + ("/compiled" if compile_ else "")
+def cell_label(gelu: str, precision: str, compile_: bool, perturb: str = "none") -> str:
+    """Cell name without the env, e.g. ``exact/fp32``, ``tanh/bf16/compiled`` or, for a noise-floor
+    control run (``drift.perturb``), ``exact/fp32/perturb-ulp``."""
+    return (f"{gelu}/{precision}" + ("/compiled" if compile_ else "")
+            + ("" if perturb in (None, "", "none") else f"/perturb-{perturb}"))
+
+
+def parse_cell(cell: str) -> dict:
+    """Inverse of cell_label: gelu, precision, compiled (bool), perturb ("none" when absent)."""
+    parts = cell.split("/")
+    tags = parts[2:]
+    perturb = next((t[len("perturb-"):] for t in tags if t.startswith("perturb-")), "none")
+    return {"gelu": parts[0], "precision": parts[1] if len(parts) > 1 else "",
+            "compiled": "compiled" in tags, "perturb": perturb}
+
+
+def base_cell(cell: str) -> str:
+    """The cell without its perturbation tag (a control's unperturbed counterpart)."""
+    c = parse_cell(cell)
+    return cell_label(c["gelu"], c["precision"], c["compiled"])
 
 
 @dataclass
@@ -64,8 +81,16 @@ class Run:
         return bool(self.info.get("compile", False))
 
     @property
+    def perturb(self) -> str:
+        """Noise-floor control kind (run.json "perturb", else the config's drift.perturb): none|ulp|large."""
+        p = self.info.get("perturb")
+        if p is None:
+            p = ((self.info.get("config") or {}).get("drift") or {}).get("perturb")
+        return str(p or "none")
+
+    @property
     def cell(self) -> str:
-        return cell_label(self.info["gelu"], self.info["precision"], self.compile)
+        return cell_label(self.info["gelu"], self.info["precision"], self.compile, self.perturb)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -204,13 +229,18 @@ class Sweep:
         The expected grid, per compile flag, is every observed GELU variant x precision of this
         env under that flag, times every seed seen in the env (a sweep cannot name cells nobody
         launched; compiled runs are often a deliberate subset, so they form their own grid).
+        Perturbed (noise-floor control) cells are not crossed with the grid: a control cell that
+        exists is expected to hold every seed, and no other cell is expected to have a control.
         """
         runs = [r for r in self.runs if r.env == env]
         seeds = {r.seed for r in runs}
         have = {(r.cell, r.seed) for r in runs}
         out = []
-        for c in {r.compile for r in runs}:
-            sub = [r for r in runs if r.compile == c]
+        for cl in {r.cell for r in runs if r.perturb != "none"}:
+            out += [(cl, s) for s in seeds if (cl, s) not in have]
+        plain = [r for r in runs if r.perturb == "none"]
+        for c in {r.compile for r in plain}:
+            sub = [r for r in plain if r.compile == c]
             for g in {r.info["gelu"] for r in sub}:
                 for p in {r.info["precision"] for r in sub}:
                     for s in seeds:
@@ -225,9 +255,11 @@ _GELU_ORDER = {"exact": 0, "tanh": 1}
 
 
 def cell_sort_key(cell: str):
-    parts = cell.split("/")
-    g, p = parts[0], parts[1] if len(parts) > 1 else ""
-    return (len(parts) > 2, _PREC_ORDER.get(p, 9), p, _GELU_ORDER.get(g, 9), g, cell)
+    """Plain cells first, then compiled ones, then noise-floor controls; precision, then GELU."""
+    c = parse_cell(cell)
+    g, p = c["gelu"], c["precision"]
+    return (c["perturb"] != "none", c["compiled"], c["perturb"], _PREC_ORDER.get(p, 9), p,
+            _GELU_ORDER.get(g, 9), g, cell)
 
 
 def sort_cells(cells) -> list[str]:

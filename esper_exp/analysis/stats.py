@@ -225,3 +225,34 @@ def verdict(cmp: dict, metric: str, units: str = "") -> str:
     if min(cmp["n"], cmp["n_ref"]) < 10:
         s += f"; only {min(cmp['n'], cmp['n_ref'])} seeds (the design asks for at least 10 for a claim)"
     return s
+
+
+def median_band(curves, reps: int, seed: int):
+    """Median over runs at each point with a 95 % bootstrap CI of that median (whole runs
+    resampled). curves: (runs, points); NaN band with fewer than two runs."""
+    curves = np.asarray(curves, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        point = np.median(curves, axis=0)
+    res = _bootstrap([curves.T], _median, reps, seed)
+    if res is None:
+        nan = np.full_like(point, np.nan)
+        return point, nan, nan
+    return point, np.asarray(res.confidence_interval.low), np.asarray(res.confidence_interval.high)
+
+
+def mean_ci(x, reps: int, seed: int, n_comparisons: int = 1) -> dict:
+    """Mean of per-seed values with its 95 % percentile bootstrap CI and the Bonferroni-widened
+    interval (level 1 - 0.05 / n_comparisons) from the same replicates."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    nan = float("nan")
+    out = {"n": int(x.size), "mean": float(x.mean()) if x.size else nan, "ci": (nan, nan),
+           "ci_adj": (nan, nan), "n_comparisons": int(n_comparisons)}
+    res = _bootstrap([x], _mean, reps, seed)
+    if res is not None:
+        out["ci"] = (float(res.confidence_interval.low), float(res.confidence_interval.high))
+        a = (1 - CONFIDENCE) / max(int(n_comparisons), 1)
+        q = np.nanquantile(res.bootstrap_distribution, [a / 2, 1 - a / 2])
+        out["ci_adj"] = (float(q[0]), float(q[1]))
+    return out
