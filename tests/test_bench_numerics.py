@@ -86,7 +86,7 @@ def test_cartpole_dynamics_terminate_and_push():
 
 
 def test_probe_policy_learns_and_records_activations():
-    probe = train_probe(iterations=8, n_envs=64, horizon=100)
+    probe = train_probe(iterations=4, n_envs=32, horizon=60)
     assert probe["episode_length_last"] > probe["episode_length_first"]
     acts = record_activations(probe["policy"], n_envs=8, horizon=50)
     assert acts["gelu_inputs"].numel() == acts["seed_inputs"].shape[0] * 256
