@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow demo sweep-smoke clean
+.PHONY: setup test test-slow demo sweep-smoke wheelhouse sweep-bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,29 @@ test-slow: setup
 
 demo: setup ## a small default training job: CartPole-v1, 100k steps, wandb offline
 	$(VENV)/bin/esper-train env=cartpole ppo.total_timesteps=100000 tracking.progress=on
+
+# Offline install for air-gapped machines: every runtime dependency of esper-exp for WHEEL_PYTHON on
+# WHEEL_PLATFORMS, plus esper-exp's own wheel, minus WHEEL_SKIP (what the target already has, with its own deps).
+#   make wheelhouse WHEEL_PYTHON=3.12 WHEEL_SKIP="torch numpy pandas scipy matplotlib tqdm pyyaml joblib cloudpickle"
+#   (target) python3 -m pip install --no-index --find-links .wheelhouse esper-exp
+WHEELHOUSE ?= .wheelhouse
+WHEEL_PYTHON ?= 3.12
+WHEEL_PLATFORMS ?= manylinux_2_28_x86_64 manylinux2014_x86_64
+WHEEL_SKIP ?= torch
+WHEEL_SDIST_ONLY ?= antlr4-python3-runtime==4.9.3 rliable==1.2.0
+
+wheelhouse: setup ## offline wheelhouse in $(WHEELHOUSE) (needs an index here, none on the target)
+	$(PY) -m esper_exp.wheelhouse --out $(WHEELHOUSE) --python $(WHEEL_PYTHON) --platform $(WHEEL_PLATFORMS) \
+		--skip $(WHEEL_SKIP) --sdist-only $(WHEEL_SDIST_ONLY)
+
+# Sweep throughput: a 12-run CartPole sweep (2 GELU x 3 precisions x 2 seeds, 51,200 steps each);
+# total env steps / wall time is in the printed summary line (experiments/sweeps/README.md).
+BENCH_LAUNCHER ?= hydra/launcher=joblib hydra.launcher.n_jobs=2
+sweep-bench: setup
+	rm -rf outputs/sweeps/sweep_bench
+	$(VENV)/bin/esper-train -m model.gelu=exact,tanh precision=fp32,bf16,fp16 seed=1,2 env=cartpole \
+		ppo.total_timesteps=51200 device=cpu tracking.wandb.mode=disabled tracking.progress=off \
+		sweep_name=sweep_bench $(BENCH_LAUNCHER)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
