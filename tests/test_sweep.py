@@ -105,3 +105,23 @@ def test_summary_classifies_from_run_json_and_launch_marks(tmp_path):
     cats = categories(summarize(tmp_path, before))
     assert cats == {"done": "skipped", "crashed": "failed", "killed": "interrupted", "other": "other"}
     assert other.exists()
+
+
+def test_wheelhouse_closure_skips_target_packages_with_their_deps_and_uses_target_markers():
+    from esper_exp.wheelhouse import closure, target_env
+
+    def item(name, *requires):
+        return {"metadata": {"name": name, "version": "1.0", "requires_dist": list(requires)}}
+
+    report = {"install": [
+        item("esper-exp", "torch>=2.4", "hydra-core", "gymnasium[mujoco]>=1.1"),
+        item("torch", "sympy", "setuptools; python_version >= '3.12'"), item("sympy"), item("setuptools"),
+        item("hydra_core", "omegaconf", "importlib-resources; python_version < '3.9'"), item("omegaconf", "PyYAML"),
+        item("PyYAML"), item("gymnasium", "numpy", "mujoco; extra == 'mujoco'", "box2d; extra == 'box2d'"),
+        item("numpy"), item("mujoco"),
+    ]}
+    need, skipped = closure(report, "esper-exp", target_env("3.12", "x86_64"), {"torch", "numpy", "pyyaml"})
+    assert set(need) == {"esper-exp", "hydra-core", "omegaconf", "gymnasium", "mujoco"}
+    assert skipped == {"torch", "numpy", "pyyaml"}
+    need, _ = closure(report, "esper-exp", target_env("3.12", "x86_64"), set())
+    assert {"sympy", "setuptools", "torch"} <= set(need) and "box2d" not in need
