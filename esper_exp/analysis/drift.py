@@ -239,8 +239,12 @@ def _probe_summary(runs: list[Run], reps: int, seed: int) -> tuple[dict, dict]:
     for key in PROBE_KEYS:
         arr = np.array([[_f64(next(x for x in v if x["update"] == u).get(key)) for u in common]
                         for v in recs.values()])
-        if key == "grad_cos":  # plotted and summarised as 1 - cos (0 = same direction)
-            arr, key = 1.0 - arr, "one_minus_grad_cos"
+        if key == "grad_cos":  # plotted and summarised as 1 - cos (0 = same direction); a cosine of
+            # identical gradients computed in floating point can miss 1 by an ulp: where the
+            # gradients are equal (grad_rel_l2 == 0) 1 - cos is exactly 0
+            rel = np.array([[_f64(next(x for x in v if x["update"] == u).get("grad_rel_l2")) for u in common]
+                            for v in recs.values()])
+            arr, key = np.where(rel == 0, 0.0, np.maximum(1.0 - arr, 0.0)), "one_minus_grad_cos"
         if arr.size == 0 or not np.isfinite(arr).any():
             continue
         with warnings.catch_warnings():

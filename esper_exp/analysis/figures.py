@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 _PREC = {"fp32": ("#0072B2", "o"), "bf16": ("#D55E00", "s"), "fp16": ("#009E73", "^")}
 _EXTRA = [("#CC79A7", "D"), ("#E69F00", "v"), ("#56B4E9", "P"), ("#000000", "X")]
 _GELU = {"exact": "-", "tanh": "--"}
-_PERTURB = {"perturb-ulp": ("#555555", "x"), "perturb-large": ("#000000", "D")}
+_PERTURB = {"perturb-ulp": ("#555555", "X"), "perturb-large": ("#000000", "D")}
 _EXTRA_LS = [":", "-.", (0, (5, 1, 1, 1))]
 
 HEALTH_PANELS = [
@@ -209,7 +209,11 @@ def plot_drift_probe(env: str, probe: dict, path) -> None:
     fig.suptitle(f"{env}: shadow probe, run numerics vs reference (exact GELU, fp32) at the same parameters "
                  f"and minibatch\n(median over seeds, IQR band; cells identical to the reference are not drawn)",
                  fontsize=10)
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    else:
+        fig.text(0.5, 0.02, "every cell's numerics equal the reference's: nothing to draw on log axes",
+                 ha="center", fontsize=9)
     fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -244,7 +248,8 @@ def plot_divergence(env: str, curves: dict, control: str | None, path) -> None:
     handles, labels = _legend_entries(axes.flat)
     fig.suptitle(f"{env}: divergence from the reference run of the same seed (median over seeds, 95% "
                  f"bootstrap band; exact zeros not drawn on log axes)", fontsize=10)
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.75 / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

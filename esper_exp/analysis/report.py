@@ -1,8 +1,9 @@
 """esper-report: turn a sweep directory into report.md + PNG figures + CSV/JSON numbers.
 
-    esper-report <sweep dir> [--reference exact/fp32] [--out DIR] [--reps N] [--seed S]
+    esper-report <sweep dir> [--reference exact/fp32] [--control CELL] [--out DIR] [--reps N] [--seed S]
 
-Reads run directories only (run.json, metrics.jsonl, episodes.jsonl); never imports the trainer.
+Reads run directories only (run.json, metrics.jsonl, episodes.jsonl, and snapshots.jsonl / probe.jsonl
+for the drift section, which appears only when some run has them); never imports the trainer.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 
 from . import figures
 from . import stats as S
-from .load import HEALTH_KEYS, LOSS_KEYS, Run, Sweep, cell_sort_key, load_sweep
+from . import drift as D
+from .load import HEALTH_KEYS, LOSS_KEYS, Run, Sweep, cell_sort_key, load_sweep, parse_cell
 
 DEFAULTS = {"reference": "exact/fp32", "reps": 5000, "seed": 0, "grid": 100, "window": 20,
             "last": 100, "power": 0.8}
@@ -162,7 +164,8 @@ def analyse_env(sweep: Sweep, env: str, reference: str, o: dict) -> dict:
     if res["reference"] and done[reference]:
         ref_fin = {r.seed: per_run[(reference, r.seed)]["final_return"] for r in done[reference]}
         ref_auc = {r.seed: per_run[(reference, r.seed)]["auc"] for r in done[reference]}
-        k = len([c for c in cells if c != reference and done[c]])
+        # noise-floor controls (perturb-*) are listed but are not hypotheses: not counted for Bonferroni
+        k = len([c for c in cells if c != reference and done[c] and parse_cell(c)["perturb"] == "none"])
         for c in cells:
             if c == reference:
                 continue
@@ -463,6 +466,10 @@ def write_report(sweep: Sweep, results: list[dict], reference: str, o: dict, out
         if f"health_{env}.png" in written:
             L += [f"![health](health_{env}.png)", ""]
 
+    if D.sweep_has_drift(sweep):
+        do = {"reps": min(int(o["reps"]), D.DEFAULTS["reps"]), "seed": o["seed"]}
+        L += D.write_drift(D.analyse_drift(sweep, reference, o.get("control"), do), out, reference, do)
+
     L += ["## Files", "", "runs.csv (one row per run), outcomes.csv, comparisons.csv, paired.csv, "
           "health.csv, curves.csv, summary.json (all of the above; NaN written as null).", ""]
     path = out / "report.md"
@@ -481,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_dir", help="directory holding run directories (found by their run.json)")
     p.add_argument("--reference", default=DEFAULTS["reference"],
                    help="reference cell as gelu/precision[/compiled] (default: %(default)s)")
+    p.add_argument("--control", default=None,
+                   help="drift section: noise-floor control cell (default: <reference>/perturb-ulp when present)")
     p.add_argument("--out", default=None, help="output directory (default: <sweep_dir>/report)")
     p.add_argument("--reps", type=int, default=DEFAULTS["reps"], help="bootstrap resamples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="bootstrap RNG seed (default: %(default)s)")
@@ -513,6 +522,8 @@ def run_report(sweep_dir, reference: str = DEFAULTS["reference"], out=None, **op
     if reference not in all_cells:
         raise ReportError(f"unknown reference cell '{reference}'; cells in this sweep: "
                           + ", ".join(all_cells))
+    if o.get("control") is not None and o["control"] not in all_cells:
+        raise ReportError(f"unknown control cell '{o['control']}'; cells in this sweep: " + ", ".join(all_cells))
     results = analyse(sweep, reference, o)
     out = Path(out) if out is not None else root / "report"
     return write_report(sweep, results, reference, o, out)
@@ -522,7 +533,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         path = run_report(args.sweep_dir, args.reference, args.out, reps=args.reps, seed=args.seed,
-                          grid=args.grid, window=args.window, last=args.last, power=args.power)
+                          grid=args.grid, window=args.window, last=args.last, power=args.power,
+                          control=args.control)
     except ReportError as e:
         print(f"esper-report: error: {e}", file=sys.stderr)
         return 2
