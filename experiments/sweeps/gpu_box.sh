@@ -19,18 +19,23 @@ for d in sorted(pathlib.Path('/tmp/x').iterdir()):
                     z.write(f, f.relative_to(d))
 EOF
 ls /tmp/wh | wc -l
-python3 -m venv --system-site-packages /tmp/venv
+python3 -c "import torch; print('torch at', torch.__file__)"
+# A venv with --system-site-packages did not see the box's torch (pip: "torch>=2.4 ... from versions: none", 1st try),
+# and --target ignores installed packages; --prefix installs next to the system python and keeps its torch.
 s=$(date +%s.%N)
-/tmp/venv/bin/python -m pip install -q --no-index --find-links /tmp/wh esper-exp; echo "pip rc=$? in $(echo "$(date +%s.%N) - $s" | bc) s"
-/tmp/venv/bin/python -m pip list 2>/dev/null | grep -i -E "^(gymnasium|hydra|omegaconf|wandb|mujoco|esper|torch|submitit|rliable|numpy) " | tee "$OUT/pip_list.txt"
-export PYTHONPATH=$PWD  # configs/ live in the repo, not in the esper-exp wheel (see README)
-E=/tmp/venv/bin/esper-train
+python3 -m pip install -q --no-index --find-links /tmp/wh --prefix /tmp/pfx --break-system-packages esper-exp
+echo "pip rc=$? in $(python3 -c "import time; print(round(time.time() - $s, 1))") s"
+SP=$(ls -d /tmp/pfx/lib/python3*/*-packages /tmp/pfx/local/lib/python3*/*-packages 2>/dev/null | head -1)
+export PYTHONPATH=$PWD:$SP; echo "installed into $SP"
+python3 -m pip list 2>/dev/null | grep -i -E "^(gymnasium|hydra|omegaconf|wandb|mujoco|esper|torch|submitit|rliable|numpy) " | tee "$OUT/pip_list.txt"
+# $PWD first: configs/ live in the repo, not in the esper-exp wheel (see README)
+E="python3 -c 'from esper_exp.train import main; main()'"
 s=$(date +%s.%N)
-$E -m experiment=smoke device=cuda tracking.wandb.mode=offline hydra/launcher=joblib hydra.launcher.n_jobs=6 hydra.sweep.dir=/tmp/gpu_smoke 2>&1 | grep -v "^\[" | tail -12
-echo "gpu smoke wall_s=$(echo "$(date +%s.%N) - $s" | bc)"
+eval $E -m experiment=smoke device=cuda tracking.wandb.mode=offline hydra/launcher=joblib hydra.launcher.n_jobs=6 hydra.sweep.dir=/tmp/gpu_smoke 2>&1 | grep -v "^\[" | tail -12
+echo "gpu smoke wall_s=$(python3 -c "import time; print(round(time.time() - $s, 1))")"
 s=$(date +%s.%N)
-$E -m model.gelu=exact,tanh precision=fp32,bf16,fp16 seed=1,2 env=cartpole ppo.total_timesteps=51200 device=cpu tracking.wandb.mode=disabled tracking.progress=off hydra/launcher=joblib hydra.launcher.n_jobs=16 hydra.sweep.dir=/tmp/bench16 2>&1 | grep -v "^\[" | tail -5
-w=$(echo "$(date +%s.%N) - $s" | bc)
+eval $E -m model.gelu=exact,tanh precision=fp32,bf16,fp16 seed=1,2 env=cartpole ppo.total_timesteps=51200 device=cpu tracking.wandb.mode=disabled tracking.progress=off hydra/launcher=joblib hydra.launcher.n_jobs=16 hydra.sweep.dir=/tmp/bench16 2>&1 | grep -v "^\[" | tail -5
+w=$(python3 -c "import time; print(time.time() - $s)")
 python3 - "$w" <<'EOF'
 import glob, json, sys
 w = float(sys.argv[1]); runs = [json.load(open(p)) for p in glob.glob('/tmp/bench16/*/*/run.json')]
