@@ -66,7 +66,10 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     a, b = a.double().reshape(-1), b.double().reshape(-1)
     nb, na = b.norm().item(), a.norm().item()
     diff = (a - b).norm().item()
-    cos = 1.0 if na == 0 and nb == 0 else (float("nan") if na == 0 or nb == 0 else (a @ b).item() / (na * nb))
+    if diff == 0:
+        cos = 1.0  # identical (also when both are zero); avoids 1 - 5e-15 from rounding in the dot product
+    else:
+        cos = float("nan") if na == 0 or nb == 0 else (a @ b).item() / (na * nb)
     return {"cos": cos, "rel_l2": 0.0 if diff == 0 else (diff / nb if nb else float("inf")),
             "max_abs": (a - b).abs().max().item() if a.numel() else 0.0}
 

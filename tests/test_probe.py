@@ -30,7 +30,7 @@ def test_probe_and_snapshots_leave_the_run_bitwise_unchanged(train_run, cell):
 def test_shadow_probe_of_the_reference_against_itself_is_exact(train_run):
     run_dir = train_run(*TINY_CARTPOLE, "model.gelu=exact", "precision=fp32", "drift.probe_every=1", name="ref")
     for p in read_jsonl(run_dir / "probe.jsonl"):
-        assert p["grad_cos"] == pytest.approx(1.0, abs=1e-12) and p["grad_rel_l2"] == 0.0 and p["grad_max_abs"] == 0.0
+        assert p["grad_cos"] == 1.0 and p["grad_rel_l2"] == 0.0 and p["grad_max_abs"] == 0.0
         assert p["loss_run"] == p["loss_ref"] and p["action_kl"] == 0.0
         assert all(p[f"{k}_max_abs"] == 0.0 for k in ("actor_out", "value", "actor_seed", "critic_seed"))
         assert all(v["rel_l2"] == 0.0 for v in p["layers"].values())
