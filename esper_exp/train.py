@@ -22,7 +22,8 @@ from esper_exp import checkpoint
 from esper_exp.config import ConfigError, register_configs, validate
 from esper_exp.tracking import Tracker, config_hash, print_err, read_run_json
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+# esper_exp/configs: in a checkout a symlink to the top-level configs/, in an installed wheel a copy of it
+CONFIG_DIR = str(Path(__file__).parent / "configs")
 GROUPS = ("env", "model", "precision", "ppo", "tracking", "experiment")
 
 register_configs()
