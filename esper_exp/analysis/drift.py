@@ -52,6 +52,7 @@ import numpy as np
 from scipy.special import log_softmax
 
 from . import figures
+from .output import fmt as _fmt, jsonable as _jsonable, table as _table, write_csv as _write_csv
 from . import stats as S
 from .load import Run, RunReadError, Sweep, _read_jsonl, load_run, load_sweep, parse_cell, sort_cells
 
@@ -444,51 +445,8 @@ def sweep_has_drift(sweep: Sweep) -> bool:
 # --------------------------------------------------------------------------- output
 
 
-def _fmt(v, nd=3) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    v = float(v)
-    if not math.isfinite(v):
-        return "—"
-    return f"{v:.{nd}g}"
 
 
-def _table(header, rows) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(x).replace("|", "/") for x in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: json.dumps(_jsonable(v)) if isinstance(v, (list, dict)) else _jsonable(v)
-                        for k, v in r.items()})
 
 
 def pair_table(p: dict) -> str:

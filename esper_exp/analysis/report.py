@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import figures
+from .output import fmt as _f, jsonable as _jsonable, table as _table, write_csv as _write_csv
 from . import stats as S
 from . import drift as D
 from .load import HEALTH_KEYS, LOSS_KEYS, Run, Sweep, cell_sort_key, load_sweep, parse_cell
@@ -252,54 +253,12 @@ def analyse(sweep: Sweep, reference: str, o: dict) -> list[dict]:
 # --------------------------------------------------------------------------- output
 
 
-def _f(v, nd=4) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    v = float(v)
-    if not math.isfinite(v):
-        return "—" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    return f"{v:.{nd}g}"
-
 
 def _ci(p, lo, hi) -> str:
     return f"{_f(p)} [{_f(lo)}, {_f(hi)}]"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(x).replace("|", "/") for x in r) + " |" for r in rows]
-    return "\n".join(out)
 
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return [_jsonable(v) for v in x.tolist()]
-    if isinstance(x, (np.bool_, bool)):
-        return bool(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None  # strict JSON: NaN/inf -> null
-    return x
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _jsonable(v) for k, v in r.items()})
 
 
 def write_report(sweep: Sweep, results: list[dict], reference: str, o: dict, out: Path) -> Path:
