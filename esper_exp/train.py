@@ -180,6 +180,9 @@ def run(cfg: DictConfig, run_dir: Path, job_num: int | None = None) -> str:
         tracker.finish(status, reason)
         if ppo is not None:
             ppo.close()
+    if status == "completed":
+        print(f"{tracker.cell} seed {cfg.seed}: completed {ppo.global_step} steps, mean return of the last "
+              f"{len(window.returns)} episodes {window.mean():.1f}; run directory: {run_dir}", flush=True)
     return status
 
 
