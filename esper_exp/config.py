@@ -147,6 +147,18 @@ def _positive(name: str, value: float, strict: bool = True) -> None:
         raise ConfigError(f"{name}={value!r} is not allowed; allowed: a number {'>' if strict else '>='} 0")
 
 
+def _check_env_id(env_id: str) -> None:
+    import difflib
+
+    import gymnasium as gym
+
+    if env_id not in gym.registry:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(f"env.id={env_id!r} is not a registered gymnasium environment; {hint}"
+                          f"allowed: the ids in gymnasium.registry (configs/env/ has cartpole, halfcheetah, hopper, walker2d)")
+
+
 def validate(cfg) -> None:
     """Check every value Hydra's types cannot; raise ConfigError naming the first bad one."""
     _choice("model.gelu", cfg.model.gelu, GELU_VARIANTS)
@@ -171,6 +183,7 @@ def validate(cfg) -> None:
     if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):
         raise ConfigError(f"device={cfg.device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
     _positive("env.num_envs", cfg.env.num_envs)
+    _check_env_id(cfg.env.id)
     p = cfg.ppo
     for key in ("total_timesteps", "num_steps", "num_minibatches", "update_epochs", "learning_rate", "clip_coef",
                 "max_grad_norm", "adam_eps"):

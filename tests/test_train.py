@@ -134,6 +134,8 @@ def test_ctrl_c_leaves_status_interrupted(tmp_path):
     ("ppo.num_minibatches=3", "divisor of 512"),
     ("model.blueprint=conv", "mlp_small, mlp"),
     ("tracking.wandb.mode=maybe", "offline, online, disabled"),
+    ("env.id=HalfCheetah-v9", "did you mean HalfCheetah-v5"),
+    ("drift.perturb=bit", "none, ulp, large"),
 ])
 def test_bad_input_is_one_clear_line_and_a_non_zero_exit(tmp_path, override, allowed):
     proc = subprocess.run([sys.executable, "-m", "esper_exp.train", override, "tracking.wandb.mode=disabled",
