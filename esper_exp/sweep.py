@@ -25,6 +25,7 @@ separately as ``other``. Snapshots compare (mtime_ns, size) of files, so clock s
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,22 @@ def _job_config_hash(job: Path) -> str | None:
         return None
 
 
+def _alive(info: dict) -> bool:
+    """Whether the process that wrote this run.json is still alive on this host."""
+    import platform
+
+    pid = info.get("pid")
+    if not pid or info.get("host") != platform.node() or pid == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def classify(job: Path, before: dict[str, Any] | None) -> dict[str, Any]:
     """One job's entry: category (completed/failed/interrupted/skipped/other) plus what run.json says."""
     before = before or {"run_json": None, "hydra": None}
@@ -97,7 +114,10 @@ def classify(job: Path, before: dict[str, Any] | None) -> dict[str, Any]:
         return entry
     if written:
         status = info.get("status")
-        if status == "running":
+        if status == "running" and _alive(info):
+            entry.update(category="other", reason=f"still running in process {info['pid']} on this host "
+                                                  "(another sweep or job writing to this directory)")
+        elif status == "running":
             entry.update(category="interrupted",
                          reason="run.json still says running: the job process died without writing its status")
         elif status in ("completed", "failed", "interrupted"):

@@ -150,6 +150,8 @@ class Tracker:
             "git_sha": git_sha(),
             "versions": versions(),
             "device": device_name(device),
+            "host": platform.node(),
+            "pid": os.getpid(),  # with host: lets a sweep summary tell a live run from a dead one
             "started_at": now(),
             "ended_at": None,
             "total_timesteps": config["ppo"]["total_timesteps"],

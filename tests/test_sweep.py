@@ -125,3 +125,30 @@ def test_wheelhouse_closure_skips_target_packages_with_their_deps_and_uses_targe
     assert skipped == {"torch", "numpy", "pyyaml"}
     need, _ = closure(report, "esper-exp", target_env("3.12", "x86_64"), set())
     assert {"sympy", "setuptools", "torch"} <= set(need) and "box2d" not in need
+
+
+def test_a_run_still_running_elsewhere_is_not_reported_dead(tmp_path):
+    """Two sweeps writing into one directory: the summary must not call the other sweep's live runs dead."""
+    import json
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from esper_exp.sweep import summarize
+
+    job = tmp_path / "cartpole-exact-fp32" / "seed=1"
+    job.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        info = {"status": "running", "reason": None, "cell": "cartpole/exact/fp32", "seed": 1,
+                "host": platform.node(), "pid": other.pid}
+        (job / "run.json").write_text(json.dumps(info))
+        entry = summarize(tmp_path, before={})["jobs"][0]
+        assert entry["category"] == "other" and str(other.pid) in entry["reason"]
+    finally:
+        other.kill()
+        other.wait()
+    entry = summarize(tmp_path, before={})["jobs"][0]
+    assert entry["category"] == "interrupted" and "died" in entry["reason"]
+    assert os.getpid() != info["pid"]
