@@ -61,8 +61,7 @@ class MLPSeed(nn.Module):
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
         variant = _GELU_OVERRIDE or self.gelu
-        hidden = gelu(F.linear(x, self.fc1.weight, self.fc1.bias), variant)  # = fc1(x), minus module-call overhead
-        return F.linear(hidden, self.fc2.weight, self.fc2.bias)
+        return self.fc2(gelu(self.fc1(x), variant))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.checkpointing and self.training and torch.is_grad_enabled():
