@@ -152,3 +152,34 @@ def test_a_run_still_running_elsewhere_is_not_reported_dead(tmp_path):
     entry = summarize(tmp_path, before={})["jobs"][0]
     assert entry["category"] == "interrupted" and "died" in entry["reason"]
     assert os.getpid() != info["pid"]
+
+
+def test_killed_sweep_rerun_finishes_only_what_is_missing(tmp_path):
+    import signal
+    import time
+
+    sw = tmp_path / "killed"
+    args = [ESPER_TRAIN, "-m", "experiment=smoke", "ppo.total_timesteps=4096", "ppo.num_steps=64",
+            "tracking.wandb.mode=disabled", "tracking.progress=off", "device=cpu", f"hydra.sweep.dir={sw}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def completed() -> list[Path]:
+        return [p.parent for p in sw.rglob("run.json") if json.loads(p.read_text() or "{}").get("status") == "completed"]
+
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(completed()) < 3:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    done_before = completed()
+    assert 3 <= len(done_before) < 12
+    mtimes = {d: (d / "metrics.jsonl").stat().st_mtime_ns for d in done_before}
+
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    counts = read_summary(sw)["counts"]
+    assert counts["completed"] + counts["skipped"] == 12 and counts["failed"] == counts["interrupted"] == 0
+    assert counts["skipped"] == len(done_before)
+    assert len(completed()) == 12
+    assert {d: (d / "metrics.jsonl").stat().st_mtime_ns for d in done_before} == mtimes  # untouched
