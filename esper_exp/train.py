@@ -64,7 +64,8 @@ class StopRequest:
 
 def _archive_previous_attempt(run_dir: Path) -> None:
     """Move a failed/interrupted attempt's files to attempts/<n>/ so nothing already written is lost."""
-    names = ("run.json", "metrics.jsonl", "episodes.jsonl", "traceback.txt", "checkpoints", "wandb")
+    names = ("run.json", "metrics.jsonl", "episodes.jsonl", "probe.jsonl", "snapshots.jsonl", "traceback.txt",
+             "checkpoints", "wandb")
     files = [p for p in run_dir.iterdir() if p.name in names]
     if not files:
         return
