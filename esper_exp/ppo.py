@@ -14,7 +14,6 @@ weights) -> one metrics record. Where this differs from CleanRL's ppo.py it says
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -311,10 +310,6 @@ class PPO:
 
     def close(self) -> None:
         self.envs.close()
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 class EpisodeWindow:

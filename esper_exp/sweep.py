@@ -24,7 +24,6 @@ separately as ``other``. Snapshots compare (mtime_ns, size) of files, so clock s
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path

@@ -101,7 +101,7 @@ def test_summary_classifies_from_run_json_and_launch_marks(tmp_path):
     # killed wrote "running" and died; other was not launched
     for job in (done, crashed):
         (job / ".hydra" / "hydra.yaml").write_text("relaunched\n")
-    killed = _fake_job(tmp_path, "killed", "running")
+    _fake_job(tmp_path, "killed", "running")
     cats = categories(summarize(tmp_path, before))
     assert cats == {"done": "skipped", "crashed": "failed", "killed": "interrupted", "other": "other"}
     assert other.exists()

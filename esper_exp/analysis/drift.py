@@ -40,7 +40,6 @@ then the median over seeds (95 % bootstrap CI), and the same per third of traini
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys

@@ -9,7 +9,6 @@ for the drift section, which appears only when some run has them); never imports
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
