@@ -53,7 +53,7 @@ from scipy.special import log_softmax
 from . import figures
 from .output import fmt as _fmt, jsonable as _jsonable, table as _table, write_csv as _write_csv
 from . import stats as S
-from .load import Run, RunReadError, Sweep, _read_jsonl, load_run, load_sweep, parse_cell, sort_cells
+from .load import Run, RunReadError, Sweep, _read_jsonl, load_run, load_sweep_or_raise, parse_cell, sort_cells
 
 KL_FLOOR = 1e-20  # added to KL before log10 (exact zeros occur: identical runs, an ulp not yet felt)
 KL_THRESHOLD = 1e-3  # "updates to reach KL 1e-3"
@@ -613,11 +613,7 @@ def run_sweep(sweep_dir, reference=DEFAULTS["reference"], control=None, out=None
     if int(o["reps"]) < 1:
         raise DriftError(f"--reps must be a positive integer (got {o['reps']})")
     root = Path(sweep_dir)
-    if not root.is_dir():
-        raise DriftError(f"sweep dir '{sweep_dir}' is not a directory")
-    sweep = load_sweep(root)
-    if not sweep.runs:
-        raise DriftError(f"no run directories (run.json) found under '{sweep_dir}'")
+    sweep = load_sweep_or_raise(root, DriftError)
     cells = sort_cells({r.cell for r in sweep.runs})
     if reference not in cells:
         raise DriftError(f"unknown reference cell '{reference}'; cells: {', '.join(cells)}")

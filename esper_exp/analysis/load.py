@@ -283,6 +283,18 @@ def _preference(run: Run) -> tuple:
             str(run.info.get("started_at") or ""), str(run.path))
 
 
+def load_sweep_or_raise(sweep_dir: str | os.PathLike, error: type[Exception]) -> Sweep:
+    """load_sweep for a user-given path: raise ``error`` with one clear line if it is no sweep with runs."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise error(f"sweep dir '{sweep_dir}' is not a directory")
+    sweep = load_sweep(root)
+    if not sweep.runs:
+        extra = f" ({len(sweep.unreadable)} unreadable: {sweep.unreadable[0][1]})" if sweep.unreadable else ""
+        raise error(f"no run directories (run.json) found under '{sweep_dir}'{extra}")
+    return sweep
+
+
 def load_sweep(root: str | os.PathLike) -> Sweep:
     root = Path(root)
     runs, unreadable = [], []

@@ -22,7 +22,7 @@ from . import figures
 from .output import fmt as _f, jsonable as _jsonable, table as _table, write_csv as _write_csv
 from . import stats as S
 from . import drift as D
-from .load import HEALTH_KEYS, LOSS_KEYS, Run, Sweep, cell_sort_key, load_sweep, parse_cell
+from .load import HEALTH_KEYS, LOSS_KEYS, Run, Sweep, cell_sort_key, load_sweep_or_raise, parse_cell
 
 DEFAULTS = {"reference": "exact/fp32", "reps": 5000, "seed": 0, "grid": 100, "window": 20,
             "last": 100, "power": 0.8}
@@ -470,12 +470,7 @@ def run_report(sweep_dir, reference: str = DEFAULTS["reference"], out=None, **op
     if not 0 < float(o["power"]) < 1:
         raise ReportError(f"--power must be between 0 and 1 (got {o['power']})")
     root = Path(sweep_dir)
-    if not root.is_dir():
-        raise ReportError(f"sweep dir '{sweep_dir}' is not a directory")
-    sweep = load_sweep(root)
-    if not sweep.runs:
-        extra = f" ({len(sweep.unreadable)} unreadable: {sweep.unreadable[0][1]})" if sweep.unreadable else ""
-        raise ReportError(f"no run directories (run.json) found under '{sweep_dir}'{extra}")
+    sweep = load_sweep_or_raise(root, ReportError)
     all_cells = sorted({r.cell for r in sweep.runs}, key=cell_sort_key)
     if reference not in all_cells:
         raise ReportError(f"unknown reference cell '{reference}'; cells in this sweep: "
