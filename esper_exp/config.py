@@ -15,6 +15,7 @@ from omegaconf import MISSING
 
 from esper_exp.blend import CAST_POLICIES, SCHEDULE_KINDS
 from esper_exp.precision import DTYPES
+from esper_exp.probe import PERTURBATIONS
 from esper_exp.seeds import BLUEPRINTS, GELU_VARIANTS
 
 
@@ -132,7 +133,6 @@ def register_configs() -> None:
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
 
 
-PERTURBATIONS = ("none", "ulp", "large")  # kept in step with esper_exp.probe.PERTURBATIONS
 WANDB_MODES = ("offline", "online", "disabled")
 PROGRESS_MODES = ("auto", "on", "off")
 
