@@ -187,6 +187,36 @@ def run(cfg: DictConfig, run_dir: Path, job_num: int | None = None) -> str:
     return status
 
 
+GROUP_EXCLUDE = ("seed", "tracking", "sweep_name")  # what members of one group may differ in
+
+
+def group_key(cfg: DictConfig) -> str:
+    """Jobs with equal keys can train as members of one group (one process, stacked weights): their configs
+    differ only in the seed and bookkeeping. Used by the grouped launcher to form groups."""
+    import hashlib
+    import json
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    ident = {k: v for k, v in config.items() if k not in GROUP_EXCLUDE}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_group(jobs: list[tuple[DictConfig, Path]], job_nums: list[int] | None = None) -> list[str]:
+    """Train a group of runs (configs equal up to ``group_key``) in this process, each in its own run directory;
+    returns each member's final status ('completed', 'failed', 'interrupted', 'skipped' or 'config_error').
+
+    Interface for the grouped launcher. (Interim body: members one after another; the grouped engine replaces it.)
+    """
+    statuses = []
+    for i, (cfg, run_dir) in enumerate(jobs):
+        try:
+            statuses.append(run(cfg, Path(run_dir), job_num=None if job_nums is None else job_nums[i]))
+        except ConfigError as e:
+            print_err(f"error: {run_dir}: {e}")
+            statuses.append("config_error")
+    return statuses
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> str:
     hc = HydraConfig.get()
