@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
+from esper_exp.analysis.rule import DEFAULT_ANCHORS, DEFAULT_RULE, rule_errors
 from esper_exp.blend import CAST_POLICIES, SCHEDULE_KINDS
 from esper_exp.precision import DTYPES
 from esper_exp.probe import PERTURBATIONS
@@ -109,6 +110,29 @@ class DriftConfig:
 
 
 @dataclass
+class AnchorConfig:
+    random: float = MISSING  # return of a random policy
+    reference: float = MISSING  # return that normalises to 1
+
+
+@dataclass
+class AnalysisConfig:
+    """The pre-registered decision rule esper-report applies (esper_exp/analysis/rule.py says what each key means).
+
+    Declared before the runs and stored in run.json with the rest of the config, so it is part of the sweep's
+    identity. The trainer ignores it."""
+
+    endpoint: str = DEFAULT_RULE["endpoint"]  # auc | final_return (both normalised by the env's anchors)
+    reference: str = DEFAULT_RULE["reference"]  # reference cell
+    contrasts: list[str] = field(default_factory=lambda: list(DEFAULT_RULE["contrasts"]))
+    delta: float = DEFAULT_RULE["delta"]  # equivalence margin, normalised scale
+    alpha: float = DEFAULT_RULE["alpha"]  # TOST at alpha (90% CI); Holm-corrected 95% CI for "different"
+    paired: bool = DEFAULT_RULE["paired"]  # seed k paired across cells
+    anchors: dict[str, AnchorConfig] = field(
+        default_factory=lambda: {k: AnchorConfig(**v) for k, v in DEFAULT_ANCHORS.items()})
+
+
+@dataclass
 class TrainConfig:
     env: EnvConfig = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -116,6 +140,7 @@ class TrainConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True
@@ -178,6 +203,8 @@ def validate(cfg) -> None:
     _positive("drift.probe_every", cfg.drift.probe_every, strict=False)
     _positive("drift.snapshot_every", cfg.drift.snapshot_every, strict=False)
     _positive("drift.probe_set_size", cfg.drift.probe_set_size)
+    for err in rule_errors(OmegaConf.to_container(cfg.analysis, resolve=True)):
+        raise ConfigError(err)
     _choice("tracking.progress", cfg.tracking.progress, PROGRESS_MODES)
     _positive("tracking.checkpoint_every", cfg.tracking.checkpoint_every, strict=False)
     if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):
