@@ -15,9 +15,9 @@ from omegaconf import MISSING, OmegaConf
 
 from esper_exp.analysis.rule import DEFAULT_ANCHORS, DEFAULT_RULE, rule_errors
 from esper_exp.blend import CAST_POLICIES, SCHEDULE_KINDS
-from esper_exp.precision import DTYPES
+from esper_exp.numerics import DTYPES, GELU_VARIANTS
 from esper_exp.probe import PERTURBATIONS
-from esper_exp.seeds import BLUEPRINTS, GELU_VARIANTS
+from esper_exp.seeds import BLUEPRINTS
 
 
 class ConfigError(ValueError):

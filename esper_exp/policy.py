@@ -1,57 +1,62 @@
-"""Actor-critic policy: host encoder -> seed MLP -> blend_add(host, seed, alpha) -> head.
+"""Actor-critic policy for a group of K members: host encoder -> seed MLP -> blend_add(host, seed, alpha) -> head.
 
-Actor and critic are separate networks, each with its own host -> seed -> blend stack (as in
-CleanRL's PPO): with a shared trunk the value loss would move the policy's features and change the
-dynamics under study. Both stacks read the same alpha. Head outputs are upcast to fp32 before any
-distribution math, so log-probs, entropies and values are fp32 whatever the autocast dtype.
+Every parameter has a leading member axis ([K, ...]) and every input is [K, rows, ...]: member k's outputs depend
+on member k's weights and inputs only (esper_exp/stacked.py), so a member computes what it would alone. A single
+run is K = 1.
 
-Action noise comes from a caller-supplied ``torch.Generator`` so that seed k draws the same noise in
-every GELU x precision cell (paired seeds): cells then differ only in numerics.
+Actor and critic are separate networks, each with its own host -> seed -> blend stack (as in CleanRL's PPO): with a
+shared trunk the value loss would move the policy's features and change the dynamics under study. Both stacks read
+the same alpha (one per member). Every forward takes the :class:`~esper_exp.numerics.Numerics` to run under (GELU
+variant and autocast dtype) and enters its autocast itself; head outputs are upcast to fp32 before any distribution
+math, so log-probs, entropies and values are fp32 whatever the autocast dtype.
+
+Initial weights and action noise come from per-member ``torch.Generator`` objects seeded with the member's seed, so
+seed k draws the same weights and noise in every GELU x precision cell and in every group (paired seeds).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from esper_exp.blend import blend_add
+from esper_exp.numerics import Numerics
 from esper_exp.seeds import make_seed
+from esper_exp.stacked import StackedLinear, orthogonal_init
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
-    """CleanRL's orthogonal initialisation."""
-    nn.init.orthogonal_(layer.weight, std)
-    nn.init.constant_(layer.bias, bias)
-    return layer
-
-
 class BlendedStack(nn.Module):
-    """host encoder (Linear-Tanh x depth) -> seed -> blend_add -> linear head."""
+    """host encoder (Linear-Tanh x depth) -> seed -> blend_add -> linear head, for K members."""
 
-    def __init__(self, in_dim: int, out_dim: int, width: int, depth: int, blueprint: str, gelu: str,
-                 checkpointing: bool, blend_cast: str, head_std: float):
+    def __init__(self, members: int, in_dim: int, out_dim: int, width: int, depth: int, blueprint: str,
+                 checkpointing: bool, blend_cast: str, head_std: float, generators: Sequence[torch.Generator]):
         super().__init__()
-        layers: list[nn.Module] = []
-        for i in range(depth):
-            layers += [layer_init(nn.Linear(in_dim if i == 0 else width, width)), nn.Tanh()]
-        self.host = nn.Sequential(*layers)
-        self.seed = make_seed(blueprint, width, gelu=gelu, checkpointing=checkpointing)
-        self.head = layer_init(nn.Linear(width, out_dim), std=head_std)
+        self.host = nn.ModuleList(
+            StackedLinear(members, in_dim if i == 0 else width, width, orthogonal_init(), generators)
+            for i in range(depth))
+        self.seed = make_seed(blueprint, width, members=members, checkpointing=checkpointing, generators=generators)
+        self.head = StackedLinear(members, width, out_dim, orthogonal_init(head_std), generators)
         self.blend_cast = blend_cast
 
-    def forward(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        host = self.host(x)
-        return self.head(blend_add(host, self.seed(host), alpha, cast=self.blend_cast)).float()
+    def forward(self, x: torch.Tensor, alpha: torch.Tensor, numerics: Numerics) -> torch.Tensor:
+        """x [K, B, in], alpha [K] -> [K, B, out] in fp32 (call under numerics.autocast())."""
+        host = x
+        for layer in self.host:
+            host = torch.tanh(layer(host))
+        seed = self.seed(host, numerics)
+        return self.head(blend_add(host, seed, alpha.view(-1, 1, 1), cast=self.blend_cast)).float()
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, obs_dim: int, action_space, width: int = 64, depth: int = 2, blueprint: str = "mlp",
-                 gelu: str = "exact", checkpointing: bool = False, blend_cast: str = "always"):
+    def __init__(self, obs_dim: int, action_space, generators: Sequence[torch.Generator], width: int = 64,
+                 depth: int = 2, blueprint: str = "mlp", checkpointing: bool = False, blend_cast: str = "always"):
+        """One member per generator (seeded with the member's seed): member k's weights come from generators[k]."""
         super().__init__()
         import gymnasium as gym
 
@@ -61,40 +66,51 @@ class ActorCritic(nn.Module):
             self.discrete, out_dim = False, int(action_space.shape[0])
         else:
             raise ValueError(f"unsupported action space {action_space}; allowed: Discrete, 1-D Box")
-        stack = dict(width=width, depth=depth, blueprint=blueprint, gelu=gelu, checkpointing=checkpointing,
-                     blend_cast=blend_cast)
-        self.critic = BlendedStack(obs_dim, 1, head_std=1.0, **stack)
-        self.actor = BlendedStack(obs_dim, out_dim, head_std=0.01, **stack)
+        self.members = K = len(generators)
+        stack = dict(width=width, depth=depth, blueprint=blueprint, checkpointing=checkpointing,
+                     blend_cast=blend_cast, generators=generators)
+        self.critic = BlendedStack(K, obs_dim, 1, head_std=1.0, **stack)
+        self.actor = BlendedStack(K, obs_dim, out_dim, head_std=0.01, **stack)
         if not self.discrete:
-            self.actor_logstd = nn.Parameter(torch.zeros(1, out_dim))  # state-independent log-std
-        # alpha is state, not a parameter: a 0-d fp32 buffer set once per PPO update.
-        self.register_buffer("alpha", torch.zeros(()))
+            self.actor_logstd = nn.Parameter(torch.zeros(K, 1, out_dim))  # state-independent log-std
+        # alpha is state, not a parameter: one fp32 value per member, set once per PPO update.
+        self.register_buffer("alpha", torch.zeros(K))
 
-    def set_alpha(self, value: float) -> None:
-        self.alpha.fill_(value)
+    def set_alpha(self, values: Sequence[float]) -> None:
+        self.alpha.copy_(torch.as_tensor(list(values), dtype=torch.float32))
 
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs, self.alpha).squeeze(-1)
+    def actor_out(self, obs: torch.Tensor, numerics: Numerics) -> torch.Tensor:
+        """Logits (discrete) or action means (continuous), fp32: [K, B, out]."""
+        with numerics.autocast():
+            return self.actor(obs, self.alpha, numerics)
 
-    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None):
-        """Sample actions for a rollout step: returns (action, log_prob, value)."""
-        out = self.actor(obs, self.alpha)
+    def value(self, obs: torch.Tensor, numerics: Numerics) -> torch.Tensor:
+        with numerics.autocast():
+            return self.critic(obs, self.alpha, numerics).squeeze(-1)
+
+    def act(self, obs: torch.Tensor, numerics: Numerics, generators: Sequence[torch.Generator]):
+        """Sample actions for a rollout step (obs [K, N, d]): returns (action, log_prob, value).
+
+        Member k's noise comes from generators[k]: one uniform per env (discrete, inverse-CDF sampling) or one
+        standard normal per action dimension (continuous), the same stream in every cell of a seed."""
+        out = self.actor_out(obs, numerics)
+        K, N = out.shape[:2]
+        draw = torch.rand if self.discrete else torch.randn
+        shape = (N, 1) if self.discrete else (N, out.shape[-1])
+        noise = torch.stack([draw(shape, generator=g, device=out.device) for g in generators])
         if self.discrete:
             logp_all = torch.log_softmax(out, dim=-1)
-            u = torch.rand(out.shape[:-1] + (1,), generator=generator, device=out.device)
-            # inverse-CDF sampling from one uniform per env: same noise stream in every cell
-            action = (logp_all.exp().cumsum(-1) < u).sum(-1).clamp_(max=out.shape[-1] - 1)
+            action = (logp_all.exp().cumsum(-1) < noise).sum(-1).clamp_(max=out.shape[-1] - 1)
             logp = logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
         else:
             std = self.actor_logstd.exp()
-            noise = torch.randn(out.shape, generator=generator, device=out.device)
             action = out + std * noise
             logp = (-0.5 * noise.square() - self.actor_logstd - _LOG_SQRT_2PI).sum(-1)
-        return action, logp, self.value(obs)
+        return action, logp, self.value(obs, numerics)
 
-    def evaluate(self, obs: torch.Tensor, action: torch.Tensor):
-        """Log-prob and entropy of given actions, and values: returns (log_prob, entropy, value)."""
-        out = self.actor(obs, self.alpha)
+    def evaluate(self, obs: torch.Tensor, action: torch.Tensor, numerics: Numerics):
+        """Log-prob and entropy of given actions, and values ([K, B] each): returns (log_prob, entropy, value)."""
+        out = self.actor_out(obs, numerics)
         if self.discrete:
             logp_all = torch.log_softmax(out, dim=-1)
             logp = logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
@@ -103,7 +119,19 @@ class ActorCritic(nn.Module):
             logstd = self.actor_logstd.expand_as(out)
             logp = (-0.5 * ((action - out) / logstd.exp()).square() - logstd - _LOG_SQRT_2PI).sum(-1)
             entropy = (0.5 + _LOG_SQRT_2PI + logstd).sum(-1)
-        return logp, entropy, self.value(obs)
+        return logp, entropy, self.value(obs, numerics)
+
+    def member_state(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's slice of every parameter and buffer (for its own checkpoint)."""
+        return {name: t[k].detach().cpu().clone() for name, t in self.state_dict().items()}
+
+    def load_member_state(self, k: int, state: dict[str, torch.Tensor]) -> None:
+        own = self.state_dict()
+        if set(own) != set(state):
+            raise ValueError(f"checkpoint policy keys differ from this policy's: {sorted(set(own) ^ set(state))[:4]}")
+        with torch.no_grad():
+            for name, t in own.items():
+                t[k].copy_(state[name])
 
 
 def obs_dim_of(space) -> int:

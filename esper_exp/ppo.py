@@ -1,36 +1,43 @@
-"""PPO (clipped surrogate, GAE) with CleanRL's semantics, written so the loop reads like the algorithm.
+"""PPO (clipped surrogate, GAE) with CleanRL's semantics, for a group of K independent runs ("members").
 
-One call of :meth:`PPO.train` = for each update: set LR and alpha -> collect a rollout under autocast
--> GAE in fp32 -> K epochs of minibatch updates (autocast forward, GradScaler for fp16, fp32 master
-weights) -> one metrics record. Where this differs from CleanRL's ppo.py it says so:
+The member axis is a leading dimension and nothing else changes: one call of :meth:`PPO.run_update` = set each
+member's LR and alpha -> collect a rollout of all members -> GAE in fp32 -> epochs of minibatch updates (each member
+its own minibatch order, grad-norm clip, Adam step, fp16 loss scale and target-KL stop) -> one metrics record per
+member. A single run is a group of one. Members never mix: a member's numbers are the ones it would get alone
+(CPU: bitwise, tests hold this; CUDA: up to the batched-GEMM layout, see DESIGN.md).
+
+PPO receives its parts (envs, policy, numerics, alpha schedules, hyper-parameters, member seeds); it does not read
+the run config. Where it differs from CleanRL's ppo.py it says so:
 
 * Autoreset is SAME_STEP (see envs.py), and a truncated episode's reward is bootstrapped with
   ``gamma * V(final_obs)`` (CleanRL treats truncation as termination).
 * Losses, KL and grad norm are logged as means over the update's minibatches (CleanRL logs the last).
-* Randomness comes from explicit streams (init: torch global RNG; actions: a torch.Generator;
-  minibatch order: a numpy Generator, permutations for all epochs drawn up front), so seed k gives
-  the same env seeds, initial weights, action noise and minibatch order in every GELU x precision cell.
+* Randomness comes from explicit per-member streams seeded with the member's seed (actions: a torch.Generator;
+  minibatch order: a numpy Generator, permutations for all epochs drawn up front; initial weights: see policy.py),
+  so seed k gives the same env seeds, initial weights, action noise and minibatch order in every cell and group.
+
+A member that goes non-finite (loss, or gradient outside fp16's scaler-skipped steps) stops stepping at once; the
+update reports it in ``failures`` with the reason, and the other members go on. Flags are read back once per
+update, not per minibatch.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 
 from esper_exp.blend import AlphaSchedule
-from esper_exp.envs import VectorEnv
-from esper_exp.policy import ActorCritic, obs_dim_of
-from esper_exp.precision import Precision
-from esper_exp.probe import perturb, shadow_probe
+from esper_exp.envs import GroupEnvs
+from esper_exp.numerics import Numerics
+from esper_exp.policy import ActorCritic
+from esper_exp.stacked import MemberAdam, MemberGradScaler, clip_grad_norm_per_member
 
-
-class NonFiniteError(RuntimeError):
-    """A loss or gradient became NaN/inf: the run stops with status 'failed'."""
+STAT_KEYS = ("policy_loss", "value_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac", "grad_norm")
 
 
 def bootstrap_truncated(rewards, final_values, gamma: float):
@@ -44,7 +51,7 @@ def bootstrap_truncated(rewards, final_values, gamma: float):
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, episode_ends: torch.Tensor, last_value: torch.Tensor,
                 gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over a [T, N] rollout, in float32.
+    """Generalised advantage estimation over a [T, ...] rollout (any trailing shape, e.g. [T, K, N]), in float32.
 
     ``episode_ends[t]`` is true when the episode ended at step t (terminated or truncated; truncation
     has already been folded into ``rewards`` by :func:`bootstrap_truncated`), so nothing is bootstrapped
@@ -63,13 +70,15 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, episode_ends: torch
     return advantages, advantages + values
 
 
-def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
-    var_y = target.var()
-    return float("nan") if var_y == 0 else float(1 - (target - pred).var() / var_y)
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per member (last dim = samples): 1 - Var(target - pred) / Var(target); NaN where Var(target) = 0."""
+    var_y = target.var(dim=-1)
+    return torch.where(var_y == 0, torch.full_like(var_y, float("nan")), 1 - (target - pred).var(dim=-1) / var_y)
 
 
 @dataclass
 class Rollout:
+    """One rollout of every member: [T, K, N, ...]."""
     obs: torch.Tensor
     actions: torch.Tensor
     logprobs: torch.Tensor
@@ -78,13 +87,15 @@ class Rollout:
     values: torch.Tensor
 
     @classmethod
-    def empty(cls, T: int, N: int, obs_dim: int, action_shape: tuple, device: torch.device) -> Rollout:
+    def empty(cls, T: int, K: int, N: int, obs_dim: int, action_shape: tuple, device: torch.device) -> Rollout:
         z = lambda *s, dtype=torch.float32: torch.zeros(s, dtype=dtype, device=device)  # noqa: E731
-        return cls(z(T, N, obs_dim), z(T, N, *action_shape), z(T, N), z(T, N), z(T, N, dtype=torch.bool), z(T, N))
+        return cls(z(T, K, N, obs_dim), z(T, K, N, *action_shape), z(T, K, N), z(T, K, N),
+                   z(T, K, N, dtype=torch.bool), z(T, K, N))
 
 
 @dataclass
 class Minibatch:
+    """Per-member samples: every field is [K, B, ...]."""
     obs: torch.Tensor
     actions: torch.Tensor
     logprobs: torch.Tensor  # at rollout time
@@ -93,220 +104,261 @@ class Minibatch:
     returns: torch.Tensor
 
     def index(self, idx: torch.Tensor) -> Minibatch:
-        return Minibatch(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+        """idx [K, b]: member k takes its own samples idx[k]."""
+        rows = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
+        return Minibatch(*(getattr(self, f.name)[rows, idx] for f in fields(self)))
 
 
-def ppo_loss(evaluate, mb: Minibatch, p) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's loss on one minibatch: clipped surrogate + c_v * (clipped) value loss - c_e * entropy.
+def ppo_loss(evaluate, mb: Minibatch, p, numerics: Numerics) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's loss on one minibatch, per member: clipped surrogate + c_v * (clipped) value loss - c_e * entropy.
 
-    Runs under whatever numerics the caller sets (autocast, GELU variant). Returns (loss, detached parts)."""
-    newlogprob, entropy, newvalue = evaluate(mb.obs, mb.actions)
+    ``evaluate(obs, actions, numerics)`` runs the policy under ``numerics``; the loss maths is fp32.
+    Returns (loss [K], detached parts [K] each)."""
+    newlogprob, entropy, newvalue = evaluate(mb.obs, mb.actions, numerics)
     logratio = newlogprob - mb.logprobs
     ratio = logratio.exp()
     with torch.no_grad():
-        parts = {"old_approx_kl": (-logratio).mean(), "approx_kl": ((ratio - 1) - logratio).mean(),
-                 "clipfrac": ((ratio - 1.0).abs() > p.clip_coef).float().mean()}
+        parts = {"old_approx_kl": (-logratio).mean(-1), "approx_kl": ((ratio - 1) - logratio).mean(-1),
+                 "clipfrac": ((ratio - 1.0).abs() > p.clip_coef).float().mean(-1)}
 
     adv = mb.advantages
     if p.norm_adv:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - p.clip_coef, 1 + p.clip_coef)).mean()
+        adv = (adv - adv.mean(-1, keepdim=True)) / (adv.std(-1, keepdim=True) + 1e-8)
+    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - p.clip_coef, 1 + p.clip_coef)).mean(-1)
 
     if p.clip_vloss:
         v_unclipped = (newvalue - mb.returns).square()
         v_clipped = mb.values + (newvalue - mb.values).clamp(-p.clip_coef, p.clip_coef)
-        v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - mb.returns).square()).mean()
+        v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - mb.returns).square()).mean(-1)
     else:
-        v_loss = 0.5 * (newvalue - mb.returns).square().mean()
-    entropy_loss = entropy.mean()
+        v_loss = 0.5 * (newvalue - mb.returns).square().mean(-1)
+    entropy_loss = entropy.mean(-1)
     loss = pg_loss - p.ent_coef * entropy_loss + p.vf_coef * v_loss
     parts.update(policy_loss=pg_loss.detach(), value_loss=v_loss.detach(), entropy=entropy_loss.detach())
     return loss, parts
 
 
+@dataclass
+class UpdateResult:
+    records: dict[int, dict] = field(default_factory=dict)  # member -> metrics record of the update it completed
+    failures: dict[int, str] = field(default_factory=dict)  # member -> why it stopped (non-finite), this update
+
+
 class PPO:
-    """Holds everything a run's PPO state consists of; ``train`` runs the loop."""
+    """Everything a group's PPO state consists of; :meth:`run_update` runs one iteration for every live member."""
 
-    def __init__(self, cfg, device: torch.device):
-        self.cfg, self.device = cfg, device
-        p, m = cfg.ppo, cfg.model
-        self.num_envs, self.num_steps = cfg.env.num_envs, p.num_steps
+    def __init__(self, envs: GroupEnvs, policy: ActorCritic, numerics: Numerics, alphas: Sequence[AlphaSchedule],
+                 hp, seeds: Sequence[int], device: torch.device):
+        self.envs, self.policy, self.numerics, self.hp, self.device = envs, policy, numerics, hp, device
+        self.seeds = list(seeds)
+        self.members = K = len(self.seeds)
+        if not (envs.num_members == policy.members == len(alphas) == K):
+            raise ValueError(f"group parts disagree: {envs.num_members} env members, {policy.members} policy members, "
+                             f"{len(alphas)} alpha schedules, {K} seeds")
+        self.alphas = list(alphas)
+        self.num_envs, self.num_steps = envs.num_envs, hp.num_steps
         self.batch_size = self.num_envs * self.num_steps
-        self.minibatch_size = self.batch_size // p.num_minibatches
-        self.num_updates = p.total_timesteps // self.batch_size
-        self.precision = Precision(cfg.precision.name, device.type)
+        self.minibatch_size = self.batch_size // hp.num_minibatches
+        self.num_updates = hp.total_timesteps // self.batch_size
+        self.obs_dim = envs.obs_dim
+        self.action_shape = envs.single_action_space.shape
+        self.params = list(policy.parameters())
+        self.optimizer = MemberAdam(self.params, lr=hp.learning_rate, eps=hp.adam_eps)
+        self.scaler = MemberGradScaler(K, device, enabled=numerics.needs_grad_scaler)
+        self.action_rngs = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
+        self.minibatch_rngs = [np.random.default_rng(s) for s in self.seeds]
+        self.update_idx = [0] * K
+        self.global_step = [0] * K
+        self.nonfinite_grad_steps = [0] * K
+        self.live = [True] * K  # false once a member failed or finished: it no longer steps, logs or counts
+        self.next_obs = torch.as_tensor(envs.reset(), dtype=torch.float32, device=device)
+        self.buf = Rollout.empty(self.num_steps, K, self.num_envs, self.obs_dim, self.action_shape, device)
 
-        e = cfg.env
-        self.envs = VectorEnv(e.id, e.num_envs, p.gamma, clip_action=e.clip_action, normalize_obs=e.normalize_obs,
-                              normalize_reward=e.normalize_reward, clip_obs=e.clip_obs, clip_reward=e.clip_reward,
-                              max_episode_steps=e.max_episode_steps, kwargs=dict(e.kwargs))
-        self.obs_dim = obs_dim_of(self.envs.single_observation_space)
-        self.action_shape = self.envs.single_action_space.shape
-        self.policy = ActorCritic(self.obs_dim, self.envs.single_action_space, width=m.width, depth=m.depth,
-                                  blueprint=m.blueprint, gelu=m.gelu, checkpointing=m.checkpointing,
-                                  blend_cast=m.blend_cast).to(device)
-        self.perturbation = perturb(self.policy, cfg.drift.perturb, cfg.seed)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=p.learning_rate, eps=p.adam_eps, fused=True)
-        self.scaler = self.precision.grad_scaler()
-        self.alpha = AlphaSchedule(**m.alpha)
-        self.action_rng = torch.Generator(device=device).manual_seed(cfg.seed)
-        self.minibatch_rng = np.random.default_rng(cfg.seed)
-        self.act, self.evaluate, self.value = self.policy.act, self.policy.evaluate, self.policy.value
-        if m.compile:
-            self.act, self.evaluate, self.value = (torch.compile(f) for f in (self.act, self.evaluate, self.value))
-        self.update_idx = 0
-        self.global_step = 0
-        self.nonfinite_grad_steps = 0
-        self.next_obs = torch.as_tensor(self.envs.reset(cfg.seed), dtype=torch.float32, device=device)
-        self.buf = Rollout.empty(self.num_steps, self.num_envs, self.obs_dim, self.action_shape, device)
+    @property
+    def live_mask(self) -> torch.Tensor:
+        return torch.tensor(self.live, device=self.device)
+
+    def finish(self, k: int) -> None:
+        """Member k is done (completed or failed): it stops stepping and logging; its slot keeps computing."""
+        self.live[k] = False
 
     # ---------------------------------------------------------------- rollout
-    def collect_rollout(self, on_episode: Callable[[int, float, int, int], None], timers: dict) -> None:
-        buf, gamma = self.buf, self.cfg.ppo.gamma
-        rewards = np.zeros((self.num_steps, self.num_envs), dtype=np.float32)
-        episode_ends = np.zeros((self.num_steps, self.num_envs), dtype=bool)
+    def collect_rollout(self, on_episode: Callable[[int, int, float, int, int], None], timers: dict) -> None:
+        """``on_episode(member, global_step, return, length, env_index)`` for every episode a live member ends."""
+        buf, gamma, N = self.buf, self.hp.gamma, self.num_envs
+        shape = (self.num_steps, self.members, N)
+        rewards = np.zeros(shape, dtype=np.float32)
+        episode_ends = np.zeros(shape, dtype=bool)
+        dead = ~np.array(self.live)
         for t in range(self.num_steps):
             t0 = time.perf_counter()
             buf.obs[t] = self.next_obs
-            with torch.no_grad(), self.precision.autocast():
-                action, logprob, value = self.act(self.next_obs, self.action_rng)
+            with torch.no_grad():
+                action, logprob, value = self.policy.act(self.next_obs, self.numerics, self.action_rngs)
             buf.actions[t], buf.logprobs[t], buf.values[t] = action, logprob, value
             action_np = action.cpu().numpy()
+            if dead.any():  # a failed member's actions may be NaN; its envs only idle along
+                action_np[dead] = 0
             t1 = time.perf_counter()
             step = self.envs.step(action_np)
             t2 = time.perf_counter()
-            self.global_step += self.num_envs
             rewards[t] = step.reward
             episode_ends[t] = step.terminated | step.truncated
             # time-limit truncation is not termination: bootstrap from the value of the final observation
-            cut = [i for i in step.final_obs if step.truncated[i] and not step.terminated[i]]
-            if cut:
-                final = torch.as_tensor(np.stack([step.final_obs[i] for i in cut]), dtype=torch.float32,
-                                        device=self.device)
-                with torch.no_grad(), self.precision.autocast():
-                    final_values = self.value(final).cpu().numpy()
-                rewards[t, cut] = bootstrap_truncated(rewards[t, cut], final_values, gamma)
+            cut = step.truncated & ~step.terminated
+            if cut.any():
+                final = torch.as_tensor(step.final_obs, dtype=torch.float32, device=self.device)
+                with torch.no_grad():
+                    final_values = self.policy.value(final, self.numerics).cpu().numpy()
+                rewards[t][cut] = bootstrap_truncated(rewards[t][cut], final_values[cut], gamma)
             self.next_obs = torch.as_tensor(step.obs, dtype=torch.float32, device=self.device)
-            for env_index, ret, length in step.episodes:
-                on_episode(self.global_step, ret, length, env_index)
+            for k in range(self.members):
+                if self.live[k]:
+                    self.global_step[k] += N
+            for k, env_index, ret, length in step.episodes:
+                if self.live[k]:
+                    on_episode(k, self.global_step[k], ret, length, env_index)
             timers["inference"] += (t1 - t0) + (time.perf_counter() - t2)
             timers["env"] += t2 - t1
         buf.rewards.copy_(torch.from_numpy(rewards))
         buf.episode_ends.copy_(torch.from_numpy(episode_ends))
 
     # ---------------------------------------------------------------- update
-    def update(self, advantages: torch.Tensor, returns: torch.Tensor, probe=None) -> dict[str, float]:
-        """K epochs of clipped-surrogate minibatch updates. ``probe(minibatch)``, when given, runs once on the
-        first minibatch before any parameter changes (the drift shadow probe)."""
-        p = self.cfg.ppo
-        b = self.buf
-        batch = Minibatch(b.obs.reshape(-1, self.obs_dim), b.actions.reshape((-1, *self.action_shape)),
-                          b.logprobs.reshape(-1), b.values.reshape(-1), advantages.reshape(-1), returns.reshape(-1))
-        # every epoch's permutation is drawn up front: the stream is the same whether or not target_kl stops early
-        perms = [torch.as_tensor(self.minibatch_rng.permutation(self.batch_size), device=self.device)
-                 for _ in range(p.update_epochs)]
-        params = [q for q in self.policy.parameters()]
-        stats: dict[str, list[torch.Tensor]] = {k: [] for k in (
-            "policy_loss", "value_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac", "grad_norm")}
-        epochs_run = 0
-        for epoch in range(p.update_epochs):
-            epochs_run += 1
-            for start in range(0, self.batch_size, self.minibatch_size):
-                mb = batch.index(perms[epoch][start:start + self.minibatch_size])
-                if probe is not None and epoch == 0 and start == 0:
-                    probe(mb)
-                with self.precision.autocast():
-                    loss, parts = ppo_loss(self.evaluate, mb, p)
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(
-                        f"non-finite loss ({loss.item()}) at update {self.update_idx + 1}, epoch {epoch + 1}: " +
-                        ", ".join(f"{k}={parts[k].item()}" for k in ("policy_loss", "value_loss", "entropy")))
+    def update(self, advantages: torch.Tensor, returns: torch.Tensor, probe=None) -> tuple[dict, dict]:
+        """Epochs of clipped-surrogate minibatch updates for every live member. ``probe(minibatch)``, when given, runs
+        once on the first minibatch before any parameter changes (the drift shadow probe).
 
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm, foreach=True)
-                if not torch.isfinite(grad_norm):
-                    if not self.scaler.is_enabled():
-                        raise NonFiniteError(f"non-finite gradient norm ({grad_norm.item()}) at update "
-                                             f"{self.update_idx + 1}, epoch {epoch + 1}")
-                    self.nonfinite_grad_steps += 1  # fp16: GradScaler skips this step and lowers the scale
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                for k, v in parts.items():
-                    stats[k].append(v)
-                stats["grad_norm"].append(grad_norm.detach())
-            if p.target_kl is not None and torch.stack(stats["approx_kl"][-(self.batch_size // self.minibatch_size):]).mean() > p.target_kl:
-                break
-        out = {k: float(torch.stack(v).float().mean()) for k, v in stats.items()}
-        out["epochs"] = epochs_run
-        out["explained_variance"] = explained_variance(batch.values, batch.returns)
-        return out
+        Returns (per-member stats as [K] tensors, per-member failure info as [K] tensors)."""
+        p, b, K, B = self.hp, self.buf, self.members, self.batch_size
+        flat = lambda x: x.transpose(0, 1).reshape(K, B, *x.shape[3:])  # noqa: E731  [T,K,N,...] -> [K,T*N,...]
+        batch = Minibatch(flat(b.obs), flat(b.actions), flat(b.logprobs), flat(b.values), flat(advantages),
+                          flat(returns))
+        # every epoch's permutation is drawn up front: the stream is the same whether or not target_kl stops early
+        perms = torch.as_tensor(np.stack([np.stack([rng.permutation(B) for _ in range(p.update_epochs)])
+                                          for rng in self.minibatch_rngs], axis=1), device=self.device)  # [E, K, B]
+        n_mb = B // self.minibatch_size
+        z = lambda dtype=torch.float32: torch.zeros(K, dtype=dtype, device=self.device)  # noqa: E731
+        sums = {k: z() for k in STAT_KEYS}
+        counts, epochs_run, skipped = z(), z(), z(torch.long)
+        stepping = self.live_mask  # members that still step in this update (target-KL stop and failures clear it)
+        fail = {"at": torch.full((K,), -1, dtype=torch.long, device=self.device), "loss": z(), "grad_norm": z(),
+                "policy_loss": z(), "value_loss": z(), "entropy": z()}
+        for epoch in range(p.update_epochs):
+            epochs_run += stepping
+            kl_sum = z()
+            for j in range(n_mb):
+                mb = batch.index(perms[epoch][:, j * self.minibatch_size:(j + 1) * self.minibatch_size])
+                if probe is not None and epoch == 0 and j == 0:
+                    probe(mb)
+                loss, parts = ppo_loss(self.policy.evaluate, mb, p, self.numerics)
+                self.optimizer.zero_grad()
+                self.scaler.scale_loss(loss).backward()
+                self.scaler.unscale_(self.params)
+                grad_norm = clip_grad_norm_per_member(self.params, p.max_grad_norm)
+                finite_loss, finite_grad = torch.isfinite(loss), torch.isfinite(grad_norm)
+                if self.scaler.enabled:  # fp16: an overflowing gradient skips that member's step, lowers its scale
+                    bad, overflow = stepping & ~finite_loss, stepping & finite_loss & ~finite_grad
+                else:
+                    bad, overflow = stepping & ~(finite_loss & finite_grad), torch.zeros_like(stepping)
+                first = bad & (fail["at"] < 0)
+                fail["at"] = torch.where(first, epoch, fail["at"])
+                for key, v in (("loss", loss.detach()), ("grad_norm", grad_norm), *((k, parts[k]) for k in (
+                        "policy_loss", "value_loss", "entropy"))):
+                    fail[key] = torch.where(first, v.float(), fail[key])
+                stepping = stepping & ~bad
+                do_step = stepping & ~overflow
+                self.optimizer.step(do_step)
+                self.scaler.update(found_inf=overflow, stepped=do_step)
+                skipped += overflow
+                for k, v in (*parts.items(), ("grad_norm", grad_norm)):
+                    sums[k] += torch.where(stepping, v.float(), 0.0)
+                counts += stepping
+                kl_sum += torch.where(stepping, parts["approx_kl"], 0.0)
+            if p.target_kl is not None:
+                stepping = stepping & ~(kl_sum / n_mb > p.target_kl)
+        stats = {k: v / counts for k, v in sums.items()}
+        stats["epochs"] = epochs_run
+        stats["explained_variance"] = explained_variance(batch.values, batch.returns)
+        stats["skipped_steps"] = skipped
+        return stats, fail
 
     # ---------------------------------------------------------------- loop
-    def run_update(self, on_episode, on_probe=None) -> dict[str, float]:
-        """One PPO iteration: LR anneal, alpha, rollout, GAE, update. Returns its metrics record.
-        ``on_probe(record)`` receives the shadow probe's record on the updates it runs (drift.probe_every)."""
-        p = self.cfg.ppo
+    def run_update(self, on_episode, probe: Callable[[Minibatch], None] | None = None) -> UpdateResult:
+        """One PPO iteration for every live member: LR anneal, alpha, rollout, GAE, update.
+
+        Returns each live member's metrics record, or its failure reason if it went non-finite. ``probe(minibatch)``
+        runs on the first minibatch of this update before any parameter changes (the drift shadow probe)."""
+        p = self.hp
         timers = {"env": 0.0, "inference": 0.0}
-        frac = 1.0 - self.update_idx / self.num_updates
-        lr = frac * p.learning_rate if p.anneal_lr else p.learning_rate
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        alpha = self.alpha(self.update_idx)
+        live = [k for k in range(self.members) if self.live[k]]
+        lr = [(1.0 - self.update_idx[k] / self.num_updates) * p.learning_rate if p.anneal_lr else p.learning_rate
+              for k in range(self.members)]
+        self.optimizer.set_lr(torch.tensor(lr, dtype=torch.float64))
+        alpha = [self.alphas[k](self.update_idx[k]) for k in range(self.members)]
         self.policy.set_alpha(alpha)
 
         self.collect_rollout(on_episode, timers)
         t0 = time.perf_counter()
-        with torch.no_grad(), self.precision.autocast():
-            last_value = self.value(self.next_obs)
+        with torch.no_grad():
+            last_value = self.policy.value(self.next_obs, self.numerics)
         advantages, returns = compute_gae(self.buf.rewards, self.buf.values, self.buf.episode_ends, last_value,
                                           p.gamma, p.gae_lambda)
         timers["inference"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        every = self.cfg.drift.probe_every
-        probe = None
-        if every and on_probe is not None and (self.update_idx + 1) % every == 0:
-            probe = lambda mb: on_probe(shadow_probe(self, mb))  # noqa: E731
-        stats = self.update(advantages, returns, probe)
+        stats, fail = self.update(advantages, returns, probe)
         timers["update"] = time.perf_counter() - t0
-        self.update_idx += 1
-        record = {"global_step": self.global_step, "update": self.update_idx, "alpha": alpha, "lr": lr, **stats,
-                  "nonfinite_grad_steps": self.nonfinite_grad_steps,
-                  "time_env": timers["env"], "time_inference": timers["inference"], "time_update": timers["update"]}
-        if self.scaler.is_enabled():
-            record["loss_scale"] = float(self.scaler.get_scale())
-        return record
+
+        stats = {k: v.tolist() for k, v in stats.items()}  # the one read-back of the update
+        fail = {k: v.tolist() for k, v in fail.items()}
+        scale = self.scaler.scale.tolist() if self.scaler.enabled else None
+        result = UpdateResult()
+        for k in live:
+            self.update_idx[k] += 1
+            if fail["at"][k] >= 0:
+                what = (f"non-finite loss ({fail['loss'][k]})" if not np.isfinite(fail["loss"][k])
+                        else f"non-finite gradient norm ({fail['grad_norm'][k]})")
+                result.failures[k] = (f"{what} at update {self.update_idx[k]}, epoch {fail['at'][k] + 1}: " +
+                                      ", ".join(f"{n}={fail[n][k]}" for n in ("policy_loss", "value_loss", "entropy")))
+                self.finish(k)
+                continue
+            self.nonfinite_grad_steps[k] += int(stats["skipped_steps"][k])
+            record = {"global_step": self.global_step[k], "update": self.update_idx[k], "alpha": alpha[k],
+                      "lr": lr[k], **{s: stats[s][k] for s in STAT_KEYS}, "epochs": int(stats["epochs"][k]),
+                      "explained_variance": stats["explained_variance"][k],
+                      "nonfinite_grad_steps": self.nonfinite_grad_steps[k],
+                      "time_env": timers["env"], "time_inference": timers["inference"],
+                      "time_update": timers["update"]}
+            if scale is not None:
+                record["loss_scale"] = scale[k]
+            result.records[k] = record
+        return result
+
+    def done(self, k: int) -> bool:
+        return self.update_idx[k] >= self.num_updates
 
     # ---------------------------------------------------------------- checkpoint
-    def state_dict(self) -> dict:
-        """Everything the next update depends on, taken at an update boundary."""
-        from esper_exp.runtime import rng_state
-
+    def member_state(self, k: int) -> dict:
+        """Everything member k's next update depends on, taken at an update boundary."""
         return {
-            "update_idx": self.update_idx, "global_step": self.global_step,
-            "nonfinite_grad_steps": self.nonfinite_grad_steps,
-            "alpha": self.alpha(self.update_idx),  # informational: the schedule is a function of update_idx
-            "policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "next_obs": self.next_obs.cpu(),
-            "action_rng": self.action_rng.get_state(), "minibatch_rng": self.minibatch_rng.bit_generator.state,
-            "global_rng": rng_state(), "envs": self.envs.state_dict(),
+            "update_idx": self.update_idx[k], "global_step": self.global_step[k],
+            "nonfinite_grad_steps": self.nonfinite_grad_steps[k],
+            "alpha": self.alphas[k](self.update_idx[k]),  # informational: the schedule is a function of update_idx
+            "policy": self.policy.member_state(k), "optimizer": self.optimizer.state_dict(k),
+            "scaler": self.scaler.state_dict(k), "next_obs": self.next_obs[k].cpu().clone(),
+            "action_rng": self.action_rngs[k].get_state(), "minibatch_rng": self.minibatch_rngs[k].bit_generator.state,
+            "envs": self.envs.state_dict(k),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        from esper_exp.runtime import set_rng_state
-
-        self.update_idx, self.global_step = state["update_idx"], state["global_step"]
-        self.nonfinite_grad_steps = state["nonfinite_grad_steps"]
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self.next_obs = state["next_obs"].to(self.device)
-        self.action_rng.set_state(state["action_rng"])
-        self.minibatch_rng.bit_generator.state = state["minibatch_rng"]
-        set_rng_state(state["global_rng"])
-        self.envs.load_state_dict(state["envs"])
+    def load_member_state(self, k: int, state: dict) -> None:
+        self.update_idx[k], self.global_step[k] = state["update_idx"], state["global_step"]
+        self.nonfinite_grad_steps[k] = state["nonfinite_grad_steps"]
+        self.policy.load_member_state(k, state["policy"])
+        self.optimizer.load_state_dict(k, state["optimizer"])
+        self.scaler.load_state_dict(k, state["scaler"])
+        self.next_obs[k] = state["next_obs"].to(self.device)
+        self.action_rngs[k].set_state(state["action_rng"])
+        self.minibatch_rngs[k].bit_generator.state = state["minibatch_rng"]
+        self.envs.load_state_dict(k, state["envs"])
 
     def close(self) -> None:
         self.envs.close()

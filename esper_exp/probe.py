@@ -9,6 +9,9 @@
 * **Perturbation controls** (``drift.perturb``): ``ulp`` moves one initial weight, chosen by the seed, by one
   float32 ulp (the butterfly control); ``large`` adds noise of 1% of each tensor's std to every initial weight.
 
+In a group every record is per member: member k's perturbation is drawn from its own seed, its probe gradients
+are its own slice of the stacked parameters, and its probe set comes from its own seed.
+
 Probe set procedure (documented, deterministic): a fresh ``gym.make(env.id)`` with the run's time limit,
 reset with seed ``PROBE_SEED_OFFSET + seed``, stepped ``drift.probe_set_size`` times with actions sampled
 from its action space seeded the same way, resetting whenever an episode ends; the raw observations are the
@@ -18,7 +21,6 @@ observation normalisation (as the policy's inputs do). Its SHA-256 goes into eve
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 
@@ -26,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from esper_exp.seeds import gelu_variant
+from esper_exp.numerics import Numerics
 
 PROBE_SEED_OFFSET = 1_000_003
 SKETCH_DIM = 1024
@@ -35,25 +37,30 @@ PERTURBATIONS = ("none", "ulp", "large")
 
 
 # ------------------------------------------------------------------------------------------ perturbations
-def perturb(policy: torch.nn.Module, kind: str, seed: int) -> dict | None:
-    """Apply a noise-floor control to freshly initialised parameters; returns what was changed."""
+def perturb(policy: torch.nn.Module, kind: str, seeds: list[int]) -> list[dict | None]:
+    """Apply a noise-floor control to freshly initialised parameters, member by member (member k's choice and noise
+    come from its own seed); returns what was changed per member."""
+    if kind not in PERTURBATIONS:
+        raise ValueError(f"unknown drift.perturb {kind!r}; allowed: {', '.join(PERTURBATIONS)}")
     if kind == "none":
-        return None
-    gen = torch.Generator().manual_seed(PROBE_SEED_OFFSET + seed)  # own stream: the run's RNGs are untouched
-    weights = [(n, p) for n, p in policy.named_parameters() if p.dim() == 2 and p.abs().sum() > 0]
-    with torch.no_grad():
-        if kind == "ulp":
-            name, p = weights[int(torch.randint(len(weights), (1,), generator=gen))]
-            flat = p.view(-1)
-            i = int(torch.randint(flat.numel(), (1,), generator=gen))
-            old = flat[i].clone()
-            flat[i] = torch.nextafter(old, torch.tensor(math.inf, dtype=old.dtype))
-            return {"kind": "ulp", "param": name, "index": i, "from": old.item(), "to": flat[i].item()}
-        if kind == "large":
-            for _, p in weights:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.01 * p.std())
-            return {"kind": "large", "params": [n for n, _ in weights], "relative_std": 0.01}
-    raise ValueError(f"unknown drift.perturb {kind!r}; allowed: {', '.join(PERTURBATIONS)}")
+        return [None] * len(seeds)
+    out = []
+    for k, seed in enumerate(seeds):
+        gen = torch.Generator().manual_seed(PROBE_SEED_OFFSET + seed)  # own stream: the run's RNGs are untouched
+        weights = [(n, p[k]) for n, p in policy.named_parameters() if p.dim() == 3 and p[k].abs().sum() > 0]
+        with torch.no_grad():
+            if kind == "ulp":
+                name, w = weights[int(torch.randint(len(weights), (1,), generator=gen))]
+                flat = w.view(-1)
+                i = int(torch.randint(flat.numel(), (1,), generator=gen))
+                old = flat[i].clone()
+                flat[i] = torch.nextafter(old, torch.tensor(math.inf, dtype=old.dtype, device=old.device))
+                out.append({"kind": "ulp", "param": name, "index": i, "from": old.item(), "to": flat[i].item()})
+            else:  # large
+                for _, w in weights:
+                    w.add_((torch.randn(w.shape, generator=gen) * 0.01 * w.std().cpu()).to(w.device))
+                out.append({"kind": "large", "params": [n for n, _ in weights], "relative_std": 0.01})
+    return out
 
 
 # ------------------------------------------------------------------------------------------ shadow probe
@@ -74,57 +81,55 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
             "max_abs": (a - b).abs().max().item() if a.numel() else 0.0}
 
 
-def _forward_and_grads(ppo, mb, evaluate, numerics, scale: float):
-    """Loss, parameter gradients (unscaled) and captured outputs under one numerics context."""
-    from esper_exp.ppo import ppo_loss
-
-    policy = ppo.policy
+def _forward_and_grads(policy, loss_fn, mb, numerics: Numerics, scale: torch.Tensor):
+    """Per-member losses [K], parameter gradients [K, ...] (unscaled) and captured outputs under one numerics."""
     captured: dict[str, torch.Tensor] = {}
     modules = {"actor_out": policy.actor, "value": policy.critic, "actor_seed": policy.actor.seed,
                "critic_seed": policy.critic.seed}
     hooks = [m.register_forward_hook(lambda mod, inp, out, k=k: captured.__setitem__(k, out.detach().float()))
              for k, m in modules.items()]
     try:
-        with numerics:
-            loss, _ = ppo_loss(evaluate, mb, ppo.cfg.ppo)
+        loss, _ = loss_fn(policy.evaluate, mb, numerics)
     finally:
         for h in hooks:
             h.remove()
     names, params = zip(*[(n, p) for n, p in policy.named_parameters() if p.requires_grad])
-    grads = torch.autograd.grad(loss * scale, params, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g.float() / scale for g, p in zip(grads, params)]
+    grads = torch.autograd.grad((loss * scale).sum(), params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g.float() / scale.view(-1, *([1] * (g.dim() - 1)))
+             for g, p in zip(grads, params)]
     return loss.detach().float(), dict(zip(names, grads)), captured
 
 
-def _action_kl(policy, ref_out: torch.Tensor, run_out: torch.Tensor) -> float:
-    """Mean KL(reference || run) between the action distributions on the minibatch."""
+def _action_kl(policy, k: int, ref_out: torch.Tensor, run_out: torch.Tensor) -> float:
+    """Mean KL(reference || run) between member k's action distributions on the minibatch."""
     if policy.discrete:
         lr, lq = torch.log_softmax(ref_out.double(), -1), torch.log_softmax(run_out.double(), -1)
         return (lr.exp() * (lr - lq)).sum(-1).mean().item()
-    var = (2 * policy.actor_logstd.detach().double()).exp()  # same state-independent std in both
+    var = (2 * policy.actor_logstd[k].detach().double()).exp()  # same state-independent std in both
     return ((ref_out.double() - run_out.double()).square() / (2 * var)).sum(-1).mean().item()
 
 
-def shadow_probe(ppo, mb) -> dict:
-    """Run numerics vs reference numerics on one minibatch at the current parameters. Changes nothing."""
-    scale = float(ppo.scaler.get_scale()) if ppo.scaler.is_enabled() else 1.0
-    run_ctx = ppo.precision.autocast()
-    loss_run, g_run, out_run = _forward_and_grads(ppo, mb, ppo.evaluate, run_ctx, scale)
-    ref_ctx = contextlib.ExitStack()
-    ref_ctx.enter_context(gelu_variant("exact"))
-    loss_ref, g_ref, out_ref = _forward_and_grads(ppo, mb, ppo.policy.evaluate, ref_ctx, 1.0)
-    record: dict = {"update": ppo.update_idx + 1, "global_step": ppo.global_step,
-                    "loss_run": loss_run.item(), "loss_ref": loss_ref.item(),
-                    "grads_finite": bool(all(torch.isfinite(g).all() for g in g_run.values()))}
-    glob = _compare(_flat(g_run.values()), _flat(g_ref.values()))
-    record.update({f"grad_{k}": v for k, v in glob.items()})
-    record["grad_norm_ref"] = _flat(g_ref.values()).norm().item()
-    record["layers"] = {n: _compare(g_run[n], g_ref[n]) for n in g_ref}
-    for k in out_ref:
-        d = (out_run[k].double() - out_ref[k].double()).abs()
-        record[f"{k}_max_abs"], record[f"{k}_mean_abs"] = d.max().item(), d.mean().item()
-    record["action_kl"] = _action_kl(ppo.policy, out_ref["actor_out"], out_run["actor_out"])
-    return record
+def shadow_probe(policy, loss_fn, mb, numerics: Numerics, scale: torch.Tensor) -> list[dict]:
+    """Run numerics vs reference numerics (exact GELU, fp32) on one minibatch at the current parameters, per member.
+
+    ``loss_fn(evaluate, minibatch, numerics) -> (loss [K], parts)``; ``scale`` [K] is the fp16 loss scale (ones
+    otherwise). Changes nothing and draws no random numbers. Returns one record per member."""
+    loss_run, g_run, out_run = _forward_and_grads(policy, loss_fn, mb, numerics, scale)
+    loss_ref, g_ref, out_ref = _forward_and_grads(policy, loss_fn, mb, numerics.reference(), torch.ones_like(scale))
+    records = []
+    for k in range(loss_run.shape[0]):
+        gr, gf = {n: g[k] for n, g in g_run.items()}, {n: g[k] for n, g in g_ref.items()}
+        record: dict = {"loss_run": loss_run[k].item(), "loss_ref": loss_ref[k].item(),
+                        "grads_finite": bool(all(torch.isfinite(g).all() for g in gr.values()))}
+        record.update({f"grad_{key}": v for key, v in _compare(_flat(gr.values()), _flat(gf.values())).items()})
+        record["grad_norm_ref"] = _flat(gf.values()).norm().item()
+        record["layers"] = {n: _compare(gr[n], gf[n]) for n in gf}
+        for key in out_ref:
+            d = (out_run[key][k].double() - out_ref[key][k].double()).abs()
+            record[f"{key}_max_abs"], record[f"{key}_mean_abs"] = d.max().item(), d.mean().item()
+        record["action_kl"] = _action_kl(policy, k, out_ref["actor_out"][k], out_run["actor_out"][k])
+        records.append(record)
+    return records
 
 
 # ------------------------------------------------------------------------------------------ snapshots
@@ -142,9 +147,9 @@ def make_probe_set(env_id: str, seed: int, size: int, max_episode_steps: int | N
     return np.stack(out)
 
 
-def param_sketch(policy: torch.nn.Module) -> dict:
+def param_sketch(tensors: list[torch.Tensor]) -> dict:
     """Count-sketch of the flattened parameters (fixed hash): ||sketch_a - sketch_b|| estimates ||theta_a - theta_b||."""
-    flat = _flat([p.detach().cpu() for p in policy.parameters()])
+    flat = _flat([t.detach().cpu() for t in tensors])
     gen = torch.Generator().manual_seed(SKETCH_SEED)
     bucket = torch.randint(SKETCH_DIM, (flat.numel(),), generator=gen)
     sign = torch.randint(2, (flat.numel(),), generator=gen).double() * 2 - 1
@@ -153,20 +158,23 @@ def param_sketch(policy: torch.nn.Module) -> dict:
 
 
 class Snapshotter:
-    def __init__(self, ppo, size: int):
-        e = ppo.cfg.env
-        self.raw = make_probe_set(e.id, ppo.cfg.seed, size, e.max_episode_steps, dict(e.kwargs))
-        self.sha = hashlib.sha256(self.raw.tobytes()).hexdigest()[:16]
+    """Every member's policy outputs on its own fixed probe set (seed-determined), plus a parameter sketch."""
 
-    def __call__(self, ppo) -> dict:
-        obs = torch.as_tensor(ppo.envs.normalize_obs(self.raw), dtype=torch.float32, device=ppo.device)
-        policy = ppo.policy
-        with torch.no_grad(), ppo.precision.autocast():
-            out = policy.actor(obs, policy.alpha).float().cpu()
-            value = policy.value(obs).float().cpu()
-        record = {"update": ppo.update_idx, "global_step": ppo.global_step, "probe_sha": self.sha,
-                  "discrete": policy.discrete, "actor_out": out.tolist(), "value": value.tolist(),
-                  "params": param_sketch(policy)}
-        if not policy.discrete:
-            record["logstd"] = policy.actor_logstd.detach().float().cpu().reshape(-1).tolist()
-        return record
+    def __init__(self, env_id: str, seeds: list[int], size: int, max_episode_steps: int | None, kwargs: dict):
+        self.raw = [make_probe_set(env_id, s, size, max_episode_steps, kwargs) for s in seeds]
+        self.sha = [hashlib.sha256(r.tobytes()).hexdigest()[:16] for r in self.raw]
+
+    def __call__(self, policy, envs, numerics: Numerics, device) -> list[dict]:
+        obs = torch.as_tensor(np.stack([envs.normalize_obs(r, k) for k, r in enumerate(self.raw)]),
+                              dtype=torch.float32, device=device)
+        with torch.no_grad():
+            out = policy.actor_out(obs, numerics).float().cpu()
+            value = policy.value(obs, numerics).float().cpu()
+        records = []
+        for k in range(len(self.raw)):
+            record = {"probe_sha": self.sha[k], "discrete": policy.discrete, "actor_out": out[k].tolist(),
+                      "value": value[k].tolist(), "params": param_sketch([p[k] for p in policy.parameters()])}
+            if not policy.discrete:
+                record["logstd"] = policy.actor_logstd[k].detach().float().cpu().reshape(-1).tolist()
+            records.append(record)
+        return records

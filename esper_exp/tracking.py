@@ -118,7 +118,8 @@ def _truncate_jsonl(path: Path, keep) -> None:
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, config: dict, device, resume_at: tuple[int, int] | None = None):
+    def __init__(self, run_dir: Path, config: dict, device, resume_at: tuple[int, int] | None = None,
+                 group: dict | None = None):
         """resume_at = (update, global_step) of the checkpoint a resumed run continues from: records after it
         (written between that checkpoint and the interruption) are dropped, since the run recomputes them."""
         self.run_dir = Path(run_dir)
@@ -159,6 +160,7 @@ class Tracker:
             "update": 0,
             "nonfinite_events": 0,
             "wandb_run_dir": None,
+            "group": group or {"size": 1, "member_index": 0, "members": [str(self.run_dir)]},
             "config": config,
         }
         if resumed:
@@ -183,7 +185,7 @@ class Tracker:
             job_type=f"{config['model']['gelu']}-{config['precision']['name']}",
             tags=[config["env"]["name"], f"gelu={config['model']['gelu']}", f"precision={config['precision']['name']}",
                   f"compile={bool(config['model']['compile'])}"],
-            config=config, reinit="finish_previous", settings=wandb.Settings(console="off", x_disable_stats=True),
+            config=config, reinit="create_new", settings=wandb.Settings(console="off", x_disable_stats=True),
         )
         self.wandb.define_metric("global_step")
         self.wandb.define_metric("*", step_metric="global_step")

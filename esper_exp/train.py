@@ -89,104 +89,6 @@ def _resume_state(run_dir: Path, previous: dict | None, config: dict) -> dict | 
     return state
 
 
-def run(cfg: DictConfig, run_dir: Path, job_num: int | None = None) -> str:
-    """Run one training job in ``run_dir``; returns its final status (or 'skipped')."""
-    from tqdm import tqdm
-
-    from esper_exp.ppo import PPO, EpisodeWindow, NonFiniteError
-    from esper_exp.probe import Snapshotter
-    from esper_exp.runtime import prepare, resolve_device
-
-    validate(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    previous = read_run_json(run_dir)
-    if previous and previous.get("status") == "completed":
-        if previous.get("config_hash") == config_hash(config):
-            print(f"skipped: {run_dir} already holds a completed run of this config", flush=True)
-            return "skipped"
-        raise ConfigError(f"run directory {run_dir} already holds a completed run of a different config "
-                          f"(hash {previous.get('config_hash')}); refusing to overwrite it: choose another directory")
-    resume = _resume_state(run_dir, previous, config)
-    if previous and resume is None:
-        _archive_previous_attempt(run_dir)
-
-    try:
-        device = resolve_device(cfg.device, job_num)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    prepare(cfg.seed, device, cfg.deterministic, cfg.torch_threads)
-    resume_at = None if resume is None else (resume["ppo"]["update_idx"], resume["ppo"]["global_step"])
-    tracker = Tracker(run_dir, config, device, resume_at=resume_at)
-    ppo = None
-    status, reason = "failed", None
-    try:
-        ppo = PPO(cfg, device)
-        window = EpisodeWindow(100)
-        if resume is not None:
-            ppo.load_state_dict(resume["ppo"])
-            window.returns.extend(resume["episode_window"])
-
-        def on_episode(global_step: int, ret: float, length: int, env_index: int) -> None:
-            window.add(ret)
-            tracker.log_episode(global_step, ret, length, env_index)
-
-        def save_checkpoint() -> None:
-            checkpoint.save(run_dir / "checkpoints", ppo.update_idx,
-                            {"ppo": ppo.state_dict(), "episode_window": list(window.returns),
-                             "config_hash": config_hash(config)})
-
-        snapshot = None
-        if cfg.drift.snapshot_every:
-            snapshot = Snapshotter(ppo, cfg.drift.probe_set_size)
-            if ppo.update_idx == 0:
-                tracker.log_record("snapshots.jsonl", snapshot(ppo))  # the initial policy
-        if ppo.perturbation:
-            tracker.info["perturbation"] = ppo.perturbation
-
-        def on_probe(record: dict) -> None:
-            tracker.log_record("probe.jsonl", record)
-
-        every = cfg.tracking.checkpoint_every
-        show = cfg.tracking.progress == "on" or (cfg.tracking.progress == "auto" and sys.stderr.isatty())
-        start, start_step = time.perf_counter(), ppo.global_step
-        with StopRequest() as stop, tqdm(total=ppo.num_updates * ppo.batch_size, initial=ppo.global_step, unit="step",
-                                         unit_scale=True, disable=not show, desc=tracker.cell, dynamic_ncols=True) as bar:
-            while ppo.update_idx < ppo.num_updates:
-                record = ppo.run_update(on_episode, on_probe)
-                record["sps"] = (record["global_step"] - start_step) / (time.perf_counter() - start)
-                record["return_mean"] = window.mean()
-                tracker.log_update(record)
-                if snapshot is not None and ppo.update_idx % cfg.drift.snapshot_every == 0:
-                    tracker.log_record("snapshots.jsonl", snapshot(ppo))
-                bar.update(ppo.batch_size)
-                bar.set_postfix(sps=f"{record['sps']:.0f}", ret=f"{record['return_mean']:.1f}", refresh=False)
-                if stop.signal or (every and ppo.update_idx % every == 0) or ppo.update_idx == ppo.num_updates:
-                    save_checkpoint()
-                if stop.signal:
-                    raise KeyboardInterrupt(stop.signal)
-        status = "completed"
-    except NonFiniteError as e:
-        reason = str(e)
-        print_err(f"run failed: {reason}")
-    except KeyboardInterrupt as e:
-        status, reason = "interrupted", (str(e) or "SIGINT")
-        raise
-    except Exception as e:
-        reason = f"{type(e).__name__}: {e}"
-        (run_dir / "traceback.txt").write_text(traceback.format_exc())
-        print_err(traceback.format_exc())
-        print_err(f"run failed: {reason} (traceback in {run_dir / 'traceback.txt'})")
-    finally:
-        tracker.finish(status, reason)
-        if ppo is not None:
-            ppo.close()
-    if status == "completed":
-        print(f"{tracker.cell} seed {cfg.seed}: completed {ppo.global_step} steps, mean return of the last "
-              f"{len(window.returns)} episodes {window.mean():.1f}; run directory: {run_dir}", flush=True)
-    return status
-
-
 GROUP_EXCLUDE = ("seed", "tracking", "sweep_name")  # what members of one group may differ in
 
 
@@ -201,20 +103,238 @@ def group_key(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_group(jobs: list[tuple[DictConfig, Path]], job_nums: list[int] | None = None) -> list[str]:
-    """Train a group of runs (configs equal up to ``group_key``) in this process, each in its own run directory;
-    returns each member's final status ('completed', 'failed', 'interrupted', 'skipped' or 'config_error').
+class _Member:
+    """One run of a group: its config, run directory, tracker and episode window."""
 
-    Interface for the grouped launcher. (Interim body: members one after another; the grouped engine replaces it.)
-    """
-    statuses = []
-    for i, (cfg, run_dir) in enumerate(jobs):
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+        self.resume: dict | None = None
+        self.tracker: Tracker | None = None
+        self.status: str | None = None
+        self.window = None
+
+    def accept(self) -> str | None:
+        """Validate and look at the run directory: None to train (fresh or resumed), else 'skipped'.
+        Raises ConfigError for a bad config or a completed run of another config in the directory."""
+        validate(self.cfg)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        previous = read_run_json(self.run_dir)
+        if previous and previous.get("status") == "completed":
+            if previous.get("config_hash") == config_hash(self.config):
+                print(f"skipped: {self.run_dir} already holds a completed run of this config", flush=True)
+                return "skipped"
+            raise ConfigError(f"run directory {self.run_dir} already holds a completed run of a different config "
+                              f"(hash {previous.get('config_hash')}); refusing to overwrite it: choose another directory")
+        self.resume = _resume_state(self.run_dir, previous, self.config)
+        if previous and self.resume is None:
+            _archive_previous_attempt(self.run_dir)
+        return None
+
+
+def run(cfg: DictConfig, run_dir: Path, job_num: int | None = None) -> str:
+    """Run one training job in ``run_dir`` (a group of one); returns its final status (or 'skipped').
+    Raises ConfigError for a bad config."""
+    return run_group([(cfg, run_dir)], None if job_num is None else [job_num], strict=True)[0]
+
+
+def run_group(jobs: list[tuple[DictConfig, Path]], job_nums: list[int] | None = None, strict: bool = False) -> list[str]:
+    """Train a group of runs (configs equal up to ``group_key``) in this process, each in its own run directory with
+    the single-run contract; returns each member's final status ('completed', 'failed', 'interrupted', 'skipped'
+    or 'config_error'). Members already completed are skipped, interrupted ones resume from their checkpoints.
+
+    A member whose config is bad is reported ('config_error', or ConfigError raised when ``strict``) and the others
+    train. SIGTERM / a first Ctrl-C: every member finishes the current update, checkpoints and is marked
+    interrupted, then KeyboardInterrupt is raised."""
+    members = [_Member(cfg, Path(run_dir)) for cfg, run_dir in jobs]
+    statuses: list[str | None] = [None] * len(members)
+    for i, m in enumerate(members):
         try:
-            statuses.append(run(cfg, Path(run_dir), job_num=None if job_nums is None else job_nums[i]))
+            statuses[i] = m.accept()
         except ConfigError as e:
-            print_err(f"error: {run_dir}: {e}")
-            statuses.append("config_error")
-    return statuses
+            if strict:
+                raise
+            print_err(f"error: {m.run_dir}: {e}")
+            statuses[i] = "config_error"
+    todo = [i for i, s in enumerate(statuses) if s is None]
+    if todo:
+        keys = {group_key(members[i].cfg) for i in todo}
+        if len(keys) > 1:
+            raise ValueError(f"run_group: the jobs' configs differ beyond seed/tracking ({len(keys)} group keys); "
+                             "form groups with esper_exp.train.group_key")
+        try:
+            _train_group([members[i] for i in todo], None if job_nums is None else job_nums[todo[0]])
+        except ConfigError:
+            if strict:
+                raise
+            for i in todo:
+                statuses[i] = "config_error"
+        finally:
+            for i in todo:
+                statuses[i] = statuses[i] or members[i].status
+    return [s or "failed" for s in statuses]
+
+
+def _train_group(members: list[_Member], job_num: int | None) -> None:
+    import torch
+
+    from esper_exp.blend import AlphaSchedule
+    from esper_exp.envs import GroupEnvs
+    from esper_exp.numerics import Numerics
+    from esper_exp.policy import ActorCritic, obs_dim_of
+    from esper_exp.ppo import PPO, EpisodeWindow
+    from esper_exp.probe import perturb
+    from esper_exp.runtime import prepare, resolve_device
+
+    cfg = members[0].cfg  # equal for every member up to seed and bookkeeping
+    seeds = [int(m.cfg.seed) for m in members]
+    try:
+        device = resolve_device(cfg.device, job_num)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    prepare(seeds[0], device, cfg.deterministic, cfg.torch_threads)
+    names = [str(m.run_dir) for m in members]
+    for k, m in enumerate(members):
+        resume_at = None if m.resume is None else (m.resume["ppo"]["update_idx"], m.resume["ppo"]["global_step"])
+        m.tracker = Tracker(m.run_dir, m.config, device, resume_at=resume_at,
+                            group={"size": len(members), "member_index": k, "members": names})
+        m.window = EpisodeWindow(100)
+    ppo = None
+    try:
+        e, mc, p = cfg.env, cfg.model, cfg.ppo
+        envs = GroupEnvs(e.id, seeds, e.num_envs, p.gamma, clip_action=e.clip_action, normalize_obs=e.normalize_obs,
+                         normalize_reward=e.normalize_reward, clip_obs=e.clip_obs, clip_reward=e.clip_reward,
+                         max_episode_steps=e.max_episode_steps, kwargs=dict(e.kwargs))
+        generators = [torch.Generator().manual_seed(s) for s in seeds]  # initial weights: member k's own seed
+        policy = ActorCritic(obs_dim_of(envs.single_observation_space), envs.single_action_space, generators,
+                             width=mc.width, depth=mc.depth, blueprint=mc.blueprint, checkpointing=mc.checkpointing,
+                             blend_cast=mc.blend_cast)
+        perturbations = perturb(policy, cfg.drift.perturb, seeds)  # before .to(device): same change on any device
+        policy = policy.to(device)
+        if mc.compile:
+            policy.actor.compile()
+            policy.critic.compile()
+        numerics = Numerics(mc.gelu, cfg.precision.name, device.type)
+        ppo = PPO(envs, policy, numerics, [AlphaSchedule(**mc.alpha) for _ in members], p, seeds, device)
+        for k, m in enumerate(members):
+            if m.resume is not None:
+                ppo.load_member_state(k, m.resume["ppo"])
+                m.window.returns.extend(m.resume["episode_window"])
+            if perturbations[k]:
+                m.tracker.info["perturbation"] = perturbations[k]
+        _loop(members, ppo, cfg, device)
+    except KeyboardInterrupt as e:
+        for m in members:
+            if m.status is None:
+                m.status = "interrupted"
+                m.tracker.finish("interrupted", str(e) or "SIGINT")
+        raise
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}"
+        tb = traceback.format_exc()
+        print_err(tb)
+        for m in members:
+            if m.status is None:
+                m.status = "failed"
+                (m.run_dir / "traceback.txt").write_text(tb)
+                m.tracker.finish("failed", reason)
+                print_err(f"run failed: {reason} (traceback in {m.run_dir / 'traceback.txt'})")
+    finally:
+        if ppo is not None:
+            ppo.close()
+
+
+def _loop(members: list[_Member], ppo, cfg: DictConfig, device) -> None:
+    """The training loop of a group: PPO updates until every member completed or failed (or a stop request)."""
+    from functools import partial
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from esper_exp.ppo import ppo_loss
+    from esper_exp.probe import Snapshotter, shadow_probe
+
+    K, d, e, numerics = len(members), cfg.drift, cfg.env, ppo.numerics
+
+    def save_checkpoint(k: int) -> None:
+        m = members[k]
+        checkpoint.save(m.run_dir / "checkpoints", ppo.update_idx[k],
+                        {"ppo": ppo.member_state(k), "episode_window": list(m.window.returns),
+                         "config_hash": config_hash(m.config)})
+
+    def complete(k: int) -> None:
+        m = members[k]
+        m.status = "completed"
+        m.tracker.finish("completed")
+        ppo.finish(k)
+        print(f"{m.tracker.cell} seed {m.cfg.seed}: completed {ppo.global_step[k]} steps, mean return of the last "
+              f"{len(m.window.returns)} episodes {m.window.mean():.1f}; run directory: {m.run_dir}", flush=True)
+
+    def on_episode(k: int, global_step: int, ret: float, length: int, env_index: int) -> None:
+        members[k].window.add(ret)
+        members[k].tracker.log_episode(global_step, ret, length, env_index)
+
+    snapshot = None
+    if d.snapshot_every:
+        snapshot = Snapshotter(e.id, [int(m.cfg.seed) for m in members], d.probe_set_size, e.max_episode_steps,
+                               dict(e.kwargs))
+
+    def take_snapshots(which: list[int]) -> None:
+        records = snapshot(ppo.policy, ppo.envs, numerics, device)
+        for k in which:
+            members[k].tracker.log_record("snapshots.jsonl", {"update": ppo.update_idx[k],
+                                                              "global_step": ppo.global_step[k], **records[k]})
+
+    def probe_for(due: list[int]):
+        loss_fn = partial(ppo_loss, p=cfg.ppo)
+
+        def probe(mb) -> None:
+            records = shadow_probe(ppo.policy, lambda ev, b, nm: loss_fn(ev, b, numerics=nm), mb, numerics,
+                                   ppo.scaler.scale)
+            for k in due:
+                members[k].tracker.log_record("probe.jsonl", {"update": ppo.update_idx[k] + 1,
+                                                              "global_step": ppo.global_step[k], **records[k]})
+        return probe
+
+    if snapshot is not None:
+        take_snapshots([k for k in range(K) if ppo.update_idx[k] == 0])  # the initial policies
+    for k in range(K):  # a member resumed from its final checkpoint has nothing left to do
+        if ppo.done(k):
+            complete(k)
+
+    every = cfg.tracking.checkpoint_every
+    show = cfg.tracking.progress == "on" or (cfg.tracking.progress == "auto" and sys.stderr.isatty())
+    start, start_steps = time.perf_counter(), list(ppo.global_step)
+    desc = members[0].tracker.cell + (f" x{K} seeds" if K > 1 else "")
+    with StopRequest() as stop, tqdm(total=ppo.num_updates * ppo.batch_size * K, initial=sum(ppo.global_step),
+                                     unit="step", unit_scale=True, disable=not show, desc=desc,
+                                     dynamic_ncols=True) as bar:
+        while any(ppo.live):
+            due = [k for k in range(K) if ppo.live[k] and d.probe_every and (ppo.update_idx[k] + 1) % d.probe_every == 0]
+            before = sum(ppo.global_step)
+            result = ppo.run_update(on_episode, probe_for(due) if due else None)
+            elapsed = time.perf_counter() - start
+            for k, reason in result.failures.items():
+                print_err(f"run failed: {members[k].run_dir}: {reason}")
+                members[k].status = "failed"
+                members[k].tracker.finish("failed", reason)
+            for k, record in result.records.items():
+                m = members[k]
+                record["sps"] = (record["global_step"] - start_steps[k]) / elapsed
+                record["return_mean"] = m.window.mean()
+                m.tracker.log_update(record)
+                if snapshot is not None and ppo.update_idx[k] % d.snapshot_every == 0:
+                    take_snapshots([k])
+                if stop.signal or (every and ppo.update_idx[k] % every == 0) or ppo.done(k):
+                    save_checkpoint(k)
+                if ppo.done(k):
+                    complete(k)
+            bar.update(sum(ppo.global_step) - before)
+            means = [members[k].window.mean() for k in result.records]
+            bar.set_postfix(sps=f"{(sum(ppo.global_step) - sum(start_steps)) / elapsed:.0f}",
+                            ret=f"{np.nanmean(means) if means else float('nan'):.1f}", refresh=False)
+            if stop.signal:
+                raise KeyboardInterrupt(stop.signal)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
