@@ -175,15 +175,38 @@ def run_group(jobs: list[tuple[DictConfig, Path]], job_nums: list[int] | None = 
     return [s or "failed" for s in statuses]
 
 
-def _train_group(members: list[_Member], job_num: int | None) -> None:
+def build_ppo(cfg: DictConfig, seeds: list[int], device):
+    """The parts of a group, built from its (shared) config: envs, policy (one member per seed), numerics, alpha
+    schedules -> PPO. Returns (ppo, perturbations applied per member)."""
     import torch
 
     from esper_exp.blend import AlphaSchedule
     from esper_exp.envs import GroupEnvs
     from esper_exp.numerics import Numerics
     from esper_exp.policy import ActorCritic, obs_dim_of
-    from esper_exp.ppo import PPO, EpisodeWindow
+    from esper_exp.ppo import PPO
     from esper_exp.probe import perturb
+
+    e, mc, p = cfg.env, cfg.model, cfg.ppo
+    envs = GroupEnvs(e.id, seeds, e.num_envs, p.gamma, clip_action=e.clip_action, normalize_obs=e.normalize_obs,
+                     normalize_reward=e.normalize_reward, clip_obs=e.clip_obs, clip_reward=e.clip_reward,
+                     max_episode_steps=e.max_episode_steps, kwargs=dict(e.kwargs))
+    generators = [torch.Generator().manual_seed(s) for s in seeds]  # initial weights: member k's own seed
+    policy = ActorCritic(obs_dim_of(envs.single_observation_space), envs.single_action_space, generators,
+                         width=mc.width, depth=mc.depth, blueprint=mc.blueprint, checkpointing=mc.checkpointing,
+                         blend_cast=mc.blend_cast)
+    perturbations = perturb(policy, cfg.drift.perturb, seeds)  # before .to(device): the same change on any device
+    policy = policy.to(device)
+    if mc.compile:
+        policy.actor.compile()
+        policy.critic.compile()
+    numerics = Numerics(mc.gelu, cfg.precision.name, device.type)
+    ppo = PPO(envs, policy, numerics, [AlphaSchedule(**mc.alpha) for _ in seeds], p, seeds, device)
+    return ppo, perturbations
+
+
+def _train_group(members: list[_Member], job_num: int | None) -> None:
+    from esper_exp.ppo import EpisodeWindow
     from esper_exp.runtime import prepare, resolve_device
 
     cfg = members[0].cfg  # equal for every member up to seed and bookkeeping
@@ -201,21 +224,7 @@ def _train_group(members: list[_Member], job_num: int | None) -> None:
         m.window = EpisodeWindow(100)
     ppo = None
     try:
-        e, mc, p = cfg.env, cfg.model, cfg.ppo
-        envs = GroupEnvs(e.id, seeds, e.num_envs, p.gamma, clip_action=e.clip_action, normalize_obs=e.normalize_obs,
-                         normalize_reward=e.normalize_reward, clip_obs=e.clip_obs, clip_reward=e.clip_reward,
-                         max_episode_steps=e.max_episode_steps, kwargs=dict(e.kwargs))
-        generators = [torch.Generator().manual_seed(s) for s in seeds]  # initial weights: member k's own seed
-        policy = ActorCritic(obs_dim_of(envs.single_observation_space), envs.single_action_space, generators,
-                             width=mc.width, depth=mc.depth, blueprint=mc.blueprint, checkpointing=mc.checkpointing,
-                             blend_cast=mc.blend_cast)
-        perturbations = perturb(policy, cfg.drift.perturb, seeds)  # before .to(device): same change on any device
-        policy = policy.to(device)
-        if mc.compile:
-            policy.actor.compile()
-            policy.critic.compile()
-        numerics = Numerics(mc.gelu, cfg.precision.name, device.type)
-        ppo = PPO(envs, policy, numerics, [AlphaSchedule(**mc.alpha) for _ in members], p, seeds, device)
+        ppo, perturbations = build_ppo(cfg, seeds, device)
         for k, m in enumerate(members):
             if m.resume is not None:
                 ppo.load_member_state(k, m.resume["ppo"])
@@ -330,9 +339,9 @@ def _loop(members: list[_Member], ppo, cfg: DictConfig, device) -> None:
                 if ppo.done(k):
                     complete(k)
             bar.update(sum(ppo.global_step) - before)
-            means = [members[k].window.mean() for k in result.records]
+            means = [r["return_mean"] for r in result.records.values() if r["return_mean"] == r["return_mean"]]
             bar.set_postfix(sps=f"{(sum(ppo.global_step) - sum(start_steps)) / elapsed:.0f}",
-                            ret=f"{np.nanmean(means) if means else float('nan'):.1f}", refresh=False)
+                            ret=f"{np.mean(means) if means else float('nan'):.1f}", refresh=False)
             if stop.signal:
                 raise KeyboardInterrupt(stop.signal)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY_CARTPOLE, make_cfg, read_jsonl, without_wall_clock
-from esper_exp.ppo import PPO
+from esper_exp.train import build_ppo
 from esper_exp.runtime import prepare
 from esper_exp.tracking import read_run_json
 
@@ -45,25 +45,28 @@ def test_tanh_gelu_is_invisible_until_alpha_opens_the_seed(train_run):
     assert probes[-1]["actor_seed_max_abs"] > 0 and probes[-1]["grad_rel_l2"] > 0
 
 
-def _ppo(*overrides):
+def _ppo(*overrides, seeds=(1, 2)):
     cfg = make_cfg("env=cartpole", "ppo.num_steps=32", "ppo.total_timesteps=128", *overrides)
     prepare(cfg.seed, torch.device("cpu"), True, 1)
-    return PPO(cfg, torch.device("cpu"))
+    return build_ppo(cfg, list(seeds), torch.device("cpu"))
 
 
-def test_ulp_perturbation_moves_one_weight_by_one_ulp():
-    base, ulp = _ppo(), _ppo("drift.perturb=ulp")
-    diffs = [(n, (a != b).nonzero()) for (n, a), (_, b) in zip(base.policy.named_parameters(), ulp.policy.named_parameters())
-             if not torch.equal(a, b)]
-    assert len(diffs) == 1 and len(diffs[0][1]) == 1
-    name, idx = diffs[0][0], tuple(diffs[0][1][0].tolist())
-    a, b = dict(base.policy.named_parameters())[name][idx], dict(ulp.policy.named_parameters())[name][idx]
-    assert b.item() == torch.nextafter(a, torch.tensor(math.inf)).item()
-    assert ulp.perturbation["param"] == name
-    large = _ppo("drift.perturb=large")
+def test_ulp_perturbation_moves_one_weight_of_each_member_by_one_ulp():
+    (base, _), (ulp, changes) = _ppo(), _ppo("drift.perturb=ulp")
+    for k in range(2):  # each member: exactly one weight, moved by one ulp, chosen by its own seed
+        diffs = [(n, (a[k] != b[k]).nonzero()) for (n, a), (_, b) in
+                 zip(base.policy.named_parameters(), ulp.policy.named_parameters()) if not torch.equal(a[k], b[k])]
+        assert len(diffs) == 1 and len(diffs[0][1]) == 1
+        name, idx = diffs[0][0], tuple(diffs[0][1][0].tolist())
+        a, b = dict(base.policy.named_parameters())[name][k][idx], dict(ulp.policy.named_parameters())[name][k][idx]
+        assert b.item() == torch.nextafter(a, torch.tensor(math.inf)).item()
+        assert changes[k]["param"] == name
+    (alone, alone_changes) = _ppo("drift.perturb=ulp", seeds=(2,))
+    assert alone_changes[0] == changes[1]  # member 1 (seed 2) is perturbed as it would be alone
+    (large, _) = _ppo("drift.perturb=large")
     changed = sum(not torch.equal(a, b) for a, b in zip(base.policy.parameters(), large.policy.parameters()))
     assert changed >= 8
-    for p in (base, ulp, large):
+    for p in (base, ulp, alone, large):
         p.close()
 
 

@@ -84,9 +84,9 @@ def test_non_finite_loss_fails_the_run_and_keeps_its_metrics(train_run, monkeypa
 
     evaluate, calls = ActorCritic.evaluate, []
 
-    def poisoned(self, obs, action):  # NaN values from the 3rd update on (4 epochs x 4 minibatches each)
+    def poisoned(self, obs, action, numerics):  # NaN values from the 3rd update on (4 epochs x 4 minibatches each)
         calls.append(1)
-        logp, ent, value = evaluate(self, obs, action)
+        logp, ent, value = evaluate(self, obs, action, numerics)
         return logp, ent, value * float("nan") if len(calls) > 32 else value
 
     monkeypatch.setattr(ActorCritic, "evaluate", poisoned)

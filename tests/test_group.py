@@ -1,0 +1,177 @@
+"""Grouped runs: a member of a group is the run it would be trained alone (bitwise on CPU: metrics and episodes),
+fails alone, stops alone, resumes alone, and computes in its cell's dtype; the member-axis optimizer pieces match
+torch's."""
+
+import pytest
+import torch
+
+from conftest import make_cfg, read_jsonl, without_wall_clock
+from esper_exp.stacked import MemberAdam, MemberGradScaler, clip_grad_norm_per_member
+from esper_exp.tracking import read_run_json
+from esper_exp.train import run, run_group
+
+DISCRETE = ("env=cartpole", "ppo.total_timesteps=1024", "ppo.num_steps=64", "model.alpha.ramp_updates=4")
+CONTINUOUS = ("env=halfcheetah", "ppo.total_timesteps=768", "ppo.num_steps=64", "ppo.num_minibatches=4",
+              "ppo.update_epochs=4", "env.max_episode_steps=100", "model.alpha.ramp_updates=4")
+SEEDS = (1, 2, 3)
+
+
+def _group(tmp_path, overrides, seeds=SEEDS, name="group"):
+    jobs = [(make_cfg(*overrides, f"seed={s}"), tmp_path / name / f"seed={s}") for s in seeds]
+    return run_group(jobs), [d for _, d in jobs]
+
+
+def _alone(tmp_path, overrides, seed, name="alone"):
+    run_dir = tmp_path / name / f"seed={seed}"
+    assert run(make_cfg(*overrides, f"seed={seed}"), run_dir) == "completed"
+    return run_dir
+
+
+def _same_run(a, b) -> None:
+    assert without_wall_clock(read_jsonl(a / "metrics.jsonl")) == without_wall_clock(read_jsonl(b / "metrics.jsonl"))
+    assert read_jsonl(a / "episodes.jsonl") == read_jsonl(b / "episodes.jsonl")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("space", ["discrete", "continuous"])
+def test_a_member_equals_the_same_run_trained_alone(tmp_path, space, precision):
+    overrides = (*(DISCRETE if space == "discrete" else CONTINUOUS), f"precision={precision}")
+    statuses, dirs = _group(tmp_path, overrides)
+    assert statuses == ["completed"] * 3
+    for k, (seed, run_dir) in enumerate(zip(SEEDS, dirs)):
+        _same_run(run_dir, _alone(tmp_path, overrides, seed))
+        group = read_run_json(run_dir)["group"]
+        assert group["size"] == 3 and group["member_index"] == k and group["members"][k] == str(run_dir)
+    # the members are different runs (not one run copied three times)
+    assert read_jsonl(dirs[0] / "metrics.jsonl")[-1]["value_loss"] != read_jsonl(dirs[1] / "metrics.jsonl")[-1]["value_loss"]
+
+
+def test_a_non_finite_member_fails_alone_and_the_others_equal_their_single_runs(tmp_path, monkeypatch):
+    from esper_exp.policy import ActorCritic
+
+    evaluate, calls = ActorCritic.evaluate, []
+
+    def poisoned(self, obs, action, numerics):  # member 1 of a group of 3 gets NaN values from update 3 on
+        logp, ent, value = evaluate(self, obs, action, numerics)
+        if self.members == 3:
+            calls.append(1)
+            if len(calls) > 2 * 4 * 4:  # 2 updates x 4 epochs x 4 minibatches
+                value = value.clone()
+                value[1] = float("nan")
+        return logp, ent, value
+
+    monkeypatch.setattr(ActorCritic, "evaluate", poisoned)
+    statuses, dirs = _group(tmp_path, DISCRETE)
+    assert statuses == ["completed", "failed", "completed"]
+    info = read_run_json(dirs[1])
+    assert info["status"] == "failed" and "non-finite loss" in info["reason"] and "update 3" in info["reason"]
+    assert [r["update"] for r in read_jsonl(dirs[1] / "metrics.jsonl")] == [1, 2]  # updates before the failure stay
+    for seed, run_dir in ((1, dirs[0]), (3, dirs[2])):
+        _same_run(run_dir, _alone(tmp_path, DISCRETE, seed))
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16),
+                                             ("fp32", torch.float32)])
+def test_a_member_computes_its_seed_mlp_in_its_cells_dtype(tmp_path, monkeypatch, precision, dtype):
+    """Guards the vmap trap (torch.func.vmap silently drops autocast): the stacked seed must really run in bf16."""
+    from esper_exp.seeds import MLPSeed
+
+    seen = set()
+    forward = MLPSeed.branch
+
+    def spy(self, x, numerics):
+        out = forward(self, x, numerics)
+        seen.add((self.fc1(x).dtype, out.dtype, torch.is_grad_enabled()))
+        return out
+
+    monkeypatch.setattr(MLPSeed, "branch", spy)
+    statuses, _ = _group(tmp_path, (*DISCRETE, "ppo.total_timesteps=256", f"precision={precision}"))
+    assert statuses == ["completed"] * 3
+    assert seen == {(dtype, dtype, False), (dtype, dtype, True)}  # rollout (no grad) and update
+
+
+def test_target_kl_stops_each_member_on_its_own(tmp_path):
+    overrides = (*DISCRETE, "ppo.target_kl=0.002", "ppo.learning_rate=1e-3")
+    statuses, dirs = _group(tmp_path, overrides)
+    assert statuses == ["completed"] * 3
+    epochs = [[r["epochs"] for r in read_jsonl(d / "metrics.jsonl")] for d in dirs]
+    assert any(len({e[u] for e in epochs}) > 1 for u in range(len(epochs[0])))  # members stopped at different epochs
+    for seed, run_dir in zip(SEEDS, dirs):
+        _same_run(run_dir, _alone(tmp_path, overrides, seed))
+
+
+def test_members_resumed_at_different_updates_equal_their_uninterrupted_runs(tmp_path, monkeypatch):
+    from esper_exp.tracking import Tracker
+
+    overrides = (*DISCRETE, "tracking.checkpoint_every=2")
+    # seed 2 alone, stopped (as by Ctrl-C) during update 4: its last checkpoint is at update 2
+    log_update, updates = Tracker.log_update, []
+
+    def stop_in_update_4(self, record):
+        log_update(self, record)
+        updates.append(record["update"])
+        if record["update"] == 3:
+            raise KeyboardInterrupt("SIGINT")
+
+    monkeypatch.setattr(Tracker, "log_update", stop_in_update_4)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(*overrides, "seed=2"), tmp_path / "group" / "seed=2")
+    monkeypatch.setattr(Tracker, "log_update", log_update)
+    assert read_run_json(tmp_path / "group" / "seed=2")["status"] == "interrupted"
+    # the group: seeds 1 and 3 start fresh, seed 2 continues from its update-2 checkpoint
+    statuses, dirs = _group(tmp_path, overrides)
+    assert statuses == ["completed"] * 3
+    assert read_run_json(dirs[1])["resumed_at"]
+    for seed, run_dir in zip(SEEDS, dirs):
+        _same_run(run_dir, _alone(tmp_path, overrides, seed))
+
+
+def test_group_rejects_jobs_that_differ_beyond_the_seed(tmp_path):
+    jobs = [(make_cfg(*DISCRETE, "seed=1"), tmp_path / "a"), (make_cfg(*DISCRETE, "seed=2", "precision=bf16"),
+                                                              tmp_path / "b")]
+    with pytest.raises(ValueError, match="group_key"):
+        run_group(jobs)
+
+
+# ------------------------------------------------------------------------------------------ member-axis pieces
+def test_member_adam_equals_torch_adam_and_a_masked_member_does_not_move():
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(3, 16, 5, generator=gen)
+    ref = [torch.nn.Parameter(p0[k].clone()) for k in range(3)]
+    opts = [torch.optim.Adam([r], lr=3e-4, eps=1e-5, foreach=False) for r in ref]
+    stacked = torch.nn.Parameter(p0.clone())
+    adam = MemberAdam([stacked], lr=3e-4, eps=1e-5)
+    for step in range(30):
+        g = torch.randn(3, 16, 5, generator=gen)
+        mask = torch.tensor([True, step % 3 != 0, True])  # member 1 skips every third step (e.g. fp16 overflow)
+        lr = 3e-4 * (1 - step / 60)
+        adam.set_lr(torch.full((3,), lr, dtype=torch.float64))
+        stacked.grad = g.clone()
+        before = stacked.detach().clone()
+        adam.step(mask)
+        for k in range(3):
+            if mask[k]:
+                opts[k].param_groups[0]["lr"] = lr
+                ref[k].grad = g[k].clone()
+                opts[k].step()
+            else:
+                assert torch.equal(stacked[k], before[k])
+            assert torch.equal(stacked[k], ref[k].detach())  # bitwise torch.optim.Adam (single-tensor)
+
+
+def test_grad_clip_and_loss_scale_are_per_member():
+    params = [torch.nn.Parameter(torch.zeros(2, 3, 4)), torch.nn.Parameter(torch.zeros(2, 3))]
+    params[0].grad = torch.cat([torch.full((1, 3, 4), 10.0), torch.full((1, 3, 4), 0.01)])
+    params[1].grad = torch.cat([torch.full((1, 3), 10.0), torch.full((1, 3), 0.01)])
+    norms = clip_grad_norm_per_member(params, max_norm=0.5)
+    torch.testing.assert_close(norms, torch.tensor([10.0 * 15**0.5, 0.01 * 15**0.5]))
+    assert torch.equal(params[0].grad[1], torch.full((3, 4), 0.01))  # the small member is not clipped
+    torch.testing.assert_close(torch.linalg.vector_norm(torch.cat([params[0].grad[0].reshape(-1),
+                                                                   params[1].grad[0].reshape(-1)])),
+                               torch.tensor(0.5), rtol=1e-5, atol=0)
+    scaler = MemberGradScaler(2, torch.device("cpu"), enabled=True, growth_interval=2)
+    overflow = torch.tensor([True, False])
+    scaler.update(found_inf=overflow, stepped=~overflow)
+    assert scaler.scale.tolist() == [2.0**15, 2.0**16]  # only the overflowing member backs off
+    scaler.update(found_inf=torch.tensor([False, False]), stepped=torch.tensor([True, True]))
+    assert scaler.scale.tolist() == [2.0**15, 2.0**17]  # member 1 grew after 2 good steps; member 0 after 1 only
