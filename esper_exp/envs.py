@@ -1,12 +1,14 @@
-"""Vector environments with CleanRL's wrappers, in gymnasium's SAME_STEP autoreset mode.
+"""Environments of a group: K members x N gymnasium envs, CleanRL's wrappers, gymnasium's SAME_STEP autoreset.
 
 SAME_STEP on purpose (DESIGN.md section 5): the step that ends an episode also resets that
 sub-env, returns the new episode's first observation, and puts the old episode's last observation
 in ``info["final_obs"]``. Every transition is then a real one (no NEXT_STEP "reset step" to mask),
 and a truncated episode can be bootstrapped from the value of its final observation.
 
-Wrappers sit inside each sub-env (as in CleanRL), so ``final_obs`` is normalised like every other
-observation, and RecordEpisodeStatistics (innermost) sees raw rewards.
+Wrappers act per sub-env (as in CleanRL, where they sit inside each sub-env), so ``final_obs`` is normalised like
+every other observation, and the episode statistics see raw rewards. The reference this module is held to, bitwise
+per member, is gymnasium's own stack: SyncVectorEnv(SAME_STEP) over ``gym.make`` + CleanRL's wrappers per sub-env
+(tests/test_group_envs.py builds it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 # Per-layer state a sub-env carries between steps (wrappers' counters and accumulators, classic-control
 # physics). With the running mean/std objects, the RNG and MuJoCo's integration state this is everything a
@@ -94,99 +95,12 @@ def load_sub_env_state(env: gym.Env, states: list[dict]) -> None:
         mujoco.mj_setState(base.model, base.data, _unsafe(states[-1]["mujoco"]), mujoco.mjtState.mjSTATE_INTEGRATION)
 
 
-@dataclass
-class StepResult:
-    obs: np.ndarray
-    reward: np.ndarray  # float64, as wrapped (normalised and clipped when configured)
-    terminated: np.ndarray
-    truncated: np.ndarray
-    final_obs: dict[int, np.ndarray]  # env index -> last obs of an episode that ended this step
-    episodes: list[tuple[int, float, int]]  # (env index, raw return, length) of episodes that ended
-
-
-def make_env(env_id: str, *, clip_action: bool, normalize_obs: bool, normalize_reward: bool, clip_obs: float,
-             clip_reward: float, gamma: float, max_episode_steps: int | None, kwargs: dict):
-    def thunk() -> gym.Env:
-        env = gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
-        env = gym.wrappers.RecordEpisodeStatistics(env)
-        if clip_action:
-            env = gym.wrappers.ClipAction(env)
-        if normalize_obs:
-            env = gym.wrappers.NormalizeObservation(env)
-            env = gym.wrappers.TransformObservation(env, lambda o: np.clip(o, -clip_obs, clip_obs), env.observation_space)
-        if normalize_reward:
-            env = gym.wrappers.NormalizeReward(env, gamma=gamma)
-            env = gym.wrappers.TransformReward(env, lambda r: np.clip(r, -clip_reward, clip_reward))
-        return env
-
-    return thunk
-
-
-class VectorEnv:
-    """Thin, explicit layer over SyncVectorEnv(SAME_STEP) that decodes its info dicts once."""
-
-    def __init__(self, env_id: str, num_envs: int, gamma: float, *, clip_action: bool = False,
-                 normalize_obs: bool = False, normalize_reward: bool = False, clip_obs: float = 10.0,
-                 clip_reward: float = 10.0, max_episode_steps: int | None = None, kwargs: dict | None = None):
-        if env_id not in gym.registry:
-            raise ValueError(f"unknown gymnasium env id {env_id!r}; see gymnasium.registry for the allowed ids")
-        thunk = make_env(env_id, clip_action=clip_action, normalize_obs=normalize_obs,
-                         normalize_reward=normalize_reward, clip_obs=clip_obs, clip_reward=clip_reward, gamma=gamma,
-                         max_episode_steps=max_episode_steps, kwargs=dict(kwargs or {}))
-        self.env = SyncVectorEnv([thunk for _ in range(num_envs)], autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
-        self.num_envs = num_envs
-        self.clip_obs = clip_obs
-        self.single_observation_space = self.env.single_observation_space
-        self.single_action_space = self.env.single_action_space
-
-    def reset(self, seed: int) -> np.ndarray:
-        """Seed every sub-env (seed + i) and its action space; returns the first observations."""
-        obs, _ = self.env.reset(seed=[seed + i for i in range(self.num_envs)])
-        for i, sub in enumerate(self.env.envs):
-            sub.action_space.seed(seed + i)
-        return obs
-
-    def step(self, actions: np.ndarray) -> StepResult:
-        obs, reward, terminated, truncated, info = self.env.step(actions)
-        final_obs: dict[int, np.ndarray] = {}
-        episodes: list[tuple[int, float, int]] = []
-        if "final_obs" in info:
-            for i in np.flatnonzero(info["_final_obs"]):
-                final_obs[int(i)] = info["final_obs"][i]
-            fin = info["final_info"]
-            if "episode" in fin:
-                ep, mask = fin["episode"], fin["_episode"]
-                for i in np.flatnonzero(mask):
-                    episodes.append((int(i), float(ep["r"][i]), int(ep["l"][i])))
-        return StepResult(obs, reward, terminated, truncated, final_obs, episodes)
-
-    def normalize_obs(self, raw: np.ndarray) -> np.ndarray:
-        """Raw observations as the policy sees them now: sub-env 0's running normalisation and clip, if any."""
-        for layer in _layers(self.env.envs[0]):
-            if isinstance(layer, gym.wrappers.NormalizeObservation):
-                rms = layer.obs_rms
-                return np.clip((raw - rms.mean) / np.sqrt(rms.var + layer.epsilon), -self.clip_obs, self.clip_obs)
-        return raw
-
-    def state_dict(self) -> list[list[dict]]:
-        return [sub_env_state(e) for e in self.env.envs]
-
-    def load_state_dict(self, state: list[list[dict]]) -> None:
-        if len(state) != self.num_envs:
-            raise ValueError(f"checkpoint has {len(state)} envs, this run has {self.num_envs}")
-        for e, s in zip(self.env.envs, state):
-            load_sub_env_state(e, s)
-
-    def close(self) -> None:
-        self.env.close()
-
-
 # ================================================================================================ groups
 # One process trains K runs ("members") at once. GroupEnvs steps K members x N sub-envs each with CleanRL's
 # wrappers vectorised over all E = K * N sub-envs: the raw gymnasium envs (``gym.make``: TimeLimit around the v5
-# physics, the reference) are stepped in a Python loop, and everything the wrapper stack of ``make_env`` does on
+# physics, the reference) are stepped in a Python loop, and everything CleanRL's wrapper stack does on
 # top (episode statistics, action clip, observation and reward normalisation and clip) is a handful of numpy ops
-# per step over [E, ...] arrays. Per member it is bitwise today's VectorEnv: every sub-env keeps its OWN running
+# per step over [E, ...] arrays. Per member it is bitwise gymnasium's wrapper stack: every sub-env keeps its OWN running
 # statistics and accumulators (one row each), all ops are elementwise (IEEE add/mul/div/sqrt/clip give the same
 # bits whatever the array size), so a member never sees another member's numbers.
 
@@ -287,7 +201,7 @@ def _rms_update(mean: np.ndarray, var: np.ndarray, count: np.ndarray, x: np.ndar
 class GroupEnvs:
     """K members x N sub-envs each; sub-env e = member k, index i with e = k*N + i (member-major).
 
-    Per member, bitwise what ``VectorEnv(env_id, N, gamma, ...)`` reset with ``seeds[k]`` returns: SAME_STEP
+    Per member, bitwise what gymnasium's SyncVectorEnv of N such wrapped envs reset with ``seeds[k] + i`` returns: SAME_STEP
     autoreset (the step that ends an episode resets that sub-env; ``final_obs`` holds the ended episode's last
     observation, normalised like ``obs``), CleanRL's wrappers inside each sub-env (RecordEpisodeStatistics innermost
     on raw rewards, ClipAction, NormalizeObservation + clip, NormalizeReward + clip), each sub-env with its own
@@ -332,7 +246,7 @@ class GroupEnvs:
 
         self.env_action_space = act  # the env's own space (bounded); single_action_space is the wrapper stack's
         self.single_action_space = (gym.spaces.Box(-np.inf, np.inf, shape=act.shape, dtype=act.dtype) if clip_action
-                                    else act)  # what VectorEnv exposes (ClipAction's unbounded Box)
+                                    else act)  # as the wrapped env exposes it (ClipAction's unbounded Box)
         self.single_observation_space = (gym.spaces.Box(-np.inf, np.inf, shape=obs_space.shape, dtype=np.float32)
                                          if normalize_obs else obs_space)
         self.obs_shape = tuple(obs_space.shape)
