@@ -18,7 +18,7 @@ the run config. Where it differs from CleanRL's ppo.py it says so:
 
 A member that goes non-finite (loss, or gradient outside fp16's scaler-skipped steps) stops stepping at once; the
 update reports it in ``failures`` with the reason, and the other members go on. Flags are read back once per
-update, not per minibatch.
+update (the step mask, which picks Adam's fused calls, is read per minibatch: free on CPU).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from esper_exp.blend import AlphaSchedule
 from esper_exp.envs import GroupEnvs
 from esper_exp.numerics import Numerics
 from esper_exp.policy import ActorCritic
-from esper_exp.stacked import MemberAdam, MemberGradScaler, clip_grad_norm_per_member
+from esper_exp.stacked import FlatParams, MemberAdam, MemberGradScaler, clip_grad_norm_per_member
 
 STAT_KEYS = ("policy_loss", "value_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac", "grad_norm")
 
@@ -162,8 +162,8 @@ class PPO:
         self.num_updates = hp.total_timesteps // self.batch_size
         self.obs_dim = envs.obs_dim
         self.action_shape = envs.single_action_space.shape
-        self.params = list(policy.parameters())
-        self.optimizer = MemberAdam(self.params, lr=hp.learning_rate, eps=hp.adam_eps)
+        self.flat = FlatParams(policy)  # all members' parameters and gradients in one [K, P] buffer each
+        self.optimizer = MemberAdam(self.flat, lr=hp.learning_rate, eps=hp.adam_eps)
         self.scaler = MemberGradScaler(K, device, enabled=numerics.needs_grad_scaler)
         self.action_rngs = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
         self.minibatch_rngs = [np.random.default_rng(s) for s in self.seeds]
@@ -253,8 +253,9 @@ class PPO:
                 loss, parts = ppo_loss(self.policy.evaluate, mb, p, self.numerics)
                 self.optimizer.zero_grad()
                 self.scaler.scale_loss(loss).backward()
-                self.scaler.unscale_(self.params)
-                grad_norm = clip_grad_norm_per_member(self.params, p.max_grad_norm)
+                self.flat.gather_grads()
+                self.scaler.unscale_(self.flat.grad)
+                grad_norm = clip_grad_norm_per_member(self.flat.grad, p.max_grad_norm)
                 finite_loss, finite_grad = torch.isfinite(loss), torch.isfinite(grad_norm)
                 if self.scaler.enabled:  # fp16: an overflowing gradient skips that member's step, lowers its scale
                     bad, overflow = stepping & ~finite_loss, stepping & finite_loss & ~finite_grad
@@ -267,7 +268,7 @@ class PPO:
                     fail[key] = torch.where(first, v.float(), fail[key])
                 stepping = stepping & ~bad
                 do_step = stepping & ~overflow
-                self.optimizer.step(do_step)
+                self.optimizer.step(do_step.tolist())
                 self.scaler.update(found_inf=overflow, stepped=do_step)
                 skipped += overflow
                 for k, v in (*parts.items(), ("grad_norm", grad_norm)):
@@ -293,7 +294,7 @@ class PPO:
         live = [k for k in range(self.members) if self.live[k]]
         lr = [(1.0 - self.update_idx[k] / self.num_updates) * p.learning_rate if p.anneal_lr else p.learning_rate
               for k in range(self.members)]
-        self.optimizer.set_lr(torch.tensor(lr, dtype=torch.float64))
+        self.optimizer.set_lr(lr)
         alpha = [self.alphas[k](self.update_idx[k]) for k in range(self.members)]
         self.policy.set_alpha(alpha)
 
@@ -353,6 +354,7 @@ class PPO:
         self.update_idx[k], self.global_step[k] = state["update_idx"], state["global_step"]
         self.nonfinite_grad_steps[k] = state["nonfinite_grad_steps"]
         self.policy.load_member_state(k, state["policy"])
+        self.flat.pull()
         self.optimizer.load_state_dict(k, state["optimizer"])
         self.scaler.load_state_dict(k, state["scaler"])
         self.next_obs[k] = state["next_obs"].to(self.device)

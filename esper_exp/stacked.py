@@ -6,14 +6,16 @@ member computes what it would compute alone. Measured facts this rests on (DESIG
 
 * ``torch.baddbmm`` over stacked weights equals per-member ``F.linear`` bitwise on CPU (not on CUDA), and
   respects autocast; ``torch.func.vmap`` does neither reliably (it silently drops autocast), so it is not used.
-* Adam's update is elementwise, so one Adam over a stacked parameter is K Adams, *provided* each member keeps its
+* Adam's update is elementwise, so one Adam over stacked parameters is K Adams, *provided* each member keeps its
   own step count and may skip a step: :class:`MemberAdam` does that (target-KL early stop, an fp16 overflow or a
   failed member skip that member only; a plain ``torch.optim.Adam`` would move a skipped member on momentum).
+* :class:`FlatParams` puts all parameters of all members in one [K, P] buffer, so per-member work over all
+  parameters (unscale, grad norm and clip, Adam) is one op, not one per parameter tensor.
 * The fp16 loss scale is per member (:class:`MemberGradScaler`): one member's overflow must not skip the others'
   steps or shrink their scale. Grad-norm clipping is per member (:func:`clip_grad_norm_per_member`).
 
-Nothing here reads a tensor back to the host, so a minibatch update built from these pieces can be captured in a
-CUDA graph.
+The step mask of :class:`MemberAdam` is read on the host (it picks one fused call or one per member), which is free
+on CPU; a CUDA-graphed update would pass the mask as ``found_inf`` to the fused kernel instead.
 """
 
 from __future__ import annotations
@@ -23,11 +25,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-
-
-def member_view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A [K] tensor shaped to broadcast against ``like`` ([K, ...])."""
-    return t.view(-1, *([1] * (like.dim() - 1)))
 
 
 class StackedLinear(nn.Module):
@@ -86,19 +83,56 @@ def zeros_init(weight: torch.Tensor, bias: torch.Tensor, gen: torch.Generator | 
     nn.init.zeros_(bias)
 
 
-def member_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per-member L2 norm over several [K, ...] tensors: [K]. Same reduction as clip_grad_norm_ (norm of norms)."""
-    norms = [torch.linalg.vector_norm(t.reshape(t.shape[0], -1), 2, dim=1) for t in tensors]
-    return torch.linalg.vector_norm(torch.stack(norms, dim=1), 2, dim=1)
+class FlatParams:
+    """A member-major mirror of a stacked module's parameters: ``data`` [K, P] and ``grad`` [K, P].
+
+    Per-member work on all parameters is then one op on a [K, P] tensor instead of one per parameter: loss-scale
+    unscaling, the grad norm and its clip, the finite check, and Adam (torch's fused kernel). P is padded to a
+    multiple of ``align`` floats, so every member's row starts on a vector boundary: a kernel run over all members
+    treats each element exactly as a run over one member's row does (torch's fused Adam does not give the same bits
+    for an element at another alignment). The module keeps its own contiguous [K, ...] parameters, because CPU GEMM
+    kernels are chosen by strides and views into ``data`` would make a member's numbers depend on K:
+    :meth:`gather_grads` copies the gradients in (one op), :meth:`scatter` copies updated values back (one op), and
+    :meth:`pull` re-reads the module after its parameters were written directly (checkpoint load)."""
+
+    def __init__(self, module: nn.Module, align: int = 64):
+        self.params = list(module.parameters())
+        self.members = K = self.params[0].shape[0]
+        sizes = [p[0].numel() for p in self.params]
+        P = -(-sum(sizes) // align) * align
+        ref = self.params[0]
+        self.data = torch.zeros(K, P, dtype=ref.dtype, device=ref.device)
+        self.grad = torch.zeros_like(self.data)
+        self._pad = torch.zeros(K, P - sum(sizes), dtype=ref.dtype, device=ref.device)
+        self._views, offset = [], 0
+        for p, n in zip(self.params, sizes):
+            self._views.append(self.data[:, offset:offset + n].view(p.shape))
+            offset += n
+        self.pull()
+
+    @torch.no_grad()
+    def pull(self) -> None:
+        torch.cat([p.detach().reshape(self.members, -1) for p in self.params] + [self._pad], dim=1, out=self.data)
+
+    @torch.no_grad()
+    def gather_grads(self) -> None:
+        torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(self.members, -1)
+                   for p in self.params] + [self._pad], dim=1, out=self.grad)
+
+    @torch.no_grad()
+    def scatter(self) -> None:
+        torch._foreach_copy_([p.data for p in self.params], self._views)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
 
 
-def clip_grad_norm_per_member(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """``clip_grad_norm_`` applied to each member separately; returns the per-member norms before clipping [K]."""
-    grads = [p.grad for p in params if p.grad is not None]
-    total = member_norms(grads)
-    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(member_view(coef, g))
+def clip_grad_norm_per_member(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` applied to each member's gradients separately (grad: [K, P], the flat gradients);
+    returns the per-member L2 norms before clipping [K]."""
+    total = torch.linalg.vector_norm(grad, 2, dim=1)
+    grad.mul_((max_norm / (total + 1e-6)).clamp(max=1.0).unsqueeze(1))
     return total
 
 
@@ -119,13 +153,10 @@ class MemberGradScaler:
         """loss [K] -> the scalar to call backward on (sum of member losses, each times its scale)."""
         return (loss * self.scale).sum() if self.enabled else loss.sum()
 
-    def unscale_(self, params: Sequence[torch.Tensor]) -> None:
-        if not self.enabled:
-            return
-        inv = self.scale.double().reciprocal().float()
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(member_view(inv, p.grad))
+    def unscale_(self, grad: torch.Tensor) -> None:
+        """grad: [K, P] flat gradients, multiplied by each member's 1/scale (as torch's GradScaler does)."""
+        if self.enabled:
+            grad.mul_(self.scale.double().reciprocal().float().unsqueeze(1))
 
     def update(self, found_inf: torch.Tensor, stepped: torch.Tensor) -> None:
         """found_inf, stepped: [K] bool. Members that did not take part (stepped and found_inf both false because
@@ -150,61 +181,58 @@ class MemberGradScaler:
 
 
 class MemberAdam:
-    """Adam (torch.optim.Adam's single-tensor algorithm, no weight decay, no amsgrad) over stacked [K, ...]
-    parameters, with a step count, learning rate and step mask per member.
+    """Adam on flat member parameters [K, P] with a step count, learning rate and step mask per member.
 
-    ``step(mask)`` moves only the members where ``mask`` is true; the others keep parameters, moments and step
-    count exactly (torch.where), as if they had not been asked to step."""
+    The update is torch's fused Adam kernel (what ``torch.optim.Adam(fused=True)`` runs; no weight decay, no
+    amsgrad): one call over all members when they share step count and learning rate and all step, else one call
+    per stepping member on its own row. A masked-out member (target-KL stop, fp16 overflow, failed) is not touched:
+    parameters, moments and step count keep their values, unlike a plain Adam that moves on momentum."""
 
-    def __init__(self, params: Sequence[nn.Parameter], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params = list(params)
-        self.members = self.params[0].shape[0]
-        device = self.params[0].device
+    def __init__(self, flat: FlatParams, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.flat = flat
+        self.members = flat.data.shape[0]
         self.beta1, self.beta2 = betas
         self.eps = eps
-        self.lr = torch.full((self.members,), lr, dtype=torch.float64, device=device)
-        self.steps = torch.zeros(self.members, dtype=torch.float64, device=device)
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.lr = [float(lr)] * self.members
+        self.steps = [0] * self.members
+        self.exp_avg = torch.zeros_like(flat.data)
+        self.exp_avg_sq = torch.zeros_like(flat.data)
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
+        self.flat.zero_grad()
+
+    def _fused(self, rows, step: int, lr: float) -> None:
+        f = self.flat
+        step_t = torch.tensor(float(step), dtype=torch.float32, device=f.data.device)
+        torch._fused_adam_([f.data[rows]], [f.grad[rows]], [self.exp_avg[rows]], [self.exp_avg_sq[rows]], [],
+                           [step_t], amsgrad=False, lr=lr, beta1=self.beta1, beta2=self.beta2, weight_decay=0.0,
+                           eps=self.eps, maximize=False, grad_scale=None, found_inf=None)
 
     @torch.no_grad()
-    def step(self, mask: torch.Tensor) -> None:
-        steps = self.steps + mask.to(self.steps.dtype)
-        # torch's Adam computes these in Python doubles; here as float64 tensors, then to the parameter dtype
-        bias1 = 1 - self.beta1 ** steps
-        bias2 = 1 - self.beta2 ** steps
-        step_size = (self.lr / bias1).float()
-        bias2_sqrt = bias2.sqrt().float()
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            if p.grad is None:
-                continue
-            g = p.grad
-            keep = member_view(mask, p)
-            m_new = m.lerp(g, 1 - self.beta1)
-            v_new = v.mul(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-            denom = (v_new.sqrt() / member_view(bias2_sqrt, p)).add_(self.eps)
-            p_new = p - member_view(step_size, p) * m_new / denom
-            m.copy_(torch.where(keep, m_new, m))
-            v.copy_(torch.where(keep, v_new, v))
-            p.copy_(torch.where(keep, p_new, p))
-        self.steps = steps
+    def step(self, mask: Sequence[bool]) -> None:
+        """Step the members where mask[k] holds, from ``flat.grad`` (gathered, unscaled and clipped by the caller);
+        the module's parameters are updated too."""
+        on = [k for k in range(self.members) if mask[k]]
+        for k in on:
+            self.steps[k] += 1
+        if len(on) == self.members and len({(self.steps[k], self.lr[k]) for k in on}) == 1:
+            self._fused(slice(None), self.steps[0], self.lr[0])
+        else:
+            for k in on:
+                self._fused(slice(k, k + 1), self.steps[k], self.lr[k])
+        self.flat.scatter()
 
-    def set_lr(self, lr: torch.Tensor) -> None:
-        self.lr = lr.to(self.lr)
+    def set_lr(self, lr: Sequence[float]) -> None:
+        self.lr = [float(x) for x in lr]
 
     def state_dict(self, k: int) -> dict:
-        return {"step": self.steps[k].item(), "lr": self.lr[k].item(),
-                "exp_avg": [m[k].cpu().clone() for m in self.exp_avg],
-                "exp_avg_sq": [v[k].cpu().clone() for v in self.exp_avg_sq]}
+        return {"step": self.steps[k], "lr": self.lr[k], "exp_avg": self.exp_avg[k].cpu().clone(),
+                "exp_avg_sq": self.exp_avg_sq[k].cpu().clone()}
 
     def load_state_dict(self, k: int, state: dict) -> None:
-        if len(state["exp_avg"]) != len(self.params):
-            raise ValueError(f"optimizer state has {len(state['exp_avg'])} tensors, this policy {len(self.params)}")
-        self.steps[k], self.lr[k] = state["step"], state["lr"]
-        for m, v, sm, sv in zip(self.exp_avg, self.exp_avg_sq, state["exp_avg"], state["exp_avg_sq"]):
-            m[k].copy_(sm)
-            v[k].copy_(sv)
+        if state["exp_avg"].shape != self.exp_avg[k].shape:
+            raise ValueError(f"optimizer state has {state['exp_avg'].numel()} values per member, this policy "
+                             f"{self.exp_avg[k].numel()}: a different model")
+        self.steps[k], self.lr[k] = int(state["step"]), float(state["lr"])
+        self.exp_avg[k].copy_(state["exp_avg"])
+        self.exp_avg_sq[k].copy_(state["exp_avg_sq"])

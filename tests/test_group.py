@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_cfg, read_jsonl, without_wall_clock
-from esper_exp.stacked import MemberAdam, MemberGradScaler, clip_grad_norm_per_member
+from esper_exp.stacked import FlatParams, MemberAdam, MemberGradScaler, clip_grad_norm_per_member
 from esper_exp.tracking import read_run_json
 from esper_exp.train import run, run_group
 
@@ -134,41 +134,50 @@ def test_group_rejects_jobs_that_differ_beyond_the_seed(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ member-axis pieces
-def test_member_adam_equals_torch_adam_and_a_masked_member_does_not_move():
+def _flat(members=3, shapes=((16, 5), (7,))):
     gen = torch.Generator().manual_seed(0)
-    p0 = torch.randn(3, 16, 5, generator=gen)
-    ref = [torch.nn.Parameter(p0[k].clone()) for k in range(3)]
-    opts = [torch.optim.Adam([r], lr=3e-4, eps=1e-5, foreach=False) for r in ref]
-    stacked = torch.nn.Parameter(p0.clone())
-    adam = MemberAdam([stacked], lr=3e-4, eps=1e-5)
+    module = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(members, *s, generator=gen)) for s in shapes])
+    return module, FlatParams(module)
+
+
+def test_member_adam_equals_torch_fused_adam_and_a_masked_member_does_not_move():
+    module, flat = _flat()
+    ref = [[torch.nn.Parameter(p[k].detach().clone()) for p in module] for k in range(3)]
+    opts = [torch.optim.Adam(r, lr=3e-4, eps=1e-5, fused=True) for r in ref]
+    adam = MemberAdam(flat, lr=3e-4, eps=1e-5)
+    gen = torch.Generator().manual_seed(1)
     for step in range(30):
-        g = torch.randn(3, 16, 5, generator=gen)
-        mask = torch.tensor([True, step % 3 != 0, True])  # member 1 skips every third step (e.g. fp16 overflow)
+        mask = [True, step % 3 != 0, True]  # member 1 skips every third step (e.g. an fp16 overflow)
         lr = 3e-4 * (1 - step / 60)
-        adam.set_lr(torch.full((3,), lr, dtype=torch.float64))
-        stacked.grad = g.clone()
-        before = stacked.detach().clone()
+        adam.set_lr([lr] * 3)
+        adam.zero_grad()
+        grads = [torch.randn(p.shape, generator=gen) for p in module]
+        for p, g in zip(module, grads):
+            p.grad = g.clone()
+        flat.gather_grads()
+        before = flat.data.clone()
         adam.step(mask)
         for k in range(3):
             if mask[k]:
                 opts[k].param_groups[0]["lr"] = lr
-                ref[k].grad = g[k].clone()
+                for r, g in zip(ref[k], grads):
+                    r.grad = g[k].clone()
                 opts[k].step()
             else:
-                assert torch.equal(stacked[k], before[k])
-            assert torch.equal(stacked[k], ref[k].detach())  # bitwise torch.optim.Adam (single-tensor)
+                assert torch.equal(flat.data[k], before[k])
+            for p, r in zip(module, ref[k]):
+                assert torch.equal(p[k], r.detach())  # bitwise torch.optim.Adam(fused=True)
 
 
 def test_grad_clip_and_loss_scale_are_per_member():
-    params = [torch.nn.Parameter(torch.zeros(2, 3, 4)), torch.nn.Parameter(torch.zeros(2, 3))]
-    params[0].grad = torch.cat([torch.full((1, 3, 4), 10.0), torch.full((1, 3, 4), 0.01)])
-    params[1].grad = torch.cat([torch.full((1, 3), 10.0), torch.full((1, 3), 0.01)])
-    norms = clip_grad_norm_per_member(params, max_norm=0.5)
+    module, flat = _flat(members=2, shapes=((3, 4), (3,)))
+    for p in module:
+        p.grad = torch.stack([torch.full(p.shape[1:], 10.0), torch.full(p.shape[1:], 0.01)])
+    flat.gather_grads()
+    norms = clip_grad_norm_per_member(flat.grad, max_norm=0.5)
     torch.testing.assert_close(norms, torch.tensor([10.0 * 15**0.5, 0.01 * 15**0.5]))
-    assert torch.equal(params[0].grad[1], torch.full((3, 4), 0.01))  # the small member is not clipped
-    torch.testing.assert_close(torch.linalg.vector_norm(torch.cat([params[0].grad[0].reshape(-1),
-                                                                   params[1].grad[0].reshape(-1)])),
-                               torch.tensor(0.5), rtol=1e-5, atol=0)
+    assert torch.equal(flat.grad[1, :12], torch.full((12,), 0.01))  # the small member is not clipped
+    torch.testing.assert_close(torch.linalg.vector_norm(flat.grad[0]), torch.tensor(0.5), rtol=1e-5, atol=0)
     scaler = MemberGradScaler(2, torch.device("cpu"), enabled=True, growth_interval=2)
     overflow = torch.tensor([True, False])
     scaler.update(found_inf=overflow, stepped=~overflow)
