@@ -6,7 +6,8 @@ run is K = 1.
 
 Actor and critic are separate networks, each with its own host -> seed -> blend stack (as in CleanRL's PPO): with a
 shared trunk the value loss would move the policy's features and change the dynamics under study. Both stacks read
-the same alpha (one per member). Every forward takes the :class:`~esper_exp.numerics.Numerics` to run under (GELU
+the same alpha (one per member). The two stacks share no parameter; they are only computed together, as one batch
+of 2K networks. Every forward takes the :class:`~esper_exp.numerics.Numerics` to run under (GELU
 variant and autocast dtype) and enters its autocast itself; head outputs are upcast to fp32 before any distribution
 math, so log-probs, entropies and values are fp32 whatever the autocast dtype.
 
@@ -31,29 +32,33 @@ from esper_exp.stacked import StackedLinear, orthogonal_init
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
-class BlendedStack(nn.Module):
-    """host encoder (Linear-Tanh x depth) -> seed -> blend_add -> linear head, for K members."""
+class Trunk(nn.Module):
+    """host encoder (Linear-Tanh x depth) -> seed -> blend_add, for M stacked networks ([M, B, ...])."""
 
-    def __init__(self, members: int, in_dim: int, out_dim: int, width: int, depth: int, blueprint: str,
-                 checkpointing: bool, blend_cast: str, head_std: float, generators: Sequence[torch.Generator]):
+    def __init__(self, members: int, in_dim: int, width: int, depth: int, blueprint: str, checkpointing: bool,
+                 blend_cast: str, generators: Sequence[torch.Generator]):
         super().__init__()
         self.host = nn.ModuleList(
             StackedLinear(members, in_dim if i == 0 else width, width, orthogonal_init(), generators)
             for i in range(depth))
         self.seed = make_seed(blueprint, width, members=members, checkpointing=checkpointing, generators=generators)
-        self.head = StackedLinear(members, width, out_dim, orthogonal_init(head_std), generators)
         self.blend_cast = blend_cast
 
     def forward(self, x: torch.Tensor, alpha: torch.Tensor, numerics: Numerics) -> torch.Tensor:
-        """x [K, B, in], alpha [K] -> [K, B, out] in fp32 (call under numerics.autocast())."""
+        """x [M, B, in], alpha [M] -> blended features [M, B, width] (call under numerics.autocast())."""
         host = x
         for layer in self.host:
             host = torch.tanh(layer(host))
-        seed = self.seed(host, numerics)
-        return self.head(blend_add(host, seed, alpha.view(-1, 1, 1), cast=self.blend_cast)).float()
+        return blend_add(host, self.seed(host, numerics), alpha.view(-1, 1, 1), cast=self.blend_cast)
 
 
 class ActorCritic(nn.Module):
+    """K members, each with a separate critic and actor network (host -> seed -> blend -> head).
+
+    The two trunks of every member are computed as one stack of 2K networks (rows [0, K): critics, [K, 2K): actors):
+    they share no parameter, only the batched matrix products, which halves the number of kernels per forward and
+    backward. ``member_params(k)`` names member k's own parameters (critic.*, actor.*, heads, log-std)."""
+
     def __init__(self, obs_dim: int, action_space, generators: Sequence[torch.Generator], width: int = 64,
                  depth: int = 2, blueprint: str = "mlp", checkpointing: bool = False, blend_cast: str = "always"):
         """One member per generator (seeded with the member's seed): member k's weights come from generators[k]."""
@@ -67,10 +72,10 @@ class ActorCritic(nn.Module):
         else:
             raise ValueError(f"unsupported action space {action_space}; allowed: Discrete, 1-D Box")
         self.members = K = len(generators)
-        stack = dict(width=width, depth=depth, blueprint=blueprint, checkpointing=checkpointing,
-                     blend_cast=blend_cast, generators=generators)
-        self.critic = BlendedStack(K, obs_dim, 1, head_std=1.0, **stack)
-        self.actor = BlendedStack(K, obs_dim, out_dim, head_std=0.01, **stack)
+        self.trunk = Trunk(2 * K, obs_dim, width, depth, blueprint, checkpointing, blend_cast,
+                           list(generators) * 2)
+        self.critic_head = StackedLinear(K, width, 1, orthogonal_init(1.0), generators)
+        self.actor_head = StackedLinear(K, width, out_dim, orthogonal_init(0.01), generators)
         if not self.discrete:
             self.actor_logstd = nn.Parameter(torch.zeros(K, 1, out_dim))  # state-independent log-std
         # alpha is state, not a parameter: one fp32 value per member, set once per PPO update.
@@ -79,22 +84,28 @@ class ActorCritic(nn.Module):
     def set_alpha(self, values: Sequence[float]) -> None:
         self.alpha.copy_(torch.as_tensor(list(values), dtype=torch.float32))
 
-    def actor_out(self, obs: torch.Tensor, numerics: Numerics) -> torch.Tensor:
-        """Logits (discrete) or action means (continuous), fp32: [K, B, out]."""
+    def heads(self, obs: torch.Tensor, numerics: Numerics) -> tuple[torch.Tensor, torch.Tensor]:
+        """(actor output [K, B, out], value [K, B]), fp32: logits (discrete) or action means (continuous)."""
+        K = self.members
         with numerics.autocast():
-            return self.actor(obs, self.alpha, numerics)
+            features = self.trunk(torch.cat([obs, obs]), torch.cat([self.alpha, self.alpha]), numerics)
+            value = self.critic_head(features[:K]).float().squeeze(-1)
+            out = self.actor_head(features[K:]).float()
+        return out, value
+
+    def actor_out(self, obs: torch.Tensor, numerics: Numerics) -> torch.Tensor:
+        return self.heads(obs, numerics)[0]
 
     def value(self, obs: torch.Tensor, numerics: Numerics) -> torch.Tensor:
-        with numerics.autocast():
-            return self.critic(obs, self.alpha, numerics).squeeze(-1)
+        return self.heads(obs, numerics)[1]
 
     def act(self, obs: torch.Tensor, numerics: Numerics, generators: Sequence[torch.Generator]):
         """Sample actions for a rollout step (obs [K, N, d]): returns (action, log_prob, value).
 
         Member k's noise comes from generators[k]: one uniform per env (discrete, inverse-CDF sampling) or one
         standard normal per action dimension (continuous), the same stream in every cell of a seed."""
-        out = self.actor_out(obs, numerics)
-        K, N = out.shape[:2]
+        out, value = self.heads(obs, numerics)
+        N = out.shape[1]
         draw = torch.rand if self.discrete else torch.randn
         shape = (N, 1) if self.discrete else (N, out.shape[-1])
         noise = torch.stack([draw(shape, generator=g, device=out.device) for g in generators])
@@ -106,11 +117,11 @@ class ActorCritic(nn.Module):
             std = self.actor_logstd.exp()
             action = out + std * noise
             logp = (-0.5 * noise.square() - self.actor_logstd - _LOG_SQRT_2PI).sum(-1)
-        return action, logp, self.value(obs, numerics)
+        return action, logp, value
 
     def evaluate(self, obs: torch.Tensor, action: torch.Tensor, numerics: Numerics):
         """Log-prob and entropy of given actions, and values ([K, B] each): returns (log_prob, entropy, value)."""
-        out = self.actor_out(obs, numerics)
+        out, value = self.heads(obs, numerics)
         if self.discrete:
             logp_all = torch.log_softmax(out, dim=-1)
             logp = logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
@@ -119,19 +130,31 @@ class ActorCritic(nn.Module):
             logstd = self.actor_logstd.expand_as(out)
             logp = (-0.5 * ((action - out) / logstd.exp()).square() - logstd - _LOG_SQRT_2PI).sum(-1)
             entropy = (0.5 + _LOG_SQRT_2PI + logstd).sum(-1)
-        return logp, entropy, self.value(obs, numerics)
+        return logp, entropy, value
+
+    # ------------------------------------------------------------------ one member's slice
+    def _rows(self, name: str, k: int) -> list[tuple[str, int]]:
+        if name.startswith("trunk."):
+            rest = name[len("trunk."):]
+            return [(f"critic.{rest}", k), (f"actor.{rest}", self.members + k)]
+        return [(name, k)]
+
+    def member_params(self, k: int) -> list[tuple[str, torch.Tensor]]:
+        """Member k's parameters as (name, view) pairs, in a fixed order."""
+        return [(n, p[row]) for name, p in self.named_parameters() for n, row in self._rows(name, k)]
 
     def member_state(self, k: int) -> dict[str, torch.Tensor]:
         """Member k's slice of every parameter and buffer (for its own checkpoint)."""
-        return {name: t[k].detach().cpu().clone() for name, t in self.state_dict().items()}
+        return {n: t[row].detach().cpu().clone() for name, t in self.state_dict().items()
+                for n, row in self._rows(name, k)}
 
     def load_member_state(self, k: int, state: dict[str, torch.Tensor]) -> None:
-        own = self.state_dict()
+        own = {n: (t, row) for name, t in self.state_dict().items() for n, row in self._rows(name, k)}
         if set(own) != set(state):
             raise ValueError(f"checkpoint policy keys differ from this policy's: {sorted(set(own) ^ set(state))[:4]}")
         with torch.no_grad():
-            for name, t in own.items():
-                t[k].copy_(state[name])
+            for n, (t, row) in own.items():
+                t[row].copy_(state[n])
 
 
 def obs_dim_of(space) -> int:

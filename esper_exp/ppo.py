@@ -162,7 +162,7 @@ class PPO:
         self.num_updates = hp.total_timesteps // self.batch_size
         self.obs_dim = envs.obs_dim
         self.action_shape = envs.single_action_space.shape
-        self.flat = FlatParams(policy)  # all members' parameters and gradients in one [K, P] buffer each
+        self.flat = FlatParams(policy, K)  # all members' parameters and gradients in one [K, P] buffer each
         self.optimizer = MemberAdam(self.flat, lr=hp.learning_rate, eps=hp.adam_eps)
         self.scaler = MemberGradScaler(K, device, enabled=numerics.needs_grad_scaler)
         self.action_rngs = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]

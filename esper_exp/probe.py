@@ -47,7 +47,7 @@ def perturb(policy: torch.nn.Module, kind: str, seeds: list[int]) -> list[dict |
     out = []
     for k, seed in enumerate(seeds):
         gen = torch.Generator().manual_seed(PROBE_SEED_OFFSET + seed)  # own stream: the run's RNGs are untouched
-        weights = [(n, p[k]) for n, p in policy.named_parameters() if p.dim() == 3 and p[k].abs().sum() > 0]
+        weights = [(n, w) for n, w in policy.member_params(k) if w.dim() == 2 and w.abs().sum() > 0]
         with torch.no_grad():
             if kind == "ulp":
                 name, w = weights[int(torch.randint(len(weights), (1,), generator=gen))]
@@ -82,10 +82,10 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
 
 
 def _forward_and_grads(policy, loss_fn, mb, numerics: Numerics, scale: torch.Tensor):
-    """Per-member losses [K], parameter gradients [K, ...] (unscaled) and captured outputs under one numerics."""
+    """Per-member losses [K], parameter gradients and captured outputs under one numerics. Gradients and outputs are
+    lists over members: grads[k] = {name: tensor}, outputs[k] = {what: tensor}."""
     captured: dict[str, torch.Tensor] = {}
-    modules = {"actor_out": policy.actor, "value": policy.critic, "actor_seed": policy.actor.seed,
-               "critic_seed": policy.critic.seed}
+    modules = {"actor_out": policy.actor_head, "value": policy.critic_head, "seed": policy.trunk.seed}
     hooks = [m.register_forward_hook(lambda mod, inp, out, k=k: captured.__setitem__(k, out.detach().float()))
              for k, m in modules.items()]
     try:
@@ -95,9 +95,16 @@ def _forward_and_grads(policy, loss_fn, mb, numerics: Numerics, scale: torch.Ten
             h.remove()
     names, params = zip(*[(n, p) for n, p in policy.named_parameters() if p.requires_grad])
     grads = torch.autograd.grad((loss * scale).sum(), params, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g.float() / scale.view(-1, *([1] * (g.dim() - 1)))
-             for g, p in zip(grads, params)]
-    return loss.detach().float(), dict(zip(names, grads)), captured
+    # a view of each gradient per member, named as member_params names it, unscaled
+    by_name = {n: torch.zeros_like(p) if g is None else g for n, g, p in zip(names, grads, params)}
+    K = loss.shape[0]
+    grads_k, outs_k = [], []
+    for k in range(K):
+        grads_k.append({n: by_name[name][row].float() / scale[k] for name in names
+                        for n, row in policy._rows(name, k)})
+        outs_k.append({"actor_out": captured["actor_out"][k], "value": captured["value"][k],
+                       "critic_seed": captured["seed"][k], "actor_seed": captured["seed"][K + k]})
+    return loss.detach().float(), grads_k, outs_k
 
 
 def _action_kl(policy, k: int, ref_out: torch.Tensor, run_out: torch.Tensor) -> float:
@@ -118,16 +125,16 @@ def shadow_probe(policy, loss_fn, mb, numerics: Numerics, scale: torch.Tensor) -
     loss_ref, g_ref, out_ref = _forward_and_grads(policy, loss_fn, mb, numerics.reference(), torch.ones_like(scale))
     records = []
     for k in range(loss_run.shape[0]):
-        gr, gf = {n: g[k] for n, g in g_run.items()}, {n: g[k] for n, g in g_ref.items()}
+        gr, gf = g_run[k], g_ref[k]
         record: dict = {"loss_run": loss_run[k].item(), "loss_ref": loss_ref[k].item(),
                         "grads_finite": bool(all(torch.isfinite(g).all() for g in gr.values()))}
         record.update({f"grad_{key}": v for key, v in _compare(_flat(gr.values()), _flat(gf.values())).items()})
         record["grad_norm_ref"] = _flat(gf.values()).norm().item()
         record["layers"] = {n: _compare(gr[n], gf[n]) for n in gf}
-        for key in out_ref:
-            d = (out_run[key][k].double() - out_ref[key][k].double()).abs()
+        for key in out_ref[k]:
+            d = (out_run[k][key].double() - out_ref[k][key].double()).abs()
             record[f"{key}_max_abs"], record[f"{key}_mean_abs"] = d.max().item(), d.mean().item()
-        record["action_kl"] = _action_kl(policy, k, out_ref["actor_out"][k], out_run["actor_out"][k])
+        record["action_kl"] = _action_kl(policy, k, out_ref[k]["actor_out"], out_run[k]["actor_out"])
         records.append(record)
     return records
 
@@ -173,7 +180,7 @@ class Snapshotter:
         records = []
         for k in range(len(self.raw)):
             record = {"probe_sha": self.sha[k], "discrete": policy.discrete, "actor_out": out[k].tolist(),
-                      "value": value[k].tolist(), "params": param_sketch([p[k] for p in policy.parameters()])}
+                      "value": value[k].tolist(), "params": param_sketch([w for _, w in policy.member_params(k)])}
             if not policy.discrete:
                 record["logstd"] = policy.actor_logstd[k].detach().float().cpu().reshape(-1).tolist()
             records.append(record)

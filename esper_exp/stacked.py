@@ -95,10 +95,15 @@ class FlatParams:
     :meth:`gather_grads` copies the gradients in (one op), :meth:`scatter` copies updated values back (one op), and
     :meth:`pull` re-reads the module after its parameters were written directly (checkpoint load)."""
 
-    def __init__(self, module: nn.Module, align: int = 64):
+    def __init__(self, module: nn.Module, members: int, align: int = 64):
+        """Every parameter's leading dim is r * members (r stacked networks per member, e.g. r = 2 for a critic and
+        an actor trunk computed together): member k owns rows k, K + k, ..."""
         self.params = list(module.parameters())
-        self.members = K = self.params[0].shape[0]
-        sizes = [p[0].numel() for p in self.params]
+        self.members = K = members
+        for p in self.params:
+            if p.shape[0] % K:
+                raise ValueError(f"parameter of shape {tuple(p.shape)} has no member axis of {K}")
+        sizes = [p.numel() // K for p in self.params]
         P = -(-sum(sizes) // align) * align
         ref = self.params[0]
         self.data = torch.zeros(K, P, dtype=ref.dtype, device=ref.device)
@@ -106,22 +111,28 @@ class FlatParams:
         self._pad = torch.zeros(K, P - sum(sizes), dtype=ref.dtype, device=ref.device)
         self._views, offset = [], 0
         for p, n in zip(self.params, sizes):
-            self._views.append(self.data[:, offset:offset + n].view(p.shape))
+            r = p.shape[0] // K  # [r*K, ...] -> member-major [K, r*n/r...]: rows k, K+k, ... of member k
+            self._views.append(self.data[:, offset:offset + n].view(K, r, n // r).transpose(0, 1))
             offset += n
         self.pull()
 
+    def _member_major(self, t: torch.Tensor) -> torch.Tensor:
+        K = self.members
+        return t.reshape(t.shape[0] // K, K, -1).transpose(0, 1).reshape(K, -1)
+
     @torch.no_grad()
     def pull(self) -> None:
-        torch.cat([p.detach().reshape(self.members, -1) for p in self.params] + [self._pad], dim=1, out=self.data)
+        torch.cat([self._member_major(p.detach()) for p in self.params] + [self._pad], dim=1, out=self.data)
 
     @torch.no_grad()
     def gather_grads(self) -> None:
-        torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(self.members, -1)
-                   for p in self.params] + [self._pad], dim=1, out=self.grad)
+        torch.cat([self._member_major(torch.zeros_like(p) if p.grad is None else p.grad) for p in self.params]
+                  + [self._pad], dim=1, out=self.grad)
 
     @torch.no_grad()
     def scatter(self) -> None:
-        torch._foreach_copy_([p.data for p in self.params], self._views)
+        K = self.members
+        torch._foreach_copy_([p.data.view(p.shape[0] // K, K, -1) for p in self.params], self._views)
 
     def zero_grad(self) -> None:
         for p in self.params:

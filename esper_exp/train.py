@@ -198,8 +198,7 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device):
     perturbations = perturb(policy, cfg.drift.perturb, seeds)  # before .to(device): the same change on any device
     policy = policy.to(device)
     if mc.compile:
-        policy.actor.compile()
-        policy.critic.compile()
+        policy.trunk.compile()
     numerics = Numerics(mc.gelu, cfg.precision.name, device.type)
     ppo = PPO(envs, policy, numerics, [AlphaSchedule(**mc.alpha) for _ in seeds], p, seeds, device)
     return ppo, perturbations

@@ -137,7 +137,7 @@ def test_group_rejects_jobs_that_differ_beyond_the_seed(tmp_path):
 def _flat(members=3, shapes=((16, 5), (7,))):
     gen = torch.Generator().manual_seed(0)
     module = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(members, *s, generator=gen)) for s in shapes])
-    return module, FlatParams(module)
+    return module, FlatParams(module, members)
 
 
 def test_member_adam_equals_torch_fused_adam_and_a_masked_member_does_not_move():

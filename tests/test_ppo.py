@@ -112,8 +112,8 @@ def test_categorical_sampling_follows_the_probabilities():
     import gymnasium as gym
 
     policy = _policy(gym.spaces.Discrete(3), width=8)
-    torch.nn.init.zeros_(policy.actor.head.weight)
-    policy.actor.head.bias.data[0] = torch.log(torch.tensor([0.2, 0.5, 0.3]))
+    torch.nn.init.zeros_(policy.actor_head.weight)
+    policy.actor_head.bias.data[0] = torch.log(torch.tensor([0.2, 0.5, 0.3]))
     with torch.no_grad():
         action, _, _ = policy.act(torch.zeros(1, 20000, 5), Numerics(), [torch.Generator().manual_seed(1)])
     freq = torch.bincount(action[0], minlength=3).float() / 20000

@@ -54,18 +54,20 @@ def _ppo(*overrides, seeds=(1, 2)):
 def test_ulp_perturbation_moves_one_weight_of_each_member_by_one_ulp():
     (base, _), (ulp, changes) = _ppo(), _ppo("drift.perturb=ulp")
     for k in range(2):  # each member: exactly one weight, moved by one ulp, chosen by its own seed
-        diffs = [(n, (a[k] != b[k]).nonzero()) for (n, a), (_, b) in
-                 zip(base.policy.named_parameters(), ulp.policy.named_parameters()) if not torch.equal(a[k], b[k])]
+        mine, theirs = base.policy.member_params(k), ulp.policy.member_params(k)
+        diffs = [(n, (a != b).nonzero()) for (n, a), (_, b) in zip(mine, theirs) if not torch.equal(a, b)]
         assert len(diffs) == 1 and len(diffs[0][1]) == 1
         name, idx = diffs[0][0], tuple(diffs[0][1][0].tolist())
-        a, b = dict(base.policy.named_parameters())[name][k][idx], dict(ulp.policy.named_parameters())[name][k][idx]
+        a, b = dict(mine)[name][idx], dict(theirs)[name][idx]
         assert b.item() == torch.nextafter(a, torch.tensor(math.inf)).item()
         assert changes[k]["param"] == name
     (alone, alone_changes) = _ppo("drift.perturb=ulp", seeds=(2,))
     assert alone_changes[0] == changes[1]  # member 1 (seed 2) is perturbed as it would be alone
     (large, _) = _ppo("drift.perturb=large")
-    changed = sum(not torch.equal(a, b) for a, b in zip(base.policy.parameters(), large.policy.parameters()))
-    assert changed >= 8
+    for k in range(2):  # every non-zero weight matrix of the member (critic and actor trunks, both heads)
+        changed = [n for (n, a), (_, b) in zip(base.policy.member_params(k), large.policy.member_params(k))
+                   if not torch.equal(a, b)]
+        assert len(changed) == 8 and all("fc2" not in n and "bias" not in n for n in changed), changed
     for p in (base, ulp, alone, large):
         p.close()
 
