@@ -181,13 +181,15 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device):
     import torch
 
     from esper_exp.blend import AlphaSchedule
+    from esper_exp.config import PPOConfig
     from esper_exp.envs import GroupEnvs
     from esper_exp.numerics import Numerics
     from esper_exp.policy import ActorCritic, obs_dim_of
     from esper_exp.ppo import PPO
     from esper_exp.probe import perturb
 
-    e, mc, p = cfg.env, cfg.model, cfg.ppo
+    e, mc = cfg.env, cfg.model
+    p = PPOConfig(**OmegaConf.to_container(cfg.ppo, resolve=True))  # a plain dataclass: read in the hot loop
     envs = GroupEnvs(e.id, seeds, e.num_envs, p.gamma, clip_action=e.clip_action, normalize_obs=e.normalize_obs,
                      normalize_reward=e.normalize_reward, clip_obs=e.clip_obs, clip_reward=e.clip_reward,
                      max_episode_steps=e.max_episode_steps, kwargs=dict(e.kwargs))
@@ -294,7 +296,7 @@ def _loop(members: list[_Member], ppo, cfg: DictConfig, device) -> None:
                                                               "global_step": ppo.global_step[k], **records[k]})
 
     def probe_for(due: list[int]):
-        loss_fn = partial(ppo_loss, p=cfg.ppo)
+        loss_fn = partial(ppo_loss, p=ppo.hp)
 
         def probe(mb) -> None:
             records = shadow_probe(ppo.policy, lambda ev, b, nm: loss_fn(ev, b, numerics=nm), mb, numerics,
