@@ -163,16 +163,18 @@ class Tracker:
             "group": group or {"size": 1, "member_index": 0, "members": [str(self.run_dir)]},
             "config": config,
         }
+        previous = (read_run_json(self.run_dir) or {}) if resumed else {}
         if resumed:
-            previous = read_run_json(self.run_dir) or {}
             self.info["started_at"] = previous.get("started_at", self.info["started_at"])
             self.info["resumed_at"] = previous.get("resumed_at", []) + [now()]
             self.info["global_step"], self.info["update"] = resume_at[1], resume_at[0]
         self._write()
         self.wandb = None
-        self._start_wandb(config)
+        self._start_wandb(config, previous.get("wandb_id"))
 
-    def _start_wandb(self, config: dict) -> None:
+    def _start_wandb(self, config: dict, resume_id: str | None = None) -> None:
+        """One wandb run per run directory: a resumed run continues its own wandb run (same id). Several trackers
+        in one process (a group's members) each hold their own run object (reinit="create_new")."""
         wb = config["tracking"]["wandb"]
         if wb["mode"] == "disabled":
             return
@@ -186,7 +188,9 @@ class Tracker:
             tags=[config["env"]["name"], f"gelu={config['model']['gelu']}", f"precision={config['precision']['name']}",
                   f"compile={bool(config['model']['compile'])}"],
             config=config, reinit="create_new", settings=wandb.Settings(console="off", x_disable_stats=True),
+            **({"id": resume_id, "resume": "allow"} if resume_id else {}),
         )
+        self.info["wandb_id"] = self.wandb.id
         self.wandb.define_metric("global_step")
         self.wandb.define_metric("*", step_metric="global_step")
         self.info["wandb_run_dir"] = str(Path(self.wandb.dir).parent)
