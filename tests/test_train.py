@@ -162,3 +162,30 @@ def test_wandb_offline_run_is_readable_without_network(train_run, tmp_path):
     text = json.dumps(summary)
     assert "global_step" in text and "2048" in text and "approx_kl" in text
     assert "cartpole-exact-fp32" in text  # the group / name derived from the cell
+
+
+def test_a_resumed_run_continues_its_own_wandb_run(tmp_path, monkeypatch):
+    from conftest import make_cfg
+    from esper_exp.tracking import Tracker
+    from esper_exp.train import run
+
+    overrides = (*TINY_CARTPOLE, "tracking.wandb.mode=offline", "tracking.checkpoint_every=2")
+    log_update = Tracker.log_update
+
+    def stop_after_update_3(self, record):
+        log_update(self, record)
+        if record["update"] == 3:
+            raise KeyboardInterrupt("SIGINT")
+
+    monkeypatch.setattr(Tracker, "log_update", stop_after_update_3)
+    run_dir = tmp_path / "wb"
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(*overrides), run_dir)
+    first = read_run_json(run_dir)["wandb_id"]
+    monkeypatch.setattr(Tracker, "log_update", log_update)
+    assert run(make_cfg(*overrides), run_dir) == "completed"
+    info = read_run_json(run_dir)
+    assert info["wandb_id"] == first and info["resumed_at"]
+    # every offline run directory of this run directory belongs to the one wandb run (wandb sync merges them)
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert runs and all(p.name.endswith(f"-{first}") for p in runs)
