@@ -65,17 +65,17 @@ def sb3_worker(env: str, steps: int) -> float:
 def env_worker(env: str, steps: int) -> float:
     import numpy as np
 
-    from esper_exp.envs import VectorEnv
+    from esper_exp.envs import GroupEnvs
 
     e = ENVS[env]
     cont = e["continuous"]
-    venv = VectorEnv(e["id"], e["num_envs"], 0.99, clip_action=cont, normalize_obs=cont, normalize_reward=cont)
-    venv.reset(seed=1)
+    venv = GroupEnvs(e["id"], [1], e["num_envs"], 0.99, clip_action=cont, normalize_obs=cont, normalize_reward=cont)
+    venv.reset()
     rng = np.random.default_rng(0)
     space = venv.single_action_space
     n = steps // e["num_envs"]
-    acts = (rng.uniform(-1, 1, (n, e["num_envs"], *space.shape)).astype(np.float32) if cont
-            else rng.integers(0, space.n, (n, e["num_envs"])))
+    acts = (rng.uniform(-1, 1, (n, 1, e["num_envs"], *space.shape)).astype(np.float32) if cont
+            else rng.integers(0, space.n, (n, 1, e["num_envs"])))
     t0 = time.perf_counter()
     for a in acts:
         venv.step(a)
