@@ -224,7 +224,9 @@ def _train_group(members: list[_Member], job_num: int | None) -> None:
                             group={"size": len(members), "member_index": k, "members": names})
         m.window = EpisodeWindow(100)
     ppo = None
+    stop = StopRequest()  # from here on SIGTERM / Ctrl-C stop the group cleanly (also while it is being built)
     try:
+        stop.__enter__()
         ppo, perturbations = build_ppo(cfg, seeds, device)
         for k, m in enumerate(members):
             if m.resume is not None:
@@ -232,7 +234,7 @@ def _train_group(members: list[_Member], job_num: int | None) -> None:
                 m.window.returns.extend(m.resume["episode_window"])
             if perturbations[k]:
                 m.tracker.info["perturbation"] = perturbations[k]
-        _loop(members, ppo, cfg, device)
+        _loop(members, ppo, cfg, device, stop)
     except KeyboardInterrupt as e:
         for m in members:
             if m.status is None:
@@ -250,11 +252,12 @@ def _train_group(members: list[_Member], job_num: int | None) -> None:
                 m.tracker.finish("failed", reason)
                 print_err(f"run failed: {reason} (traceback in {m.run_dir / 'traceback.txt'})")
     finally:
+        stop.__exit__()
         if ppo is not None:
             ppo.close()
 
 
-def _loop(members: list[_Member], ppo, cfg: DictConfig, device) -> None:
+def _loop(members: list[_Member], ppo, cfg: DictConfig, device, stop: StopRequest) -> None:
     """The training loop of a group: PPO updates until every member completed or failed (or a stop request)."""
     from functools import partial
 
@@ -316,7 +319,9 @@ def _loop(members: list[_Member], ppo, cfg: DictConfig, device) -> None:
     show = cfg.tracking.progress == "on" or (cfg.tracking.progress == "auto" and sys.stderr.isatty())
     start, start_steps = time.perf_counter(), list(ppo.global_step)
     desc = members[0].tracker.cell + (f" x{K} seeds" if K > 1 else "")
-    with StopRequest() as stop, tqdm(total=ppo.num_updates * ppo.batch_size * K, initial=sum(ppo.global_step),
+    if stop.signal:  # asked to stop while the group was being built: nothing new to save
+        raise KeyboardInterrupt(stop.signal)
+    with tqdm(total=ppo.num_updates * ppo.batch_size * K, initial=sum(ppo.global_step),
                                      unit="step", unit_scale=True, disable=not show, desc=desc,
                                      dynamic_ncols=True) as bar:
         while any(ppo.live):

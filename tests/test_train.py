@@ -189,3 +189,24 @@ def test_a_resumed_run_continues_its_own_wandb_run(tmp_path, monkeypatch):
     # every offline run directory of this run directory belongs to the one wandb run (wandb sync merges them)
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert runs and all(p.name.endswith(f"-{first}") for p in runs)
+
+
+def test_sigterm_while_the_group_is_built_leaves_status_interrupted(tmp_path, monkeypatch):
+    """A stop request before the first update (e.g. a cluster preempting a job at start-up) is honoured cleanly."""
+    import os
+
+    from conftest import make_cfg
+    from esper_exp import train
+
+    build = train.build_ppo
+
+    def build_then_sigterm(*args, **kwargs):
+        out = build(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by the run's StopRequest: no process death
+        return out
+
+    monkeypatch.setattr(train, "build_ppo", build_then_sigterm)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(make_cfg(*TINY_CARTPOLE), tmp_path / "early")
+    info = read_run_json(tmp_path / "early")
+    assert info["status"] == "interrupted" and info["reason"] == "SIGTERM"
