@@ -1,9 +1,14 @@
-"""Sweep analysis (esper-report). Reads run directories only; never imports the trainer.
+"""Sweep analysis (esper-report, esper-drift). Reads run directories only; never imports the trainer.
 
-load.py    run.json / metrics.jsonl / episodes.jsonl -> Run, Sweep (duplicates, missing, unreadable)
-stats.py   IQM, final return, curves on a step grid, bootstrap CIs, probability of improvement, MDE
-figures.py convergence curves, paired differences, training health (matplotlib, Agg)
-report.py  the esper-report CLI: report.md + PNGs + CSV/JSON (+ a drift section when runs have drift files)
-drift.py   the esper-drift CLI: paired divergence (snapshots.jsonl), shadow-probe summary (probe.jsonl),
-           verdicts against the butterfly (perturb-ulp) control
+rule.py            the pre-registered decision rule: vocabulary, defaults, checks (also used by config.py)
+load.py            run.json / metrics.jsonl / episodes.jsonl -> Run, Sweep (duplicates, missing, unreadable)
+stats.py           IQM, PoI, curves, stratified / paired bootstrap, expanded percentile intervals, Holm, profiles
+outcomes.py        per-run curves and endpoints (normalised AUC, final return, time to threshold), health curves
+decision.py        contrasts, TOST equivalence, Holm-corrected difference, verdicts
+report.py          the esper-report CLI: report.md + PNGs + CSV/JSON
+drift_metrics.py   snapshot / probe files (the trainer's record schema is in its docstring), bounded distances
+drift_verdicts.py  per-third verdicts against noise floors, applied-update probe verdicts
+drift_report.py    drift figures, CSV/JSON, markdown
+drift.py           the esper-drift CLI
+figures.py, output.py, cli.py   matplotlib figures; markdown/CSV/JSON writing; shared CLI options
 """

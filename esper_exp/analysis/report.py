@@ -1,330 +1,405 @@
-"""esper-report: turn a sweep directory into report.md + PNG figures + CSV/JSON numbers.
+"""esper-report: judge a sweep by its pre-registered decision rule; report.md + PNG figures + CSV/JSON numbers.
 
-    esper-report <sweep dir> [--reference exact/fp32] [--control CELL] [--out DIR] [--reps N] [--seed S]
+    esper-report <sweep dir> [--out DIR] [--reps N] [--seed S] [--rule KEY=VALUE ...] [--control CELL]
 
-Reads run directories only (run.json, metrics.jsonl, episodes.jsonl, and snapshots.jsonl / probe.jsonl
-for the drift section, which appears only when some run has them); never imports the trainer.
+The rule (endpoint, anchors, contrasts, margin delta, alpha, pairing: esper_exp/analysis/rule.py) is read from
+the runs' stored configs (run.json "config" -> "analysis"), so it was fixed before the data. ``--rule`` overrides
+a key; every verdict is then labelled NOT pre-registered. Runs that store no rule get the defaults, also labelled.
+
+report.md, in this order: the rule; the decision table (contrast, estimate, 90% and Holm-corrected 95% CIs,
+margin, verdict); the forest plot; learning curves and difference curves with the margin band; probability of
+improvement on the primary endpoint; performance profiles; training health; resolution (achieved SE with and
+without pairing, MDE, the smallest margin at which equivalence would hold); secondary endpoints (the other
+endpoint, time to threshold, collapse rate); the inventory of runs; the drift section when runs have drift files.
+Reads run directories only; never imports the trainer.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 
+from . import decision as Dc
+from . import drift_report as DR
 from . import figures
-from .output import fmt as _f, jsonable as _jsonable, table as _table, write_csv as _write_csv
+from . import outcomes as O
 from . import stats as S
-from . import drift as D
-from .load import HEALTH_KEYS, LOSS_KEYS, Run, Sweep, cell_sort_key, load_sweep_or_raise, parse_cell
+from .cli import AnalysisError, add_common, check_positive, fail, parse_rule_overrides
+from .load import HEALTH_KEYS, Sweep, load_sweep_or_raise
+from .output import fmt as _f
+from .output import jsonable as _jsonable
+from .output import table as _table
+from .output import write_csv as _write_csv
+from .rule import DEFAULT_RULE, MIN_SEEDS, Rule, rule_from_runs
 
-DEFAULTS = {"reference": "exact/fp32", "reps": 5000, "seed": 0, "grid": 100, "window": 20,
-            "last": 100, "power": 0.8}
+DEFAULTS = {"reps": 20000, "curve_reps": 2000, "seed": 0, "grid": 100, "window": 20, "last": 100, "power": 0.8,
+            "threshold": 0.95, "collapse": 0.5}
+ReportError = AnalysisError  # the name tests and callers know
+
+ENDPOINT_KEY = {"auc": "auc_norm", "final_return": "final_norm"}
+ENDPOINT_TEXT = {"auc": "normalised AUC of the training-return curve",
+                 "final_return": "normalised final return (mean of the last training episodes)"}
 
 
-class ReportError(Exception):
-    """Bad input: reported as one line, non-zero exit, no traceback."""
+# --------------------------------------------------------------------------- the rule
 
 
-def _seed(base: int, *parts) -> int:
-    """A stable per-statistic bootstrap seed derived from the user's seed and what is estimated."""
-    return (base * 1_000_003 + zlib.crc32("|".join(map(str, parts)).encode())) % (2**32)
+def choose_rule(sweep: Sweep, overrides: dict | None) -> tuple[Rule, dict]:
+    """The rule to apply and where it came from: {"source", "preregistered", "problems", "overridden"}."""
+    stored, problems = rule_from_runs(r.info for r in sweep.runs)
+    base = dict(stored) if stored is not None else dict(DEFAULT_RULE)
+    over = overrides or {}
+    merged = dict(base)
+    for k, v in over.items():
+        if k == "anchors" and isinstance(v, dict):
+            anchors = {e: dict(a) for e, a in (merged.get("anchors") or {}).items()}
+            for env, a in v.items():
+                anchors[env] = {**anchors.get(env, {}), **a}
+            merged["anchors"] = anchors
+        else:
+            merged[k] = v
+    unknown = [k for k in over if k not in DEFAULT_RULE]
+    if unknown:
+        raise AnalysisError(f"--rule: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(DEFAULT_RULE)}")
+    try:
+        rule = Rule.from_dict(merged)
+    except ValueError as e:
+        raise AnalysisError(str(e)) from None
+    if stored is None:
+        src = "defaults (the runs store no rule: it was not declared before the data)"
+    else:
+        src = "the runs' stored config (declared before the data)"
+    if over:
+        src += "; overridden on the command line: " + ", ".join(sorted(_flat_keys(over)))
+    return rule, {"source": src, "preregistered": stored is not None and not over, "problems": problems,
+                  "overridden": sorted(_flat_keys(over))}
+
+
+def _flat_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        out += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={v}"]
+    return out
 
 
 # --------------------------------------------------------------------------- analysis
 
 
-def _run_end(run: Run) -> float:
-    ends = [run.info.get("global_step")]
-    if run.episodes_step.size:
-        ends.append(int(run.episodes_step[-1]))
-    ends = [e for e in ends if isinstance(e, (int, float)) and math.isfinite(e)]
-    return float(max(ends)) if ends else 0.0
+def analyse(sweep: Sweep, rule: Rule, o: dict) -> dict:
+    envs = sweep.envs()
+    res = {"envs": envs, "env": {}}
+    primary, secondary = ENDPOINT_KEY[rule.endpoint], ENDPOINT_KEY[
+        "final_return" if rule.endpoint == "auc" else "auc"]
+    sc_primary, sc_secondary, sc_raw = {}, {}, {}
+    for env in envs:
+        cells = sweep.cells(env)
+        all_runs = {c: sweep.runs_of(env, c, status=None) for c in cells}
+        out = O.env_outcomes(env, cells, all_runs, rule, o)
+        e = {"cells": cells, "out": out, "outcomes": [], "curves": {}, "diff_curves": {}}
+        for c in cells:  # raw-unit aggregates and curves per cell
+            used = out["used"][c]
+            row = {"env": env, "cell": c, "n_seeds": len(used)}
+            for key in ("auc", "final_return", "auc_norm", "final_norm"):
+                x = np.array([out["per_run"][(c, r.seed)][key] for r in used])
+                x = x[np.isfinite(x)]
+                p, lo, hi = S.interval_estimate(x, S.iqm, o["curve_reps"], S.derive_seed(o["seed"], env, c, key))
+                row[f"{key}_iqm"], row[f"{key}_iqm_lo"], row[f"{key}_iqm_hi"] = p, lo, hi
+            statuses = [r.status for r in all_runs[c]]
+            for s in ("failed", "interrupted", "running"):
+                row[s] = statuses.count(s)
+            nfs = [r.nonfinite_summary() for r in all_runs[c]]
+            row["nonfinite_events"] = sum(n["nonfinite_events"] for n in nfs)
+            row["skipped_steps"] = sum(n["skipped_steps"] for n in nfs)
+            row["runs_flagged_nonfinite"] = sum(n["flagged"] for n in nfs)
+            e["outcomes"].append(row)
+            if used:
+                cv = np.stack([out["per_run"][(c, r.seed)]["curve"] for r in used])
+                m, lo, hi = S.curve_band(cv, o["curve_reps"], S.derive_seed(o["seed"], env, c, "curve"))
+                e["curves"][c] = {"iqm": m, "lo": lo, "hi": hi, "n": cv.shape[0]}
+        e["health"], e["health_rows"] = O.health(env, cells, all_runs)
+        e["missing"] = sweep.missing(env)
+        if out["has_anchors"]:
+            sc_primary[env] = O.scores(out, primary)
+            sc_secondary[env] = O.scores(out, secondary)
+            sc_raw[env] = {"final_return": O.scores(out, "final_return"),
+                           "time_to_threshold": O.scores(out, "time_to_threshold")}
+        res["env"][env] = e
 
+    judged = [e for e in envs if e in sc_primary]
+    res["no_anchors"] = [e for e in envs if e not in sc_primary]
+    scopes = (["all envs"] if len(judged) > 1 else []) + judged
+    res["scopes"] = scopes
+    res["decision"], res["secondary"] = [], []
+    for scope in scopes:
+        envs_in = judged if scope == "all envs" else [scope]
+        cells = sorted(set.intersection(*[set(res["env"][e]["cells"]) for e in envs_in])) if scope == "all envs" \
+            else res["env"][scope]["cells"]
+        contrasts = Dc.resolve_contrasts(rule, cells)
+        res["decision"] += Dc.judge_scope(sc_primary, envs_in, contrasts, rule, o["reps"], o["seed"], o["power"],
+                                          scope)
+        res["secondary"] += Dc.judge_scope(sc_secondary, envs_in, contrasts, rule, o["reps"], o["seed"] + 7,
+                                           o["power"], scope)
 
-def _health_curve(run: Run, key: str, grid: np.ndarray, hold: bool = False) -> np.ndarray:
-    """Metric value of the latest update at or before each grid step; NaN before the run's first
-    update and, unless ``hold``, after its last one (``hold`` keeps a stopped run's final state,
-    so a run that died with its loss scale collapsed still counts as the worst seed)."""
-    steps = run.metrics.get("global_step")
-    vals = run.metrics.get(key)
-    out = np.full(len(grid), np.nan)
-    if steps is None or vals is None or steps.size == 0:
-        return out
-    finite = np.isfinite(vals) if hold else np.ones(len(vals), dtype=bool)
-    steps, vals = steps[finite], vals[finite]
-    if steps.size == 0:
-        return out
-    idx = np.searchsorted(steps, grid, side="right") - 1
-    ok = (idx >= 0) & (hold | (grid <= steps[-1]))
-    out[ok] = vals[idx[ok]]
-    return out
-
-
-# health panels that show the worst run of a cell instead of the median over seeds
-WORST_CASE = {"loss_scale": "min", "nonfinite_grad_steps": "max"}
-
-
-def _nanstats(a: np.ndarray):
-    """median / quartiles over runs (axis 0) of finite values; NaN where a column has none."""
-    a = np.where(np.isfinite(a), a, np.nan)
-    with np.errstate(all="ignore"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return (np.nanmedian(a, axis=0), np.nanpercentile(a, 25, axis=0),
-                    np.nanpercentile(a, 75, axis=0))
-
-
-def _nonfinite_update_steps(run: Run) -> list[float]:
-    steps = run.metrics.get("global_step")
-    if steps is None:
-        return []
-    bad = np.zeros(len(steps), dtype=bool)
-    for k in LOSS_KEYS:
-        v = run.metrics.get(k)
-        if v is not None:
-            bad |= ~run.absent[k] & ~np.isfinite(v)
-    skipped = run.metrics.get("nonfinite_grad_steps")
-    if skipped is not None:
-        s = np.where(np.isfinite(skipped), skipped, 0)
-        bad |= np.diff(np.concatenate([[0], s])) > 0
-    return steps[bad].tolist()
-
-
-def analyse_env(sweep: Sweep, env: str, reference: str, o: dict) -> dict:
-    cells = sweep.cells(env)
-    all_runs = {c: sweep.runs_of(env, c, status=None) for c in cells}
-    done = {c: [r for r in all_runs[c] if r.status == "completed" and r.episodes_step.size]
-            for c in cells}
-    res = {"env": env, "cells": cells, "reference": reference if reference in cells else None}
-
-    # common step grid for the return curves: every completed run covers it
-    used = [r for c in cells for r in done[c]]
-    runs_rows, per_run = [], {}
-    if used:
-        grid = S.common_grid([r.episodes_step[0] for r in used], [_run_end(r) for r in used], o["grid"])
-    else:
-        grid = np.array([0.0])
-    res["grid"] = grid
-    curves = {}
-    for c in cells:
-        for r in all_runs[c]:
-            fr = S.final_return(r.episodes_return, o["last"])
-            curve = S.curve_on_grid(r.episodes_step, r.episodes_return, grid, o["window"])
-            auc = S.normalised_auc(curve, grid) if np.isfinite(curve).all() else float("nan")
-            nf = r.nonfinite_summary()
-            per_run[(c, r.seed)] = {"final_return": fr, "auc": auc, "curve": curve}
-            runs_rows.append({
-                "env": env, "cell": c, "seed": r.seed, "status": r.status,
-                "reason": r.info.get("reason"), "used_in_stats": r in done[c],
-                "episodes": int(r.episodes_step.size), "last_step": _run_end(r),
-                "final_return": fr, "auc": auc, **nf, "bad_lines": r.bad_lines, "path": str(r.path)})
-        if done[c]:
-            curves[c] = np.stack([per_run[(c, r.seed)]["curve"] for r in done[c]])
-    res["runs"] = runs_rows
-
-    # curves: IQM + 95% band per cell
-    res["curves"] = {}
-    for c, cv in curves.items():
-        m, lo, hi = S.curve_band(cv, o["reps"], _seed(o["seed"], env, c, "curve"))
-        res["curves"][c] = {"iqm": m, "lo": lo, "hi": hi, "n": cv.shape[0]}
-
-    # outcome table
-    outcomes = []
-    for c in cells:
-        fin = np.array([per_run[(c, r.seed)]["final_return"] for r in done[c]])
-        auc = np.array([per_run[(c, r.seed)]["auc"] for r in done[c]])
-        auc = auc[np.isfinite(auc)]
-        row = {"env": env, "cell": c, "n_seeds": len(done[c])}
-        for name, x in (("final", fin), ("auc", auc)):
-            est = S.aggregate_estimates(x, o["reps"], _seed(o["seed"], env, c, name))
-            for agg, (p, lo, hi) in est.items():
-                row[f"{name}_{agg}"], row[f"{name}_{agg}_lo"], row[f"{name}_{agg}_hi"] = p, lo, hi
-        statuses = [r.status for r in all_runs[c]]
-        row["failed"] = statuses.count("failed")
-        row["interrupted"] = statuses.count("interrupted")
-        row["running"] = statuses.count("running")
-        row["completed_no_episodes"] = sum(1 for r in all_runs[c]
-                                           if r.status == "completed" and not r.episodes_step.size)
-        nfs = [r.nonfinite_summary() for r in all_runs[c]]
-        row["nonfinite_events"] = sum(n["nonfinite_events"] for n in nfs)
-        row["skipped_steps"] = sum(n["skipped_steps"] for n in nfs)
-        row["runs_flagged_nonfinite"] = sum(n["flagged"] for n in nfs)
-        outcomes.append(row)
-    res["outcomes"] = outcomes
-
-    # comparisons against the reference, and the paired view
-    res["comparisons"], res["paired"] = [], {}
-    if res["reference"] and done[reference]:
-        ref_fin = {r.seed: per_run[(reference, r.seed)]["final_return"] for r in done[reference]}
-        ref_auc = {r.seed: per_run[(reference, r.seed)]["auc"] for r in done[reference]}
-        # noise-floor controls (perturb-*) are listed but are not hypotheses: not counted for Bonferroni
-        k = len([c for c in cells if c != reference and done[c] and parse_cell(c)["perturb"] == "none"])
-        for c in cells:
-            if c == reference:
+    # per env: difference curves (normalised), time to threshold, collapse rate, performance profiles
+    res["ttt"], res["collapse"], res["profiles"] = [], [], {}
+    for env in judged:
+        e, out = res["env"][env], res["env"][env]["out"]
+        contrasts = Dc.resolve_contrasts(rule, e["cells"])
+        for c in contrasts:
+            ua = {r.seed: r for r in out["used"][c.a]}
+            ub = {r.seed: r for r in out["used"][c.b]}
+            seeds_a, seeds_b = (sorted(set(ua) & set(ub)),) * 2 if rule.paired else (sorted(ua), sorted(ub))
+            if not seeds_a or not seeds_b:
                 continue
-            x_fin = {r.seed: per_run[(c, r.seed)]["final_return"] for r in done[c]}
-            x_auc = {r.seed: per_run[(c, r.seed)]["auc"] for r in done[c]}
-            row = {"env": env, "cell": c, "reference": reference}
-            for name, xs, rs, label in (("final", x_fin, ref_fin, "final return"),
-                                        ("auc", x_auc, ref_auc, "normalised AUC")):
-                xv = np.array([v for v in xs.values() if np.isfinite(v)])
-                rv = np.array([v for v in rs.values() if np.isfinite(v)])
-                cmp = S.compare(xv, rv, o["reps"], _seed(o["seed"], env, c, name, "cmp"), o["power"],
-                                n_comparisons=k)
-                row[f"{name}_n"], row[f"{name}_n_ref"] = cmp["n"], cmp["n_ref"]
-                row[f"{name}_poi"] = cmp["poi"]
-                row[f"{name}_poi_lo"], row[f"{name}_poi_hi"] = cmp["poi_ci"]
-                row[f"{name}_iqm_diff"] = cmp["iqm_diff"]
-                row[f"{name}_iqm_diff_lo"], row[f"{name}_iqm_diff_hi"] = cmp["iqm_diff_ci"]
-                row[f"{name}_iqm_diff_lo_bonf"], row[f"{name}_iqm_diff_hi_bonf"] = cmp["iqm_diff_ci_adj"]
-                row[f"{name}_mde"] = cmp["mde"]
-                row[f"{name}_detected"] = cmp["detected"]
-                row[f"{name}_detected_bonf"] = cmp["detected_adj"]
-                row[f"{name}_verdict"] = S.verdict(cmp, label)
-            seeds, diffs = S.paired_differences(x_fin, ref_fin)
-            ok = np.isfinite(diffs)
-            seeds, diffs = [s for s, k in zip(seeds, ok) if k], diffs[ok]
-            m, lo, hi = S.interval_estimate(diffs, S.AGGREGATES["mean"], o["reps"],
-                                            _seed(o["seed"], env, c, "paired"))
-            res["paired"][c] = {"seeds": seeds, "diffs": diffs, "mean": m, "lo": lo, "hi": hi}
-            row["paired_n"], row["paired_mean_diff"] = len(seeds), m
-            row["paired_mean_diff_lo"], row["paired_mean_diff_hi"] = lo, hi
-            res["comparisons"].append(row)
-
-    # training health: metric curves (median/IQR over seeds, all runs incl. failed ones) + table
-    ends = [float(r.metrics["global_step"][-1]) for c in cells for r in all_runs[c]
-            if r.metrics.get("global_step") is not None and r.metrics["global_step"].size]
-    n_upd = max([r.metrics["global_step"].size for c in cells for r in all_runs[c]
-                 if r.metrics.get("global_step") is not None] or [1])
-    hgrid = np.linspace(0.0, max(ends) if ends else 0.0, max(min(n_upd, 100), 2))
-    health = {"grid": hgrid, "metrics": {}, "nonfinite": {}}
-    health_rows = []
-    for c in cells:
-        rs = [r for r in all_runs[c] if r.metrics.get("global_step") is not None]
-        health["nonfinite"][c] = sorted(s for r in rs for s in _nonfinite_update_steps(r))
-        row = {"env": env, "cell": c, "runs": len(rs)}
-        for key in HEALTH_KEYS:
-            have = [r for r in rs if key in r.metrics and (~r.absent[key]).any()]
-            if not have:
-                continue
-            arr = np.stack([_health_curve(r, key, hgrid, hold=key in WORST_CASE) for r in have])
-            if key in WORST_CASE:  # one bad seed must show: plot the cell's worst run, no band
-                with np.errstate(all="ignore"), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    a = np.where(np.isfinite(arr), arr, np.nan)
-                    med = np.nanmin(a, axis=0) if WORST_CASE[key] == "min" else np.nanmax(a, axis=0)
-                q25 = q75 = med
-            else:
-                med, q25, q75 = _nanstats(arr)
-            if np.isfinite(med).any():
-                health["metrics"].setdefault(key, {})[c] = {"median": med, "q25": q25, "q75": q75}
-            # table: median over runs of each run's last-10%-of-updates median (max for grad_norm)
-            per = []
-            for r in have:
-                v = r.metrics[key][~r.absent[key]]
-                v = v[np.isfinite(v)]
-                if not v.size:
-                    continue
-                tail = v[-max(len(v) // 10, 1):]
-                per.append({"grad_norm": np.max(v), "loss_scale": np.min(v),
-                            "nonfinite_grad_steps": np.max(v)}.get(key, np.median(tail)))
-            agg = {"min": np.min, "max": np.max}.get(WORST_CASE.get(key), np.median)
-            row[key] = float(agg(per)) if per else float("nan")
-        row["updates_with_nonfinite"] = len(health["nonfinite"][c])
-        row["runs_flagged_nonfinite"] = sum(r.nonfinite_summary()["flagged"] for r in all_runs[c])
-        health_rows.append(row)
-    res["health"], res["health_rows"] = health, health_rows
-    res["missing"] = sweep.missing(env)
+            ca = np.stack([out["per_run"][(c.a, s)]["curve_norm"] for s in seeds_a])
+            cb = np.stack([out["per_run"][(c.b, s)]["curve_norm"] for s in seeds_b])
+            p, lo, hi = S.difference_band(ca, cb, rule.paired, o["curve_reps"],
+                                          S.derive_seed(o["seed"], env, c.name, "diffcurve"), 1 - 2 * rule.alpha)
+            e["diff_curves"][c.name] = {"point": p, "lo": lo, "hi": hi, "n": min(len(seeds_a), len(seeds_b))}
+            # time to threshold: censored runs (never reached) count as the end of the grid (conservative)
+            end = float(out["grid"][-1])
+            ta = {s: v for s, v in sc_raw[env]["time_to_threshold"].get(c.a, {}).items()}
+            tb = {s: v for s, v in sc_raw[env]["time_to_threshold"].get(c.b, {}).items()}
+            fa = {s: (v if np.isfinite(v) else end) for s, v in ta.items()}
+            fb = {s: (v if np.isfinite(v) else end) for s, v in tb.items()}
+            sa, sb, _ = Dc.strata({env: {c.a: fa, c.b: fb}}, c, [env], rule.paired)
+            b = S.contrast_bootstrap(sa, sb, rule.paired, o["curve_reps"], S.derive_seed(o["seed"], env, c.name, "ttt"))
+            lo95, hi95 = S.percentile_interval(b["reps"], 1 - rule.alpha, min(len(ta), len(tb)))
+            res["ttt"].append({"env": env, "contrast": c.name, "n": min(len(ta), len(tb)), "iqm_diff_steps": b["point"],
+                               "lo": lo95, "hi": hi95,
+                               "reached_a": int(np.isfinite(list(ta.values())).sum()), "n_a": len(ta),
+                               "reached_b": int(np.isfinite(list(tb.values())).sum()), "n_b": len(tb)})
+        # collapse: final return below o["collapse"] x the reference cell's median final return
+        ref_fin = list(sc_raw[env]["final_return"].get(rule.reference, {}).values())
+        cut = o["collapse"] * float(np.median(ref_fin)) if ref_fin else float("nan")
+        for c in e["cells"]:
+            fin = np.array(list(sc_raw[env]["final_return"].get(c, {}).values()))
+            k = int((fin < cut).sum()) if np.isfinite(cut) else 0
+            lo, hi = S.wilson_interval(k, fin.size)
+            med_t = [v for v in sc_raw[env]["time_to_threshold"].get(c, {}).values()]
+            reached = np.array([v for v in med_t if np.isfinite(v)])
+            res["collapse"].append({"env": env, "cell": c, "n": int(fin.size), "collapsed": k,
+                                    "rate": k / fin.size if fin.size else float("nan"), "lo": lo, "hi": hi,
+                                    "cut": cut, "reached_threshold": int(reached.size),
+                                    "median_time_to_threshold": float(np.median(reached)) if reached.size
+                                    else float("nan")})
+        cells_sc = {c: np.array(list(v.values())) for c, v in sc_primary[env].items()}
+        allv = np.concatenate([v for v in cells_sc.values() if v.size]) if cells_sc else np.array([])
+        if allv.size:
+            lo_t, hi_t = float(allv.min()), float(allv.max())
+            pad = 0.05 * max(hi_t - lo_t, 1e-9)
+            taus = np.linspace(lo_t - pad, hi_t + pad, 101)
+            res["profiles"][env] = {"taus": taus, "cells": {
+                c: S.profile_band([v], taus, o["curve_reps"], S.derive_seed(o["seed"], env, c, "profile"))
+                for c, v in cells_sc.items() if v.size}}
     return res
-
-
-def analyse(sweep: Sweep, reference: str, o: dict) -> list[dict]:
-    return [analyse_env(sweep, env, reference, o) for env in sweep.envs()]
 
 
 # --------------------------------------------------------------------------- output
 
 
+def _ci(lo, hi) -> str:
+    return f"[{_f(lo)}, {_f(hi)}]"
 
-def _ci(p, lo, hi) -> str:
+
+def _ci3(p, lo, hi) -> str:
     return f"{_f(p)} [{_f(lo)}, {_f(hi)}]"
 
 
+def _decision_csv_row(r: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items() if k != "reps"}
 
 
-
-def write_report(sweep: Sweep, results: list[dict], reference: str, o: dict, out: Path) -> Path:
+def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    envs = [r["env"] for r in results]
-
-    # figures
     written = set()
-    curves = {r["env"]: {"grid": r["grid"], "cells": r["curves"]} for r in results if r["curves"]}
-    if curves:
-        figures.plot_curves(curves, out / "curves.png",
-                            title_suffix=f"\n(mean of last {o['window']} episodes at each step)")
-        written.add("curves.png")
-    paired = {r["env"]: r["paired"] for r in results if r["paired"]}
-    if paired:
-        figures.plot_paired(paired, reference, out / "paired_final_return.png")
-        written.add("paired_final_return.png")
-    for r in results:
-        if r["health"]["metrics"]:
-            figures.plot_health(r["env"], r["health"], out / f"health_{r['env']}.png")
-            written.add(f"health_{r['env']}.png")
-
-    # numbers
-    all_runs = [row for r in results for row in r["runs"]]
-    dup_rows = [{"env": d.env, "cell": d.cell, "seed": d.seed, "status": d.status,
-                 "path": str(d.path), "kept": str(k.path)} for d, k in sweep.duplicates]
+    pre = "" if meta["preregistered"] else " (NOT pre-registered)"
+    ep = ENDPOINT_TEXT[rule.endpoint]
+    # ---------------------------------------------------------------- numbers
+    all_runs = [row for e in res["envs"] for row in res["env"][e]["out"]["rows"]]
+    dup_rows = [{"env": d.env, "cell": d.cell, "seed": d.seed, "status": d.status, "path": str(d.path),
+                 "kept": str(k.path)} for d, k in sweep.duplicates]
+    _write_csv(out / "decision.csv", [_decision_csv_row(r) for r in res["decision"]])
+    _write_csv(out / "secondary.csv", [_decision_csv_row(r) for r in res["secondary"]])
     _write_csv(out / "runs.csv", all_runs)
-    _write_csv(out / "outcomes.csv", [row for r in results for row in r["outcomes"]])
-    _write_csv(out / "comparisons.csv", [row for r in results for row in r["comparisons"]])
-    _write_csv(out / "health.csv", [row for r in results for row in r["health_rows"]])
-    _write_csv(out / "paired.csv", [{"env": r["env"], "cell": c, "reference": reference, "seed": s,
-                                     "final_return_diff": d}
-                                    for r in results for c, p in r["paired"].items()
-                                    for s, d in zip(p["seeds"], p["diffs"])])
-    _write_csv(out / "curves.csv", [{"env": r["env"], "cell": c, "step": g, "iqm": m, "lo": lo, "hi": hi}
-                                    for r in results for c, cv in r["curves"].items()
-                                    for g, m, lo, hi in zip(r["grid"], cv["iqm"], cv["lo"], cv["hi"])])
+    _write_csv(out / "outcomes.csv", [row for e in res["envs"] for row in res["env"][e]["outcomes"]])
+    _write_csv(out / "health.csv", [row for e in res["envs"] for row in res["env"][e]["health_rows"]])
+    _write_csv(out / "time_to_threshold.csv", res["ttt"])
+    _write_csv(out / "collapse.csv", res["collapse"])
+    _write_csv(out / "curves.csv", [{"env": e, "cell": c, "step": g, "iqm": m, "lo": lo, "hi": hi}
+                                    for e in res["envs"] for c, cv in res["env"][e]["curves"].items()
+                                    for g, m, lo, hi in zip(res["env"][e]["out"]["grid"], cv["iqm"], cv["lo"],
+                                                            cv["hi"])])
+    _write_csv(out / "difference_curves.csv", [
+        {"env": e, "contrast": name, "step": g, "diff": p, "lo": lo, "hi": hi}
+        for e in res["envs"] for name, d in res["env"][e]["diff_curves"].items()
+        for g, p, lo, hi in zip(res["env"][e]["out"]["grid"], d["point"], d["lo"], d["hi"])])
     summary = {
-        "sweep": str(sweep.root), "settings": o, "reference": reference, "envs": envs,
-        "outcomes": [row for r in results for row in r["outcomes"]],
-        "comparisons": [row for r in results for row in r["comparisons"]],
-        "health": [row for r in results for row in r["health_rows"]],
+        "sweep": str(sweep.root), "settings": o, "rule": rule.as_dict(), "rule_source": meta,
+        "envs": res["envs"], "scopes": res["scopes"], "envs_without_anchors": res["no_anchors"],
+        "decision": [_decision_csv_row(r) for r in res["decision"]],
+        "secondary": [_decision_csv_row(r) for r in res["secondary"]],
+        "time_to_threshold": res["ttt"], "collapse": res["collapse"],
+        "outcomes": [row for e in res["envs"] for row in res["env"][e]["outcomes"]],
+        "health": [row for e in res["envs"] for row in res["env"][e]["health_rows"]],
         "runs": all_runs,
-        "missing": [{"env": r["env"], "cell": c, "seed": s} for r in results for c, s in r["missing"]],
+        "missing": [{"env": e, "cell": c, "seed": s} for e in res["envs"] for c, s in res["env"][e]["missing"]],
         "duplicates": dup_rows,
         "unreadable": [{"path": str(p), "reason": why} for p, why in sweep.unreadable],
     }
     (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1, allow_nan=False) + "\n")
 
-    # report.md
+    # ---------------------------------------------------------------- report.md
     L = [f"# esper-report: {sweep.root}", ""]
-    L += [f"Reference cell: **{reference}**. Bootstrap: {o['reps']} resamples, seed {o['seed']}, "
-          f"95% percentile intervals (stratified over runs; each cell resampled independently). "
-          f"Final return = mean of the last {o['last']} training episodes of each run (CleanRL's "
-          f"protocol). Curves: at each of {o['grid']} common grid steps, the mean of the run's last "
-          f"{o['window']} finished episodes; normalised AUC = area under that curve divided by the "
-          f"step span (the step-averaged return, in return units). Statistics use completed runs "
-          f"only; failed/interrupted runs are listed and counted. MDE = smallest IQM shift the "
-          f"seeds would detect with {o['power']:.0%} power at the 5% level (bootstrap power "
-          f"estimate).", ""]
+    L += ["## Decision rule" + pre, ""]
+    L += [f"Source: {meta['source']}." + (" Verdicts below are labelled accordingly." if pre else ""), ""]
+    anchors = "; ".join(f"{e}: random {_f(a['random'])}, reference {_f(a['reference'])}"
+                        for e, a in rule.anchors.items() if e in res["envs"])
+    L += [f"- primary endpoint: {ep}, (x - random) / (reference - random) with anchors fixed in the config "
+          f"({anchors or 'none for these envs'})",
+          f"- contrasts: {', '.join(rule.contrasts)}; reference cell {rule.reference}",
+          f"- equivalent: the {1 - 2 * rule.alpha:.0%} CI of the IQM difference inside (-{rule.delta:g}, "
+          f"+{rule.delta:g}) (TOST at {rule.alpha:g}); different: the Holm-corrected {1 - rule.alpha:.0%} CI "
+          f"excludes 0; otherwise inconclusive; fewer than {MIN_SEEDS} seeds: inconclusive",
+          f"- {'paired' if rule.paired else 'unpaired'} stratified bootstrap over env x seed "
+          f"({'seeds resampled jointly in both cells' if rule.paired else 'each cell resampled on its own'}), "
+          f"{o['reps']} resamples, seed {o['seed']}; expanded percentile intervals (small-sample correction)"]
+    L += [f"- rule problem: {p}" for p in meta["problems"]]
+    if res["no_anchors"]:
+        L += [f"- no anchors for {', '.join(res['no_anchors'])}: not judged (add analysis.anchors.<env>)"]
+    L += [f"- AUC: at each of {o['grid']} common grid steps the mean of the run's last {o['window']} episodes, "
+          f"area / step span; final return: mean of the last {o['last']} training episodes", ""]
+
+    L += ["## Decision" + pre, ""]
+    if res["decision"]:
+        L += [_table(["scope", "contrast", "n", "estimate", "90% CI", "Holm CI (level)", "margin", "verdict"],
+                     [[r["scope"], r["contrast"], r["n"], _f(r["estimate"], 3), _ci(*r["ci90"]),
+                       f"{_ci(*r['ci_holm'])} ({r['holm_level']:.2%})" if np.isfinite(r["holm_level"]) else "—", f"±{rule.delta:g}",
+                       f"**{r['verdict']}**"] for r in res["decision"]]), ""]
+        L += [f"- **{r['scope']}, {r['contrast']}: {r['verdict']}**{pre}: {r['why']}." for r in res["decision"]]
+        L += [""]
+        figures.plot_forest(res["decision"], rule.delta, out / "forest.png",
+                            title=f"{ep}{pre}")
+        written.add("forest.png")
+        L += ["![forest](forest.png)", ""]
+    else:
+        L += ["No contrast of the rule could be formed (cells missing, or no env with anchors).", ""]
+
+    L += ["## Learning curves", ""]
+    curves = {e: {"grid": res["env"][e]["out"]["grid"], "cells": res["env"][e]["curves"]}
+              for e in res["envs"] if res["env"][e]["curves"]}
+    if curves:
+        figures.plot_curves(curves, out / "curves.png",
+                            title_suffix=f"\n(mean of last {o['window']} episodes at each step)")
+        written.add("curves.png")
+        L += ["![curves](curves.png)", "",
+              "IQM over seeds of the episodic return (raw units), 95% bootstrap band. Colour and marker = "
+              "precision, line style = GELU (solid exact, dashed tanh), hollow markers = compiled.", ""]
+    else:
+        L += ["No completed run with episodes: no curves.", ""]
+    for e in res["envs"]:
+        d = res["env"][e]["diff_curves"]
+        if d:
+            figures.plot_difference_curves(e, res["env"][e]["out"]["grid"], d, rule.delta, out / f"difference_{e}.png")
+            written.add(f"difference_{e}.png")
+            L += [f"![difference](difference_{e}.png)", "",
+                  f"{e}: pointwise IQM difference of the normalised return curves of each contrast "
+                  f"({'paired' if rule.paired else 'unpaired'} bootstrap, {1 - 2 * rule.alpha:.0%} band); green: "
+                  f"±{rule.delta:g}. Descriptive: the verdict is on the endpoint, not on any single point.", ""]
+
+    L += ["## Probability of improvement (primary endpoint)", ""]
+    if res["decision"]:
+        L += [_table(["scope", "contrast", "P(A > B) [95% CI]"],
+                     [[r["scope"], r["contrast"], _ci3(r["poi"], *r["poi_ci"])] for r in res["decision"]]), ""]
+        L += ["P(A > B) = probability that a run of A scores higher than a run of B (ties 1/2), over all pairs of "
+              "runs (rliable's definition); 0.5 = no tendency.", ""]
+
+    L += ["## Performance profiles", ""]
+    if res["profiles"]:
+        figures.plot_profiles(res["profiles"], out / "profiles.png", xlabel=f"τ ({ep})")
+        written.add("profiles.png")
+        L += ["![profiles](profiles.png)", "", "Fraction of runs whose primary endpoint exceeds τ (rliable), 95% "
+              "bootstrap band.", ""]
+    else:
+        L += ["No normalised scores (no env with anchors).", ""]
+
+    L += ["## Training health", ""]
+    for e in res["envs"]:
+        env = res["env"][e]
+        hk = [k for k in HEALTH_KEYS if any(k in h for h in env["health_rows"])]
+        names = {"approx_kl": "approx KL (late)", "clipfrac": "clip frac (late)",
+                 "explained_variance": "expl. var (late)", "grad_norm": "max grad norm",
+                 "loss_scale": "min loss scale", "nonfinite_grad_steps": "max skipped steps"}
+        L += [f"### {e}", ""]
+        L += [_table(["cell", "runs"] + [names[k] for k in hk] + ["updates with non-finite values", "runs flagged"],
+                     [[h["cell"], h["runs"]] + [_f(h.get(k)) for k in hk]
+                      + [h["updates_with_nonfinite"], h["runs_flagged_nonfinite"]] for h in env["health_rows"]]), ""]
+        L += ["(late) = median over runs of each run's median over its last 10% of updates; max grad norm = median "
+              "over runs of each run's maximum; min loss scale and max skipped steps = the worst run of the cell.", ""]
+        flagged = [row for row in env["out"]["rows"] if row["flagged"]]
+        if flagged:
+            L += ["Runs with non-finite events:", ""]
+            L += [_table(["cell", "seed", "status", "nonfinite_events (run.json)", "skipped steps",
+                          "updates with non-finite metrics", "non-finite episode returns"],
+                         [[f_["cell"], f_["seed"], f_["status"], f_["nonfinite_events"], f_["skipped_steps"],
+                           f_["nonfinite_metric_updates"], f_["nonfinite_episode_returns"]] for f_ in flagged]), ""]
+        else:
+            L += ["No non-finite events in any run.", ""]
+        if env["health"]["metrics"]:
+            figures.plot_health(e, env["health"], out / f"health_{e}.png")
+            written.add(f"health_{e}.png")
+            L += [f"![health](health_{e}.png)", ""]
+
+    L += ["## Resolution", ""]
+    if res["decision"]:
+        L += [_table(["scope", "contrast", "n", "pairing corr.", "SE (as analysed)", "SE if unpaired",
+                      f"MDE ({o['power']:.0%} power)", "smallest margin for 'equivalent'", "seeds left out"],
+                     [[r["scope"], r["contrast"], r["n"], _f(r["pairing_corr"], 3), _f(r["se"], 3),
+                       _f(r["se_unpaired"], 3), _f(r["mde"], 3), _f(r["smallest_margin"], 3),
+                       r["unpaired_runs_left_out"]] for r in res["decision"]]), ""]
+        L += [f"SE = standard deviation of the bootstrap replicates of the contrast; 'if unpaired' resamples the two "
+              f"cells independently (what ignoring the pairing would give). MDE = smallest true difference the "
+              f"seeds detect with {o['power']:.0%} power at {rule.alpha:g} (bootstrap power estimate). Smallest "
+              f"margin = max |end of the 90% CI|: equivalence would hold for any delta above it.", ""]
+
+    L += ["## Secondary endpoints (not part of the decision)", ""]
+    sec_name = ENDPOINT_TEXT["final_return" if rule.endpoint == "auc" else "auc"]
+    if res["secondary"]:
+        L += [f"**{sec_name}**, judged with the same rule as a separate family:", ""]
+        L += [_table(["scope", "contrast", "n", "estimate", "90% CI", "Holm CI", "verdict"],
+                     [[r["scope"], r["contrast"], r["n"], _f(r["estimate"], 3), _ci(*r["ci90"]),
+                       _ci(*r["ci_holm"]), r["verdict"] + (" (zero spread)" if r["zero_spread"] else "")]
+                      for r in res["secondary"]]), ""]
+    if res["ttt"]:
+        L += [f"**Time to threshold** (first grid step at which the windowed return reaches random + "
+              f"{o['threshold']:g} x (reference - random); runs that never reach it count as the end of the grid):",
+              ""]
+        L += [_table(["env", "contrast", "n", "IQM difference (steps) [95% CI]", "reached A", "reached B"],
+                     [[t["env"], t["contrast"], t["n"], _ci3(t["iqm_diff_steps"], t["lo"], t["hi"]),
+                       f"{t['reached_a']}/{t['n_a']}", f"{t['reached_b']}/{t['n_b']}"] for t in res["ttt"]]), ""]
+    if res["collapse"]:
+        L += [f"**Collapse rate** (final return below {o['collapse']:g} x the median final return of "
+              f"{rule.reference}) and median time to threshold per cell:", ""]
+        L += [_table(["env", "cell", "n", "collapsed", "rate [95% Wilson CI]", "cut", "reached threshold",
+                      "median steps to threshold"],
+                     [[c["env"], c["cell"], c["n"], c["collapsed"], _ci3(c["rate"], c["lo"], c["hi"]), _f(c["cut"]),
+                       f"{c['reached_threshold']}/{c['n']}", _f(c["median_time_to_threshold"])]
+                      for c in res["collapse"]]), ""]
+    L += ["**Outcomes per cell** (IQM over seeds [95% CI]):", ""]
+    L += [_table(["env", "cell", "n", "AUC (return units)", "normalised AUC", "final return", "normalised final"],
+                 [[o_["env"], o_["cell"], o_["n_seeds"], _ci3(o_["auc_iqm"], o_["auc_iqm_lo"], o_["auc_iqm_hi"]),
+                   _ci3(o_["auc_norm_iqm"], o_["auc_norm_iqm_lo"], o_["auc_norm_iqm_hi"]),
+                   _ci3(o_["final_return_iqm"], o_["final_return_iqm_lo"], o_["final_return_iqm_hi"]),
+                   _ci3(o_["final_norm_iqm"], o_["final_norm_iqm_lo"], o_["final_norm_iqm_hi"])]
+                  for e in res["envs"] for o_ in res["env"][e]["outcomes"]]), ""]
 
     L += ["## Inventory", ""]
-    inv = []
-    for r in results:
-        for row in r["outcomes"]:
-            inv.append([r["env"], row["cell"], row["n_seeds"], row["failed"], row["interrupted"],
-                        row["running"], row["runs_flagged_nonfinite"]])
+    inv = [[e, row["cell"], row["n_seeds"], row["failed"], row["interrupted"], row["running"],
+            row["runs_flagged_nonfinite"]] for e in res["envs"] for row in res["env"][e]["outcomes"]]
     L += [_table(["env", "cell", "completed (used)", "failed", "interrupted", "running",
                   "runs with non-finite events"], inv), ""]
     problems = [row for row in all_runs if row["status"] != "completed" or not row["used_in_stats"]]
@@ -332,104 +407,32 @@ def write_report(sweep: Sweep, results: list[dict], reference: str, o: dict, out
         L += ["Runs not used in the statistics:", ""]
         L += [_table(["env", "cell", "seed", "status", "reason", "episodes", "path"],
                      [[p["env"], p["cell"], p["seed"], p["status"],
-                       p["reason"] or ("no episodes" if not p["episodes"] else "—"), p["episodes"],
-                       p["path"]] for p in problems]), ""]
-    missing = summary["missing"]
-    if missing:
+                       p["reason"] or ("no episodes" if not p["episodes"] else "—"), p["episodes"], p["path"]]
+                      for p in problems]), ""]
+    if summary["missing"]:
         groups: dict[tuple, list] = {}
-        for m in missing:
+        for m in summary["missing"]:
             groups.setdefault((m["env"], m["cell"]), []).append(m["seed"])
-        L += [f"Missing runs ({len(missing)}; no run directory for these cell x seed pairs of the "
+        L += [f"Missing runs ({len(summary['missing'])}; no run directory for these cell x seed pairs of the "
               f"observed grid):", ""]
         L += [f"- {e} {c}: seed " + ", ".join(map(str, s)) for (e, c), s in groups.items()] + [""]
     if dup_rows:
-        L += [f"Duplicate runs ({len(dup_rows)}; same env/cell/seed found more than once, the latest "
-              f"completed copy is kept):", ""]
+        L += [f"Duplicate runs ({len(dup_rows)}; same env/cell/seed found more than once, the latest completed copy "
+              f"is kept; completed pairs serve as determinism controls in the drift section):", ""]
         L += [_table(["env", "cell", "seed", "status", "dropped", "kept"],
-                     [[d["env"], d["cell"], d["seed"], d["status"], d["path"], d["kept"]]
-                      for d in dup_rows]), ""]
+                     [[d["env"], d["cell"], d["seed"], d["status"], d["path"], d["kept"]] for d in dup_rows]), ""]
     if sweep.unreadable:
         L += ["Unreadable run directories: " + "; ".join(f"{p} ({why})" for p, why in sweep.unreadable), ""]
-    if not problems and not missing and not dup_rows and not sweep.unreadable:
+    if not problems and not summary["missing"] and not dup_rows and not sweep.unreadable:
         L += ["All runs completed; no missing, duplicate or unreadable runs.", ""]
 
-    L += ["## Convergence curves", ""]
-    if "curves.png" in written:
-        L += ["![curves](curves.png)", "",
-              "IQM over seeds of the episodic return, shaded: 95% bootstrap band. Colour and marker "
-              "= precision, line style = GELU (solid exact, dashed tanh), hollow markers = compiled.", ""]
-    else:
-        L += ["No completed run with episodes: no curves.", ""]
+    if DR.sweep_has_drift(sweep):
+        do = {"reps": min(int(o["reps"]), DR.DEFAULTS["reps"]), "seed": o["seed"]}
+        L += DR.drift_section(sweep, rule.reference, o.get("control"), do, out)
 
-    for r in results:
-        env = r["env"]
-        L += [f"## {env}", ""]
-        L += ["### Outcomes per cell", ""]
-        L += [_table(["cell", "n", "final IQM [95% CI]", "final mean [CI]", "final median [CI]",
-                      "AUC IQM [CI]", "failed", "non-finite events", "skipped steps"],
-                     [[o_["cell"], o_["n_seeds"],
-                       _ci(o_["final_iqm"], o_["final_iqm_lo"], o_["final_iqm_hi"]),
-                       _ci(o_["final_mean"], o_["final_mean_lo"], o_["final_mean_hi"]),
-                       _ci(o_["final_median"], o_["final_median_lo"], o_["final_median_hi"]),
-                       _ci(o_["auc_iqm"], o_["auc_iqm_lo"], o_["auc_iqm_hi"]),
-                       o_["failed"] + o_["interrupted"], o_["nonfinite_events"], o_["skipped_steps"]]
-                      for o_ in r["outcomes"]]), ""]
-        L += [f"### Against the reference ({reference})", ""]
-        if not r["reference"]:
-            L += [f"The reference cell {reference} has no runs in {env}; no comparisons.", ""]
-        elif not r["comparisons"]:
-            n_ref = next(o_["n_seeds"] for o_ in r["outcomes"] if o_["cell"] == reference)
-            L += [f"No comparisons: the reference has {n_ref} completed runs with episodes and "
-                  f"there are {len(r['cells']) - 1} other cells.", ""]
-        else:
-            L += [_table(["cell", "P(variant > ref) [CI]", "final IQM diff [CI]", "final MDE",
-                          "AUC IQM diff [CI]", "AUC MDE", "paired mean diff [CI] (n)"],
-                         [[c["cell"], _ci(c["final_poi"], c["final_poi_lo"], c["final_poi_hi"]),
-                           _ci(c["final_iqm_diff"], c["final_iqm_diff_lo"], c["final_iqm_diff_hi"]),
-                           _f(c["final_mde"]),
-                           _ci(c["auc_iqm_diff"], c["auc_iqm_diff_lo"], c["auc_iqm_diff_hi"]),
-                           _f(c["auc_mde"]),
-                           _ci(c["paired_mean_diff"], c["paired_mean_diff_lo"], c["paired_mean_diff_hi"])
-                           + f" ({c['paired_n']})"] for c in r["comparisons"]]), ""]
-            L += ["Verdicts:", ""]
-            for c in r["comparisons"]:
-                L += [f"- **{c['cell']}**: {c['final_verdict']}. AUC: {c['auc_verdict']}."]
-            L += ["", "![paired](paired_final_return.png)", "",
-                  "Paired view: each point is one seed's final return in the variant minus the same "
-                  "seed's in the reference (same env seeds, init and minibatch order); diamond: mean "
-                  "with its 95% paired-bootstrap CI; box: quartiles.", ""]
-        L += ["### Training health", ""]
-        hk = [k for k in HEALTH_KEYS if any(k in h for h in r["health_rows"])]
-        names = {"approx_kl": "approx KL (late)", "clipfrac": "clip frac (late)",
-                 "explained_variance": "expl. var (late)", "grad_norm": "max grad norm",
-                 "loss_scale": "min loss scale", "nonfinite_grad_steps": "max skipped steps"}
-        L += [_table(["cell", "runs"] + [names[k] for k in hk] + ["updates with non-finite values",
-                                                                  "runs flagged"],
-                     [[h["cell"], h["runs"]] + [_f(h.get(k)) for k in hk]
-                      + [h["updates_with_nonfinite"], h["runs_flagged_nonfinite"]]
-                      for h in r["health_rows"]]), ""]
-        L += ["(late) = median over runs of each run's median over its last 10% of updates; max grad "
-              "norm = median over runs of each run's maximum; min loss scale and max skipped steps = "
-              "the worst run of the cell.", ""]
-        flagged = [row for row in r["runs"] if row["flagged"]]
-        if flagged:
-            L += ["Runs with non-finite events:", ""]
-            L += [_table(["cell", "seed", "status", "nonfinite_events (run.json)", "skipped steps",
-                          "updates with non-finite metrics", "non-finite episode returns"],
-                         [[f_["cell"], f_["seed"], f_["status"], f_["nonfinite_events"],
-                           f_["skipped_steps"], f_["nonfinite_metric_updates"],
-                           f_["nonfinite_episode_returns"]] for f_ in flagged]), ""]
-        else:
-            L += ["No non-finite events in any run.", ""]
-        if f"health_{env}.png" in written:
-            L += [f"![health](health_{env}.png)", ""]
-
-    if D.sweep_has_drift(sweep):
-        do = {"reps": min(int(o["reps"]), D.DEFAULTS["reps"]), "seed": o["seed"]}
-        L += D.write_drift(D.analyse_drift(sweep, reference, o.get("control"), do), out, reference, do)
-
-    L += ["## Files", "", "runs.csv (one row per run), outcomes.csv, comparisons.csv, paired.csv, "
-          "health.csv, curves.csv, summary.json (all of the above; NaN written as null).", ""]
+    L += ["## Files", "", "decision.csv and secondary.csv (every contrast, every interval), runs.csv, outcomes.csv, "
+          "health.csv, time_to_threshold.csv, collapse.csv, curves.csv, difference_curves.csv, summary.json (all "
+          "of the above and the rule; NaN written as null).", ""]
     path = out / "report.md"
     path.write_text("\n".join(L), encoding="utf-8")
     return path
@@ -441,16 +444,13 @@ def write_report(sweep: Sweep, results: list[dict], reference: str, o: dict, out
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="esper-report",
-        description="Analyse a sweep directory: convergence curves with CIs, outcome table, "
-                    "comparisons against a reference cell, paired view, training health.")
+        description="Judge a sweep by the decision rule stored in its runs: decision table, forest plot, "
+                    "curves, probability of improvement, performance profiles, health, resolution, secondary "
+                    "endpoints (and a drift section when runs have drift files).")
     p.add_argument("sweep_dir", help="directory holding run directories (found by their run.json)")
-    p.add_argument("--reference", default=DEFAULTS["reference"],
-                   help="reference cell as gelu/precision[/compiled] (default: %(default)s)")
+    add_common(p, DEFAULTS["reps"])
     p.add_argument("--control", default=None,
-                   help="drift section: noise-floor control cell (default: <reference>/perturb-ulp when present)")
-    p.add_argument("--out", default=None, help="output directory (default: <sweep_dir>/report)")
-    p.add_argument("--reps", type=int, default=DEFAULTS["reps"], help="bootstrap resamples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="bootstrap RNG seed (default: %(default)s)")
+                   help="drift section: noise-floor control cell (default: every <reference>/perturb-* cell)")
     p.add_argument("--grid", type=int, default=DEFAULTS["grid"], help="curve grid points (default: %(default)s)")
     p.add_argument("--window", type=int, default=DEFAULTS["window"],
                    help="episodes averaged at each curve point (default: %(default)s)")
@@ -461,36 +461,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_report(sweep_dir, reference: str = DEFAULTS["reference"], out=None, **opts) -> Path:
-    """Library entry point (tests use it). Raises ReportError on bad input."""
-    o = {**{k: v for k, v in DEFAULTS.items() if k != "reference"}, **opts}
-    for k in ("reps", "grid", "window", "last"):
-        if int(o[k]) < (2 if k == "grid" else 1):
-            raise ReportError(f"--{k} must be a positive integer (got {o[k]})")
+def run_report(sweep_dir, out=None, rule_overrides: dict | None = None, **opts) -> Path:
+    """Library entry point (tests use it). Raises AnalysisError on bad input."""
+    o = {**DEFAULTS, **{k: v for k, v in opts.items() if v is not None or k == "control"}}
+    check_positive(reps=o["reps"], window=o["window"], last=o["last"], curve_reps=o["curve_reps"])
+    if int(o["grid"]) < 2:
+        raise AnalysisError(f"--grid must be at least 2 (got {o['grid']})")
     if not 0 < float(o["power"]) < 1:
-        raise ReportError(f"--power must be between 0 and 1 (got {o['power']})")
+        raise AnalysisError(f"--power must be between 0 and 1 (got {o['power']})")
     root = Path(sweep_dir)
-    sweep = load_sweep_or_raise(root, ReportError)
-    all_cells = sorted({r.cell for r in sweep.runs}, key=cell_sort_key)
-    if reference not in all_cells:
-        raise ReportError(f"unknown reference cell '{reference}'; cells in this sweep: "
-                          + ", ".join(all_cells))
-    if o.get("control") is not None and o["control"] not in all_cells:
-        raise ReportError(f"unknown control cell '{o['control']}'; cells in this sweep: " + ", ".join(all_cells))
-    results = analyse(sweep, reference, o)
+    sweep = load_sweep_or_raise(root, AnalysisError)
+    rule, meta = choose_rule(sweep, rule_overrides)
+    cells = sorted({r.cell for r in sweep.runs})
+    if rule.reference not in cells:
+        raise AnalysisError(f"unknown reference cell '{rule.reference}'; cells in this sweep: " + ", ".join(cells))
+    if o.get("control") is not None and o["control"] not in cells:
+        raise AnalysisError(f"unknown control cell '{o['control']}'; cells in this sweep: " + ", ".join(cells))
+    res = analyse(sweep, rule, o)
     out = Path(out) if out is not None else root / "report"
-    return write_report(sweep, results, reference, o, out)
+    return write_report(sweep, res, rule, meta, o, out)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        path = run_report(args.sweep_dir, args.reference, args.out, reps=args.reps, seed=args.seed,
-                          grid=args.grid, window=args.window, last=args.last, power=args.power,
+        path = run_report(args.sweep_dir, args.out, parse_rule_overrides(args.rule), reps=args.reps,
+                          seed=args.seed, grid=args.grid, window=args.window, last=args.last, power=args.power,
                           control=args.control)
-    except ReportError as e:
-        print(f"esper-report: error: {e}", file=sys.stderr)
-        return 2
+    except AnalysisError as e:
+        return fail("esper-report", e)
     print(f"esper-report: wrote {path}")
     return 0
 

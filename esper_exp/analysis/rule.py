@@ -30,6 +30,12 @@ import re
 from dataclasses import dataclass, field
 
 ENDPOINTS = ("auc", "final_return")
+# Fixed parts of the rule (not configurable): fewer paired seeds than MIN_SEEDS give "inconclusive" whatever the
+# interval says (at 3 seeds the bootstrap has 10 distinct resamples and cannot estimate its own tails); the shadow
+# probe calls numerics negligible when the median applied-update ratio stays below NEGLIGIBLE_RATIO in every third.
+MIN_SEEDS = 5
+NEGLIGIBLE_RATIO = 0.1
+VERDICTS = ("equivalent", "different", "inconclusive")
 CONTRAST_FAMILIES = ("tanh_vs_exact", "dtype_vs_fp32")
 
 # Anchors, fixed before any run of this project. random: the return of a uniformly random policy (CartPole-v1:
@@ -109,7 +115,7 @@ class Rule:
     anchors: dict = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_ANCHORS.items()})
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Rule":
+    def from_dict(cls, d: dict) -> Rule:
         """Missing keys take the defaults; raises ValueError with every problem, one per line."""
         full = {**DEFAULT_RULE, **{k: v for k, v in (d or {}).items() if k in DEFAULT_RULE}}
         errs = rule_errors(full)
