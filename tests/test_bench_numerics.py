@@ -61,6 +61,9 @@ def test_seed_deviation_fp32_shows_gap_bf16_hides_it():
     assert by[("fp32", "branch_out")]["gap_over_rounding"] > 10
     assert by[("fp32", "fc1.weight")]["gap_over_rounding"] > 10
     assert by[("bf16", "branch_out")]["gap_over_rounding"] < 1
+    # the reference is float64 and bf16 really runs under autocast: fp32 rounding is ~1e-7, bf16's ~1e-3
+    assert 0 < by[("fp32", "branch_out")]["rounding_exact_vs_fp64"] < 1e-5
+    assert by[("bf16", "branch_out")]["rounding_exact_vs_fp64"] > 1e-4
     # fc2's bias gradient is the cotangent's column sum: it cannot depend on the GELU variant
     assert by[("fp64", "fc2.bias")]["gap_tanh_vs_exact"] == 0.0
     assert by[("fp64", "fc1.weight")]["gap_tanh_vs_exact"] > 0.0
@@ -91,3 +94,8 @@ def test_probe_policy_learns_and_records_activations():
     acts = record_activations(probe["policy"], n_envs=8, horizon=50)
     assert acts["gelu_inputs"].numel() == acts["seed_inputs"].shape[0] * 256
     assert acts["gelu_inputs"].abs().max() > 0
+
+
+def test_seed_deviation_takes_a_single_seed():
+    with pytest.raises(ValueError, match="members=1"):
+        numerics.seed_deviation(make_seed("mlp_small", 8, members=2), torch.randn(4, 8), ["fp32"], DEV)

@@ -5,8 +5,9 @@ One concept per module: ``timing`` (how anything is timed, and the hardware ceil
 ``policy_probe`` (a tiny trained policy whose activations feed the numerics), ``blend``
 (blend_add speed and correctness), ``report`` (JSON + markdown), ``cli`` (``esper-bench``).
 
-Imports only torch, numpy and the standard library (plus esper_exp.seeds / esper_exp.blend), so it
-runs on a GPU box that has none of the trainer's dependencies.
-"""
+Every seed forward runs under an :class:`esper_exp.numerics.Numerics` (GELU variant x autocast dtype), the same
+call-time object the policy, PPO and probe use: one per (variant, precision) benchmarked, no local autocast helper.
 
-DTYPES = ("fp32", "bf16", "fp16")
+Imports only torch, numpy and the standard library (plus esper_exp.numerics / seeds / stacked / blend, which
+import only torch), so it runs on a GPU box that has none of the trainer's dependencies.
+"""

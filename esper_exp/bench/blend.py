@@ -21,8 +21,9 @@ import itertools
 
 import torch
 
-from esper_exp.bench.timing import TORCH_DTYPES, time_twice
+from esper_exp.bench.timing import time_twice
 from esper_exp.blend import blend_add
+from esper_exp.numerics import DTYPES, Numerics
 
 POLICIES = ("always", "conditional", "compiled")
 # (host dtype, seed dtype) cases for timing: same-dtype, and what autocast produces
@@ -46,7 +47,7 @@ def blend_fn(policy: str):
 
 
 def min_bytes(numel: int, host: str, seed: str) -> int:
-    size = lambda d: torch.tensor([], dtype=TORCH_DTYPES[d]).element_size()  # noqa: E731
+    size = lambda d: torch.tensor([], dtype=DTYPES[d]).element_size()  # noqa: E731
     return numel * (2 * size(host) + size(seed))  # read host, read seed, write output (host dtype)
 
 
@@ -78,8 +79,8 @@ def correctness(device: torch.device, compiled: bool = True) -> list[dict]:
     policies = ["always", "conditional", "none"] + (["compiled"] if compiled else [])
     rows = []
     for h, s, a in itertools.product(("fp32", "bf16", "fp16"), repeat=3):
-        host = (torch.randn(512, 64, device=device, generator=gen) * 3).to(TORCH_DTYPES[h])
-        seed = (torch.randn(512, 64, device=device, generator=gen) * 3).to(TORCH_DTYPES[s])
+        host = (torch.randn(512, 64, device=device, generator=gen) * 3).to(DTYPES[h])
+        seed = (torch.randn(512, 64, device=device, generator=gen) * 3).to(DTYPES[s])
         # the compiled blend is checked with an fp32 alpha (what the alpha controller produces): each
         # dtype combination is a compilation
         for policy in (p for p in policies if p != "compiled" or a == "fp32"):
@@ -87,7 +88,7 @@ def correctness(device: torch.device, compiled: bool = True) -> list[dict]:
             worst, ends_exact = 0.0, True
             try:
                 for av in alphas:
-                    alpha = torch.tensor(av, device=device, dtype=TORCH_DTYPES[a])
+                    alpha = torch.tensor(av, device=device, dtype=DTYPES[a])
                     out = blend_fn(policy)(host, seed, alpha)
                     if out.dtype != host.dtype:
                         raise TypeError(f"output dtype {out.dtype} != host dtype {host.dtype}")
@@ -125,12 +126,13 @@ def seed_rounding_cost(device: torch.device) -> dict:
 
 
 def autocast_lerp_mixed(device: torch.device) -> dict:
-    """Does autocast reconcile a mixed-dtype lerp by itself? (lerp is on no autocast list)."""
+    """Does autocast reconcile a mixed-dtype lerp by itself? (lerp is on no autocast list). Under the
+    autocast a bf16 policy forward enters."""
     host = torch.randn(8, 8, device=device)
     seed = torch.randn(8, 8, device=device, dtype=torch.bfloat16)
     alpha = torch.tensor(0.5, device=device)
     try:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with Numerics(precision="bf16", device_type=device.type).autocast():
             torch.lerp(host, seed, alpha)
         return {"raises": False}
     except RuntimeError as exc:
@@ -144,8 +146,8 @@ def speed(device: torch.device, quick: bool, deadline, bandwidth_gbps: float | N
     rows = []
     gen = torch.Generator(device=device).manual_seed(0)
     for (r, d), (h, s) in itertools.product(sizes, TIMING_CASES):
-        host = torch.randn(r, d, device=device, generator=gen).to(TORCH_DTYPES[h])
-        seed = torch.randn(r, d, device=device, generator=gen).to(TORCH_DTYPES[s])
+        host = torch.randn(r, d, device=device, generator=gen).to(DTYPES[h])
+        seed = torch.randn(r, d, device=device, generator=gen).to(DTYPES[s])
         alpha = torch.tensor(0.3, device=device)  # fp32, as the alpha controller produces
         nbytes = min_bytes(r * d, h, s)
         for policy in policies:

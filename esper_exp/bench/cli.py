@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from esper_exp.bench import DTYPES, report
+from esper_exp.bench import report
 from esper_exp.bench.timing import Deadline, copy_bandwidth, machine_info, matmul_ceiling, resolve_device
+from esper_exp.numerics import DTYPES
 
 PARTS = ("numerics", "blend", "fusion", "gelu")  # order of `all`: the elastic speed sweep last
 # share of the --budget-s each part may use in `all` (of what is left when it starts)
@@ -33,10 +34,8 @@ def ceilings(device: torch.device, quick: bool, precisions) -> dict:
     else:
         n, nbytes = (256, 1 << 24) if quick else (1024, 1 << 28)
     out = {"matmul": {}, "copy": copy_bandwidth(device, nbytes, **timing)}
-    from esper_exp.bench.timing import TORCH_DTYPES
-
     for p in precisions:
-        out["matmul"][p] = matmul_ceiling(device, TORCH_DTYPES[p], n, **timing)
+        out["matmul"][p] = matmul_ceiling(device, DTYPES[p], n, **timing)
     return out
 
 

@@ -3,21 +3,25 @@ behavior under torch.compile").
 
 The generated wrapper code is captured with ``torch._inductor.utils.run_and_get_code`` for one
 forward+backward. In its ``call()`` function each launch is preceded by a comment
-``# Topologically Sorted Source Nodes: [...], Original ATen: [aten.addmm, aten.gelu]``: that list
+``# Topologically Sorted Source Nodes: [...], Original ATen: [aten.baddbmm, aten.gelu]``: that list
 says which ATen ops a generated kernel (or an extern library call) computes. From it, GELU's
 placement is classified as
 
 - ``matmul_epilogue``: inside a generated matmul template kernel (Triton ``triton_tem_*`` or a CPU
   GEMM template): fused into the matmul;
-- ``with_bias_add``: in a pointwise kernel that also adds the fc1 bias (addmm split into an extern
-  mm plus a fused bias+GELU kernel);
+- ``with_bias_add``: in a pointwise kernel that also adds the fc1 bias (the seed's ``baddbmm`` -- or an
+  ``addmm`` -- split into an extern (b)mm plus a fused bias+GELU kernel);
 - ``standalone``: in a kernel whose only compute op is GELU (the bias add stayed inside the
-  library addmm);
+  library baddbmm);
 - ``fused_with_other``: in a kernel with other ops (listed), but neither of the above;
 - ``aten_fallback`` / ``absent``: run by an eager ATen call / not found.
 
 The same for GELU's backward (``gelu_backward``), which usually fuses with the reduction that
 gives fc1's bias gradient.
+
+What is compiled is what :mod:`esper_exp.bench.gelu` times: one member of the trainer's seed (stacked weights,
+one ``torch.baddbmm`` per layer, no zero twin), through :func:`esper_exp.bench.gelu.seed_forward` with its
+:class:`~esper_exp.numerics.Numerics` fixed, so the GELU variant is a constant of the traced graph.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import re
 
 import torch
 
-from esper_exp.bench.gelu import autocast_ctx
-from esper_exp.seeds import GELU_VARIANTS, make_seed
+from esper_exp.bench.gelu import seed_forward
+from esper_exp.numerics import GELU_VARIANTS, Numerics
+from esper_exp.seeds import make_seed
 
 _DEF = re.compile(r"^(\w+) = async_compile\.(\w+)\(")
 _ATEN = re.compile(r"Original ATen: \[([^\]]*)\]")
@@ -38,7 +43,7 @@ COMPILE_MODES = {"default": {}, "max-autotune": {"mode": "max-autotune-no-cudagr
 
 
 _KNOWN_OPS = sorted(
-    "gelu_backward gelu addmm mm bmm add mul sum _to_copy to_copy view t clone tanh erf pow sub div exp "
+    "gelu_backward gelu baddbmm addmm mm bmm add mul sum _to_copy to_copy view t clone tanh erf pow sub div exp "
     "permute reshape squeeze unsqueeze lerp clamp where neg native_layer_norm copy cat".split(),
     key=len,
     reverse=True,
@@ -158,7 +163,7 @@ def classify(launches: list[dict], op: str) -> dict:
         placement = "matmul_epilogue"
     else:
         others = sorted({o for l in hits for o in l["aten"]} - _NON_COMPUTE - {op, "aten.gelu", "aten._to_copy"})
-        if op == "aten.gelu" and ("aten.addmm" in others or "aten.add" in others):
+        if op == "aten.gelu" and {"aten.baddbmm", "aten.addmm", "aten.add"} & set(others):
             placement = "with_bias_add"
         elif op == "aten.gelu_backward" and "aten.sum" in others:
             placement = "with_bias_grad_reduction"
@@ -171,22 +176,24 @@ def classify(launches: list[dict], op: str) -> dict:
 
 
 def capture(blueprint: str, dim: int, rows: int, variant: str, precision: str, mode: str, device: torch.device, graph: str = "training") -> dict:
-    """Compile one seed, run it once, and return its wrapper codes: forward and backward
-    (``graph="training"``: input and parameters need gradients, so fc1's output is saved for the
-    backward) or the no_grad forward alone (``graph="inference"``, as in a PPO rollout)."""
+    """Compile one seed (one member, as :mod:`esper_exp.bench.gelu` times it) under the numerics of (variant,
+    precision), run it once, and return its wrapper codes: forward and backward (``graph="training"``: input and
+    parameters need gradients, so fc1's output is saved for the backward) or the no_grad forward alone
+    (``graph="inference"``, as in a PPO rollout)."""
     from torch._inductor.utils import run_and_get_code
 
+    numerics = Numerics(gelu=variant, precision=precision, device_type=device.type)
     torch.manual_seed(0)
-    model = make_seed(blueprint, dim, gelu=variant).to(device)
-    torch.nn.init.normal_(model.fc2.weight, std=dim**-0.5)
-    x = torch.randn(rows, dim, device=device, requires_grad=True)
-    compiled = torch.compile(model, dynamic=False, **COMPILE_MODES[mode])
+    seed = make_seed(blueprint, dim).to(device)
+    torch.nn.init.normal_(seed.fc2.weight, std=dim**-0.5)
+    x = torch.randn(1, rows, dim, device=device, requires_grad=True)
+    compiled = seed_forward(seed, numerics, COMPILE_MODES[mode])
 
     def fw_bw():
         if graph == "inference":
-            with torch.no_grad(), autocast_ctx(device, precision):
+            with torch.no_grad(), numerics.autocast():
                 return compiled(x)
-        with autocast_ctx(device, precision):
+        with numerics.autocast():
             y = compiled(x)
         y.float().sum().backward()
         return y

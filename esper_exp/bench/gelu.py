@@ -5,19 +5,28 @@ parameter gradients for a fixed cotangent, as in a PPO update), for the ``mlp_sm
 (4x) seeds, per precision (fp32; bf16/fp16 through autocast over fp32 master weights, as the trainer
 runs them), eager and compiled. Throughput is reported in TFLOP/s (matmul FLOPs only) and as a fraction
 of a large matmul measured in the same run.
+
+The seed's parameters are the trainer's own (:func:`esper_exp.seeds.make_seed`, one member: weights
+[1, out, in], inputs [1, rows, dim]), and each call runs under a :class:`~esper_exp.numerics.Numerics` built for
+its (GELU variant, precision), as the policy's forwards do. What is timed is one seed MLP's math,
+:func:`one_member_forward`: one ``torch.baddbmm`` per layer, as the seed computes a member of a group. Not the
+seed's own K = 1 path, which computes the member beside a zero twin (twice the matmul work, for CPU bitwise
+equality with a group member; esper_exp/stacked.py): that would halve the throughput figures and dilute the
+GELU share that the tanh speed-up is about.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
+from collections.abc import Callable
 
 import torch
 
-from esper_exp.bench.timing import TORCH_DTYPES, Deadline, time_twice
-from esper_exp.seeds import GELU_VARIANTS, make_seed
+from esper_exp.bench.timing import Deadline, time_twice
+from esper_exp.numerics import GELU_VARIANTS, Numerics
+from esper_exp.seeds import BLUEPRINTS, MLPSeed, make_seed
 
-EXPANSION = {"mlp_small": 2, "mlp": 4}
+EXPANSION = BLUEPRINTS  # blueprint -> hidden expansion
 # mode -> torch.compile keyword arguments (None: eager)
 MODES = {
     "eager": None,
@@ -35,31 +44,50 @@ def seed_flops(blueprint: str, dim: int, rows: int, pass_: str) -> int:
     return fwd if pass_ == "fwd" else 3 * fwd
 
 
-def autocast_ctx(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=TORCH_DTYPES[precision])
+def one_member_forward(seed: MLPSeed, x: torch.Tensor, numerics: Numerics) -> torch.Tensor:
+    """``seed(x, numerics)`` of a one-member seed (x [1, rows, dim]) without StackedLinear's zero twin: each layer
+    is the one ``baddbmm`` that StackedLinear runs for K > 1. Equal to ``seed(x, numerics)`` up to the GEMM
+    kernel's rounding (tests/test_bench_fusion.py holds that)."""
+    if seed.members != 1:
+        raise ValueError(f"one_member_forward takes a one-member seed, got members={seed.members}")
+
+    def linear(layer, h: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(layer.bias.unsqueeze(1), h, layer.weight.transpose(1, 2))
+
+    return x + linear(seed.fc2, numerics.apply_gelu(linear(seed.fc1, x)))
 
 
-def make_step(model, x, cotangent, device, precision, pass_, mode):
+def seed_forward(seed: MLPSeed, numerics: Numerics, compile_kwargs: dict | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> one_member_forward(seed, x, numerics)`` with ``numerics`` fixed; compiled with
+    ``torch.compile(**compile_kwargs)`` unless that is None. Dynamo sees ``numerics`` as a closure constant (it
+    guards on it), not as a graph input, so the GELU variant is baked into the generated code. Call it under
+    ``numerics.autocast()``, as the policy calls its (compiled) stacks."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return one_member_forward(seed, x, numerics)
+
+    return forward if compile_kwargs is None else torch.compile(forward, dynamic=False, **compile_kwargs)
+
+
+def make_step(seed: MLPSeed, x, cotangent, numerics: Numerics, pass_: str, mode: str):
     """A zero-argument callable doing one timed step."""
-    compiled = model if MODES[mode] is None else torch.compile(model, dynamic=False, **MODES[mode])
-    params = [x, *model.parameters()]
+    fn = seed_forward(seed, numerics, MODES[mode])
+    params = [x, *seed.parameters()]
     mark = torch.compiler.cudagraph_mark_step_begin if mode == "cudagraphs" else (lambda: None)
 
     if pass_ == "fwd":
 
         def step():
             mark()
-            with torch.no_grad(), autocast_ctx(device, precision):
-                return compiled(x)
+            with torch.no_grad(), numerics.autocast():
+                return fn(x)
 
     else:
 
         def step():
             mark()
-            with autocast_ctx(device, precision):
-                y = compiled(x)
+            with numerics.autocast():
+                y = fn(x)
             return torch.autograd.grad(y, params, cotangent)
 
     return step
@@ -92,12 +120,13 @@ def configs(device: torch.device, quick: bool, precisions, variants=GELU_VARIANT
 
 
 def bench_one(blueprint, dim, rows, precision, variant, mode, pass_, device, timing) -> dict:
+    numerics = Numerics(gelu=variant, precision=precision, device_type=device.type)
     torch.manual_seed(0)
-    model = make_seed(blueprint, dim, gelu=variant).to(device)
-    torch.nn.init.normal_(model.fc2.weight, std=dim**-0.5)  # a trained seed, not the zero-init identity
-    x = torch.randn(rows, dim, device=device, requires_grad=True)
-    cotangent = torch.randn(rows, dim, device=device)
-    step = make_step(model, x, cotangent, device, precision, pass_, mode)
+    seed = make_seed(blueprint, dim).to(device)  # one member: weights [1, out, in]
+    torch.nn.init.normal_(seed.fc2.weight, std=dim**-0.5)  # a trained seed, not the zero-init identity
+    x = torch.randn(1, rows, dim, device=device, requires_grad=True)
+    cotangent = torch.randn(1, rows, dim, device=device)
+    step = make_step(seed, x, cotangent, numerics, pass_, mode)
     t = time_twice(step, device, **timing)
     flops = seed_flops(blueprint, dim, rows, pass_)
     return {**t, "tflops": flops / (t.get("device_us", t["median_us"]) * 1e-6) / 1e12, "flops": flops}

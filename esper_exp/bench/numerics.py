@@ -8,7 +8,8 @@ Three questions, three functions:
   and (b) of exact GELU (what a run using that variant in that dtype deviates from exact math by),
   and the tanh-vs-exact gap itself in float64.
 - :func:`seed_deviation`: the seed MLP's output and parameter gradients, exact vs tanh, per precision
-  (fp32, and bf16/fp16 autocast over fp32 weights as the trainer runs), next to each precision's own
+  (fp32, and bf16/fp16 autocast over fp32 weights as the trainer runs: each under the
+  :class:`~esper_exp.numerics.Numerics` of its (variant, precision)), next to each precision's own
   error against a float64 exact reference.
 - :func:`gap_vs_rounding`: the ratio the ticket needs: the tanh-vs-exact gap over the dtype's own
   rounding error. Below 1, the approximation is hidden under the dtype's rounding.
@@ -19,11 +20,12 @@ rounded inputs, so input rounding is not counted as GELU error.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
-from esper_exp.bench.gelu import autocast_ctx
-from esper_exp.bench.timing import TORCH_DTYPES
-from esper_exp.seeds import GELU_VARIANTS, gelu, gelu_variant, make_seed
+from esper_exp.numerics import DTYPES, GELU_VARIANTS, Numerics
+from esper_exp.seeds import MLPSeed, make_seed
 
 REL_FLOOR = 1e-2  # relative errors are taken where |reference| >= this (GELU passes through 0)
 
@@ -42,9 +44,11 @@ def _stats(err: torch.Tensor, ref: torch.Tensor) -> dict:
     }
 
 
-def _value_and_grad(x: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _value_and_grad(x: torch.Tensor, numerics: Numerics) -> tuple[torch.Tensor, torch.Tensor]:
+    """GELU of ``numerics``' variant and its derivative, computed in x's own dtype (no autocast: GELU is
+    elementwise, so this is what a seed under autocast computes on fc1's output in that dtype)."""
     x = x.detach().requires_grad_(True)
-    y = gelu(x, variant)
+    y = numerics.apply_gelu(x)
     (g,) = torch.autograd.grad(y.sum(), x)
     return y.detach(), g.detach()
 
@@ -52,7 +56,7 @@ def _value_and_grad(x: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.
 def gelu_errors(x: torch.Tensor, dtypes, device: torch.device) -> dict:
     """Errors of GELU values and derivatives per (variant, dtype) on inputs ``x`` (any float dtype)."""
     x64 = x.to(device=device, dtype=torch.float64)
-    ref = {v: _value_and_grad(x64, v) for v in GELU_VARIANTS}
+    ref = {v: _value_and_grad(x64, Numerics(gelu=v, device_type=device.type)) for v in GELU_VARIANTS}
     out = {"n": x.numel(), "x_min": x64.min().item(), "x_max": x64.max().item(), "x_absmean": x64.abs().mean().item()}
     d_val = ref["tanh"][0] - ref["exact"][0]
     d_grad = ref["tanh"][1] - ref["exact"][1]
@@ -62,12 +66,13 @@ def gelu_errors(x: torch.Tensor, dtypes, device: torch.device) -> dict:
     }
     out["per_dtype"] = {}
     for name in dtypes:
-        xd = x64.to(TORCH_DTYPES[name])
+        numerics = {v: Numerics(gelu=v, precision=name, device_type=device.type) for v in GELU_VARIANTS}
+        xd = x64.to(DTYPES[name])
         xr = xd.double()  # the rounded input, in float64
-        own = {v: _value_and_grad(xr, v) for v in GELU_VARIANTS}
+        own = {v: _value_and_grad(xr, numerics[v]) for v in GELU_VARIANTS}
         rows = {}
         for v in GELU_VARIANTS:
-            y, g = _value_and_grad(xd, v)
+            y, g = _value_and_grad(xd, numerics[v])
             rows[v] = {
                 "value_vs_own_fp64": _stats(y.double() - own[v][0], own[v][0]),
                 "value_vs_exact_fp64": _stats(y.double() - own["exact"][0], own["exact"][0]),
@@ -75,14 +80,14 @@ def gelu_errors(x: torch.Tensor, dtypes, device: torch.device) -> dict:
                 "grad_vs_exact_fp64": _stats(g.double() - own["exact"][1], own["exact"][1]),
             }
         # the gap exact-vs-tanh when both are computed in this dtype
-        ye, ge = _value_and_grad(xd, "exact")
-        yt, gt = _value_and_grad(xd, "tanh")
+        ye, ge = _value_and_grad(xd, numerics["exact"])
+        yt, gt = _value_and_grad(xd, numerics["tanh"])
         rows["tanh_minus_exact_in_dtype"] = {
             "value": _stats(yt.double() - ye.double(), own["exact"][0]),
             "grad": _stats(gt.double() - ge.double(), own["exact"][1]),
             "value_bitwise_equal_frac": (yt == ye).double().mean().item(),
         }
-        rows["eps"] = torch.finfo(TORCH_DTYPES[name]).eps
+        rows["eps"] = torch.finfo(DTYPES[name]).eps
         out["per_dtype"][name] = rows
     return out
 
@@ -115,27 +120,33 @@ def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300)).item()
 
 
-def _seed_out_grads(seed, x, cotangent, precision, device, variant):
+def _seed_out_grads(seed: MLPSeed, x, cotangent, numerics: Numerics):
+    """Branch output (``seed(x) - x``) and parameter gradients for ``cotangent``, under ``numerics``."""
     params = list(seed.parameters())
-    with gelu_variant(variant), autocast_ctx(device, precision) if precision != "fp64" else torch.autocast(device.type, enabled=False):
-        y = seed(x)
+    with numerics.autocast():
+        y = seed(x, numerics)
     grads = torch.autograd.grad(y, params, cotangent.to(y.dtype))
     names = [n for n, _ in seed.named_parameters()]
     return (y - x.to(y.dtype)).detach(), dict(zip(names, [g.detach() for g in grads]))
 
 
-def seed_deviation(seed, x: torch.Tensor, precisions, device: torch.device) -> list[dict]:
+def seed_deviation(seed: MLPSeed, x: torch.Tensor, precisions, device: torch.device) -> list[dict]:
     """Seed branch output (``out - x``: the residual x would otherwise dominate the norm) and
     parameter gradients: exact vs tanh within each precision, and each precision's own deviation from
-    the float64 exact reference. Relative L2 errors, and max abs for the output."""
+    the float64 exact reference. Relative L2 errors, and max abs for the output.
+
+    ``seed`` has one member (K = 1) and ``x`` is [rows, dim]."""
+    if seed.members != 1:
+        raise ValueError(f"seed_deviation takes a single seed (members=1), got members={seed.members}")
     torch.manual_seed(1)
     seed = seed.to(device)
-    x = x.to(device)
+    x = x.to(device).unsqueeze(0)  # [1, rows, dim]: one member
     cot = torch.randn(x.shape, device=device)
-    s64 = make_seed("mlp" if seed.expansion == 4 else "mlp_small", seed.dim).to(device).double()
-    s64.load_state_dict({k: v.double() for k, v in seed.state_dict().items()})
-    ref_out, ref_g = _seed_out_grads(s64, x.double(), cot.double(), "fp64", device, "exact")
-    tanh64_out, tanh64_g = _seed_out_grads(s64, x.double(), cot.double(), "fp64", device, "tanh")
+    # float64 reference: a double-precision copy of the seed under fp32 numerics, whose autocast() is
+    # torch.autocast(enabled=False), so every op runs in float64
+    s64 = copy.deepcopy(seed).double()
+    ref_out, ref_g = _seed_out_grads(s64, x.double(), cot.double(), Numerics(gelu="exact", device_type=device.type))
+    tanh64_out, tanh64_g = _seed_out_grads(s64, x.double(), cot.double(), Numerics(gelu="tanh", device_type=device.type))
     rows = [
         {
             "precision": "fp64",
@@ -145,8 +156,8 @@ def seed_deviation(seed, x: torch.Tensor, precisions, device: torch.device) -> l
         for q in ["branch_out", *ref_g]
     ]
     for p in precisions:
-        e_out, e_g = _seed_out_grads(seed, x, cot, p, device, "exact")
-        t_out, t_g = _seed_out_grads(seed, x, cot, p, device, "tanh")
+        e_out, e_g = _seed_out_grads(seed, x, cot, Numerics(gelu="exact", precision=p, device_type=device.type))
+        t_out, t_g = _seed_out_grads(seed, x, cot, Numerics(gelu="tanh", precision=p, device_type=device.type))
         for q in ["branch_out", *ref_g]:
             e, t, r = (e_out, t_out, ref_out) if q == "branch_out" else (e_g[q], t_g[q], ref_g[q])
             gap, rnd = _rel_l2(t, e), _rel_l2(e, r)

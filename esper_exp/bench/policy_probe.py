@@ -6,8 +6,9 @@ To stay dependency-free (the GPU box has no gymnasium) the environment is CartPo
 (Barto, Sutton & Anderson 1983; the equations and constants of gymnasium's CartPole-v1) written in
 torch and vectorised, and the policy is trained with REINFORCE (returns-to-go, batch-mean baseline),
 not PPO. Architecture as in the trainer: host encoder ``Linear(4, dim) + tanh`` -> MLP seed
-(exact GELU, fc2 zero-initialised) -> ``blend_add`` at alpha -> actor head. It is a small, quickly
-trained policy: what it shows is the activation *range* of a trained seed, not a converged one.
+(the trainer's, one member; fc2 zero-initialised) -> ``blend_add`` at alpha -> actor head, trained and
+recorded under the reference numerics (exact GELU, fp32). It is a small, quickly trained policy: what it
+shows is the activation *range* of a trained seed, not a converged one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import torch
 from torch import nn
 
 from esper_exp.blend import blend_add
+from esper_exp.numerics import Numerics
 from esper_exp.seeds import make_seed
+
+NUMERICS = Numerics(gelu="exact", precision="fp32")  # the probe trains and records (on CPU) under the reference
 
 
 def cartpole_step(state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +46,7 @@ class ProbePolicy(nn.Module):
     def __init__(self, dim: int = 64, alpha: float = 1.0):
         super().__init__()
         self.host = nn.Sequential(nn.Linear(4, dim), nn.Tanh())
-        self.seed = make_seed("mlp", dim, gelu="exact")
+        self.seed = make_seed("mlp", dim)  # one member: the seed takes [1, rows, dim]
         self.head = nn.Linear(dim, 2)
         self.register_buffer("alpha", torch.tensor(alpha))
 
@@ -50,8 +54,9 @@ class ProbePolicy(nn.Module):
         return self.host(obs)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        h = self.features(obs)
-        return self.head(blend_add(h, self.seed(h), self.alpha))
+        with NUMERICS.autocast():
+            h = self.features(obs)
+            return self.head(blend_add(h, self.seed(h.unsqueeze(0), NUMERICS)[0], self.alpha))
 
 
 def rollout(policy: ProbePolicy, n_envs: int, horizon: int, gen: torch.Generator):
@@ -98,5 +103,5 @@ def record_activations(policy: ProbePolicy, n_envs: int = 256, horizon: int = 20
     obs, _, masks = rollout(policy, n_envs, horizon, gen)
     obs = obs[masks.bool()]
     h = policy.features(obs)
-    pre = policy.seed.fc1(h)
+    pre = policy.seed.fc1(h.unsqueeze(0))[0]  # fp32, like the forward under NUMERICS
     return {"gelu_inputs": pre.flatten(), "seed_inputs": h}

@@ -17,8 +17,6 @@ from collections.abc import Callable
 
 import torch
 
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
-
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
