@@ -80,6 +80,21 @@ def device_name(device) -> str:
     return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
+LAYOUT_NOTE = ("on CUDA a member's numbers depend on its group's layout (the batched GEMMs over the group's members "
+               "use other kernels than a run alone or a group of another size), so this run is identified by its "
+               "config_hash together with group_size, member_index, the GPU, the software versions and the flags "
+               "above: reproduce it by re-running the same group on the same GPU model and software")
+
+
+def cuda_record(device, group: dict) -> dict:
+    """run.json's ``cuda`` block (CUDA runs only; CPU runs have none): the numerics flags pinned by
+    ``runtime.pin_cuda_numerics``, GPU, driver, CUDA / cuBLAS / cuDNN versions, and the group layout."""
+    from esper_exp.runtime import cuda_fingerprint
+
+    return {**cuda_fingerprint(device),
+            "layout": {"group_size": group["size"], "member_index": group["member_index"], "note": LAYOUT_NOTE}}
+
+
 def read_run_json(run_dir: Path) -> dict | None:
     path = Path(run_dir) / "run.json"
     if not path.exists():
@@ -163,11 +178,19 @@ class Tracker:
             "group": group or {"size": 1, "member_index": 0, "members": [str(self.run_dir)]},
             "config": config,
         }
+        if getattr(device, "type", None) == "cuda":
+            self.info["cuda"] = cuda_record(device, self.info["group"])
         previous = (read_run_json(self.run_dir) or {}) if resumed else {}
         if resumed:
             self.info["started_at"] = previous.get("started_at", self.info["started_at"])
             self.info["resumed_at"] = previous.get("resumed_at", []) + [now()]
             self.info["global_step"], self.info["update"] = resume_at[1], resume_at[0]
+            # a resumed CUDA run continued under other numerics (GPU, software, flags, layout) is another computation
+            before = previous.get("cuda_before_resume", [])
+            if previous.get("cuda") != self.info.get("cuda"):
+                before = before + [previous.get("cuda") or {"device": previous.get("device")}]
+            if before:
+                self.info["cuda_before_resume"] = before
         self._write()
         self.wandb = None
         self._start_wandb(config, previous.get("wandb_id"))
