@@ -1,9 +1,9 @@
 """The numerics a forward pass runs under: GELU variant x autocast dtype, as one call-time object.
 
 Both axes of the study are handled the same way: a :class:`Numerics` value is passed to every policy forward
-(rollout, update, probe, benchmarks), which enters ``numerics.autocast()`` and calls ``numerics.gelu(x)``. Nothing
+(rollout, update, probe, benchmarks), which enters ``numerics.autocast()`` and calls ``numerics.apply_gelu(x)``. Nothing
 is fixed at construction and there is no module-global override, so a probe can recompute the same forward under
-``REFERENCE`` (exact GELU, fp32) on the same parameters.
+``numerics.reference()`` (exact GELU, fp32) on the same parameters.
 
 Master weights and optimizer state stay fp32 (autocast only changes op dtypes); fp16 needs a GradScaler because of
 its narrow exponent range, bf16 has fp32's and does not. fp32 means autocast explicitly *off* (not merely "not
