@@ -1,202 +1,198 @@
-"""esper-drift and the report's drift section: on real tiny CartPole runs (the trainer in-process) and
-on synthetic snapshot files with a planted divergence (tests/synthetic_runs.py)."""
+"""esper-drift and the report's drift section: bounded distances, per-third verdicts against noise floors, the
+applied-update probe (schema 2, synthetic files with planted effects), and today's trainer files (real tiny
+CartPole runs, the legacy format)."""
 
 import json
+import math
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import TINY_CARTPOLE, make_cfg  # noqa: E402
 from synthetic_runs import make_sweep, run_path, write_drift_files, write_run  # noqa: E402
 
 from esper_exp.analysis import drift as D  # noqa: E402
-from esper_exp.analysis.load import load_run, load_sweep, parse_cell  # noqa: E402
+from esper_exp.analysis import drift_metrics as M  # noqa: E402
+from esper_exp.analysis import drift_verdicts as V  # noqa: E402
+from esper_exp.analysis.load import load_run, load_sweep  # noqa: E402
 from esper_exp.analysis.report import run_report  # noqa: E402
 
-DRIFT = ("drift.snapshot_every=2", "drift.probe_every=2")
+# --------------------------------------------------------------------------- distances
 
 
-# --------------------------------------------------------------------------- real tiny runs
+def test_categorical_distances_hand_computed():
+    a = {"out": np.log(np.array([[0.5, 0.5], [0.9, 0.1]]))}
+    b = {"out": np.log(np.array([[0.7, 0.3], [0.2, 0.8]]))}
+    d = M.action_distances(a, b, discrete=True)
+    assert d["tv"] == pytest.approx((0.2 + 0.7) / 2)
+    assert d["disagreement"] == pytest.approx(0.5)  # state 1: 0 vs 1; state 0: a tie broken the same way
+    same = M.action_distances(a, a, discrete=True)
+    assert same["tv"] == 0.0 and same["disagreement"] == 0.0 and same["out_rms"] == 0.0
 
 
-@pytest.fixture(scope="module")
-def real(tmp_path_factory):
-    """A tiny sweep: the reference twice (a re-run: determinism control), the butterfly control and a
-    planted large perturbation, all seed 0, laid out the way Hydra's multirun does."""
-    from esper_exp.train import run
-
-    root = tmp_path_factory.mktemp("real")
-    dirs = {}
-    for name, extra in (("ref", ()), ("ulp", ("drift.perturb=ulp",)), ("large", ("drift.perturb=large",))):
-        d = root / f"cartpole-exact-fp32-{name}" / "seed=0"
-        assert run(make_cfg(*TINY_CARTPOLE, *DRIFT, "seed=0", *extra), d) == "completed"
-        dirs[name] = d
-    d = root / "rerun" / "cartpole-exact-fp32" / "seed=0"
-    assert run(make_cfg(*TINY_CARTPOLE, *DRIFT, "seed=0"), d) == "completed"
-    dirs["rerun"] = d
-    return root, dirs
+def test_gaussian_tv_matches_the_closed_form_and_is_zero_at_equality():
+    rng = np.random.default_rng(0)
+    mu_a = rng.normal(size=(50, 1))
+    for shift in (0.1, 0.5, 1.5):
+        a = {"out": mu_a, "logstd": np.array([-0.5])}
+        b = {"out": mu_a + shift, "logstd": np.array([-0.5])}
+        want = 2 * norm.cdf(shift / (2 * math.exp(-0.5))) - 1  # equal variances: 2 Phi(delta / 2 sigma) - 1
+        assert M.action_distances(a, b, discrete=False)["tv"] == pytest.approx(want, abs=0.03)
+    a = {"out": rng.normal(size=(20, 3)), "logstd": np.array([-0.2, 0.1, 0.0])}
+    assert M.action_distances(a, a, discrete=False)["tv"] == 0.0
 
 
-def test_reference_against_itself_is_exactly_zero_and_reported_identical(real, capsys):
-    _, dirs = real
-    p = D.run_pair(dirs["rerun"], dirs["ref"])
-    assert p["determinism_control"] and p["identical"]
-    assert len(p["rows"]) >= 5
-    for row in p["rows"]:
-        assert row["identical"]
-        assert row["kl"] == row["param_rel"] == row["value_mean_abs"] == row["value_rms"] == 0.0
-        assert row["return_diff"] == 0.0 or np.isnan(row["return_diff"])
-    assert D.main([str(dirs["rerun"]), str(dirs["ref"])]) == 0
-    out = capsys.readouterr().out
-    assert "IDENTICAL" in out and "determinism control passed" in out
-
-
-def test_planted_large_perturbation_diverges_more_than_one_ulp_early(real):
-    _, dirs = real
-    ulp, large = D.run_pair(dirs["ulp"], dirs["ref"]), D.run_pair(dirs["large"], dirs["ref"])
-    assert not ulp["identical"] and not large["identical"] and not ulp["determinism_control"]
-    for ru, rl in list(zip(ulp["rows"], large["rows"]))[:3]:  # updates 0, 2, 4
-        assert ru["update"] == rl["update"]
-        assert rl["param_rel"] > 1e3 * ru["param_rel"] > 0
-        assert rl["kl"] > 0 and rl["kl"] > 1e3 * ru["kl"]
-        assert rl["value_rms"] > 1e3 * ru["value_rms"]
-
-
-def test_real_runs_carry_the_perturb_tag_into_their_cell(real):
-    _, dirs = real
-    assert load_run(dirs["ulp"]).cell == "exact/fp32/perturb-ulp"
-    assert load_run(dirs["large"]).cell == "exact/fp32/perturb-large"
-    assert load_run(dirs["ref"]).cell == "exact/fp32"
-
-
-def test_real_sweep_mode_and_report_section(real, tmp_path):
-    root, _ = real
-    results, out = D.run_sweep(root, out=tmp_path / "drift", reps=200)
-    (r,) = results
-    assert r["control"] == "exact/fp32/perturb-ulp"
-    assert set(r["curves"]) == {"exact/fp32/perturb-ulp", "exact/fp32/perturb-large"}
-    # the re-run is a duplicate of the reference: a determinism control, and it passed
-    assert [d["identical"] for d in r["determinism"]] == [True]
-    # the reference numerics against themselves in the shadow probe: zero difference
-    ref_probe = {p["cell"]: p for p in r["probe_rows"]}["exact/fp32"]
-    assert ref_probe["grad_rel_l2"] == 0.0 and ref_probe["one_minus_grad_cos"] == 0.0
-    assert (out / "drift.md").exists() and (out / f"drift_divergence_{r['env']}.png").stat().st_size > 10_000
-    rep = tmp_path / "report"
-    run_report(root, "exact/fp32", rep, reps=100)
-    md = (rep / "report.md").read_text()
-    assert "## Drift" in md and "drift_divergence_cartpole.png" in md
-    summary = json.loads((rep / "summary.json").read_text())
-    assert not [m for m in summary["missing"] if "perturb" in m["cell"]]
-
-
-# --------------------------------------------------------------------------- synthetic snapshot files
+# --------------------------------------------------------------------------- synthetic schema-2 sweep
 
 SEEDS = range(10)
-CONTROL_RATE, FAST_RATE = 0.05, 0.15
-PLANTED = {  # cell -> (perturb, rate, probe grad_rel_l2)
-    ("exact", "fp32", "ulp"): (CONTROL_RATE, 0.0),
-    ("tanh", "fp32", "none"): (FAST_RATE, 1e-3),  # planted to diverge faster than the control
-    ("exact", "bf16", "none"): (CONTROL_RATE, 1e-2),  # planted equal to the control
-    ("tanh", "bf16", "none"): (CONTROL_RATE, 1e-2),
+L = 0.3  # plateau of the planted logit perturbation (TV ~ 0.05)
+
+
+def ctrl_level(u):
+    return L * (1 - math.exp(-u / 4))
+
+
+PLANTED = {  # (gelu, precision, perturb) -> (level(u), probe ratios)
+    ("exact", "fp32", "ulp"): (ctrl_level, None),
+    ("tanh", "fp32", "none"): (lambda u: ctrl_level(u) + (L if u <= 20 else 0.0),  # early kick only
+                               {"gelu": lambda u: 0.01}),
+    ("exact", "bf16", "none"): (ctrl_level, {"gelu": lambda u: 0.01, "dtype": lambda u: 0.01}),  # = the floor
+    ("tanh", "bf16", "none"): (lambda u: ctrl_level(u) + (L if u > 40 else 0.0),  # late only
+                               {"gelu": lambda u: 0.01, "dtype": lambda u: 0.5 if u > 40 else 0.01}),
+    ("exact", "fp32", "duplicate"): (None, None),  # determinism control: bitwise the reference
 }
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("syn")
-    make_sweep(root, seeds=SEEDS, gelus=("exact", "tanh"), precisions=("fp32", "bf16"), total_timesteps=22_528)
+    make_sweep(root, seeds=SEEDS, gelus=("exact", "tanh"), precisions=("fp32", "bf16"), total_timesteps=30_720)
     for s in SEEDS:
-        write_drift_files(run_path(root, "cartpole", "exact", "fp32", s), seed=s)
-        for i, ((g, p, pert), (rate, lvl)) in enumerate(PLANTED.items()):
+        write_drift_files(run_path(root, "cartpole", "exact", "fp32", s), seed=s,
+                          probe={"gelu": lambda u: 0.01})
+        for i, ((g, p, pert), (level, probe)) in enumerate(PLANTED.items()):
             d = run_path(root, "cartpole", g, p, s, perturb=pert)
+            if pert == "duplicate":  # a bitwise copy of the reference run, tagged as the determinism control
+                shutil.copytree(run_path(root, "cartpole", g, p, s), d)
+                info = json.loads((d / "run.json").read_text())
+                info["perturb"] = info["config"]["drift"]["perturb"] = pert
+                (d / "run.json").write_text(json.dumps(info))
+                continue
             if pert != "none":
-                write_run(d, gelu=g, precision=p, seed=s, perturb=pert, total_timesteps=22_528)
-            write_drift_files(d, seed=s, rate=rate, eps=1e-6, noise_key=i + 1, probe_level=lvl)
-    results, out = D.run_sweep(root, out=root / "drift", reps=1000)
+                write_run(d, gelu=g, precision=p, seed=s, perturb=pert, total_timesteps=30_720)
+            write_drift_files(d, seed=s, level=level, noise_key=i + 1, probe=probe)
+    results, out = D.run_sweep(root, out=root / "drift", reps=2000)
     (r,) = results
-    return root, r, {v["cell"]: v for v in r["verdicts"]}, out
+    floor = {(f["cell"], f["third"]): f for f in r["floor"]}
+    return root, r, floor, out
 
 
-def test_cell_planted_faster_than_the_control_exceeds_it(synthetic):
-    _, r, verdicts, _ = synthetic
-    v = verdicts["tanh/fp32"]
-    assert v["n"] == 10 and v["exceeds"] and v["kl_lo"] > 0
-    assert "EXCEEDS" in v["verdict"]
-    # the planted gap: 2 * (FAST - CONTROL) * mean update / ln 10 decades of KL
-    assert v["kl_lo"] < 2 * (FAST_RATE - CONTROL_RATE) * 20 / np.log(10) < v["kl_hi"]
+def test_thirds_are_thirds():
+    np.testing.assert_array_equal(V.third_index([0, 1, 20, 21, 40, 41, 60], 60), [-1, 0, 0, 1, 1, 2, 2])
 
 
-def test_cells_planted_equal_to_the_control_are_not_flagged(synthetic):
-    _, _, verdicts, _ = synthetic
-    for cell in ("exact/bf16", "tanh/bf16"):
-        v = verdicts[cell]
-        assert not v["exceeds"] and not v["below"], (cell, v["kl_diff"], v["kl_lo"], v["kl_hi"])
-        assert v["kl_lo"] <= 0 <= v["kl_hi"]
-        assert "not distinguishable" in v["verdict"]
+def test_an_early_kick_exceeds_the_floor_early_only(synthetic):
+    _, r, floor, _ = synthetic
+    assert r["controls"] == ["exact/fp32/perturb-ulp"] and r["total"] == 60
+    assert floor[("tanh/fp32", "early")]["verdict"] == "exceeds"
+    assert floor[("tanh/fp32", "middle")]["verdict"] == "indistinguishable"
+    assert floor[("tanh/fp32", "late")]["verdict"] == "indistinguishable"
+    # the old update-average statistic would have called this cell "exceeds" overall; per third it is not
 
 
-def test_control_is_paired_with_the_reference_and_never_judged_against_itself(synthetic):
-    _, r, verdicts, _ = synthetic
-    assert r["control"] == "exact/fp32/perturb-ulp"
-    assert "exact/fp32/perturb-ulp" in r["curves"] and "exact/fp32/perturb-ulp" not in verdicts
-    assert "exact/fp32" not in r["curves"]  # the reference is what everything is paired with
-    assert r["curves"]["tanh/fp32"]["n"] == 10
+def test_a_late_effect_is_found_late_and_a_floor_copy_is_indistinguishable(synthetic):
+    _, _, floor, _ = synthetic
+    assert [floor[("tanh/bf16", t)]["verdict"] for t in V.THIRDS] == ["indistinguishable", "indistinguishable",
+                                                                      "exceeds"]
+    assert [floor[("exact/bf16", t)]["verdict"] for t in V.THIRDS] == ["indistinguishable"] * 3
+    for t in V.THIRDS:
+        f = floor[("exact/bf16", t)]
+        assert f["lo_holm"] <= 0 <= f["hi_holm"] and f["n"] == 10
 
 
-def test_decomposition_relates_each_cell_to_dtype_and_gelu_alone(synthetic):
+def test_the_verdict_has_no_floor_constant_to_move():
+    """Exact zeros (a control not yet perturbed, identical policies) enter as zeros: replacing them by 1e-12 or
+    1e-30, what a log-scale statistic would need as a floor, changes nothing measurable."""
+    rng = np.random.default_rng(0)
+    ups = np.arange(0, 61, 3, dtype=float)
+    seeds = list(range(10))
+    ctrl = np.abs(rng.normal(0.02, 0.005, (10, ups.size)))
+    ctrl[:, ups < 15] = 0.0  # the ulp kick has not reached the policy yet
+    cell = np.abs(rng.normal(0.02, 0.005, (10, ups.size)))
+    cell[:, ups < 15] = 1e-9  # a tiny but nonzero early difference
+    def verdicts(c):
+        curves = {"x": {"seeds": seeds, "updates": ups, "per_seed": {"tv": cell}},
+                  "ctrl": {"seeds": seeds, "updates": ups, "per_seed": {"tv": c}}}
+        return V.floor_rows("e", curves, ["ctrl"], 60, "tv", 1000, 0)
+    base = verdicts(ctrl)
+    for eps in (1e-12, 1e-30):
+        moved = verdicts(np.where(ctrl == 0, eps, ctrl))
+        for a, b in zip(base, moved):
+            assert a["verdict"] == b["verdict"] and abs(a["diff"] - b["diff"]) < 1e-11
+    for mod in (M, V):  # and there is no such constant in the drift modules
+        assert not [k for k, v in vars(mod).items() if "FLOOR" in k.upper() and isinstance(v, float)]
+
+
+def test_applied_update_probe_verdicts(synthetic):
     _, r, _, _ = synthetic
-    dec = {d["cell"]: d for d in r["decomp_rows"]}
-    tb = dec["tanh/bf16"]
-    assert tb["dtype_alone_cell"] == "exact/bf16"
-    assert tb["dtype_alone_grad_rel_l2"] == pytest.approx(1e-2, rel=0.3)
-    assert tb["gelu_alone_grad_rel_l2"] == pytest.approx(1e-3, rel=0.3)
-    assert dec["tanh/fp32"]["vs_noise_floor"] == "exceeds"
-    assert dec["exact/fp32/perturb-ulp"]["vs_noise_floor"] == "control"
-    # faster growth reaches a given KL sooner
-    assert dec["tanh/fp32"]["log10_kl_slope_per_100_updates"] > dec["exact/bf16"]["log10_kl_slope_per_100_updates"]
+    probe = [p for p in r["probe"]]
+    def status(cell, kind):
+        return [p["status"] for p in probe if p["cell"] == cell and p["kind"] == kind]
+    assert status("tanh/fp32", "gelu") == ["negligible"] * 3
+    assert status("tanh/bf16", "dtype") == ["negligible", "negligible", "not negligible"]
+    rows = [p for p in probe if p["cell"] == "tanh/bf16"]
+    assert V.probe_cell_verdict(rows, "gelu") == "negligible in every third"
+    assert V.probe_cell_verdict(rows, "dtype") == "not negligible in late"
+    assert not status("tanh/fp32", "dtype")  # fp32 runs have no dtype effect to measure
+    late = next(p for p in probe if p["cell"] == "tanh/bf16" and p["kind"] == "dtype" and p["third"] == "late")
+    assert late["median"] == pytest.approx(0.5, rel=0.3)
 
 
-def test_drift_figures_and_files(synthetic):
-    _, _, _, out = synthetic
-    for f in ("drift_probe_cartpole.png", "drift_divergence_cartpole.png", "drift_verdict_cartpole.png"):
+def test_determinism_control_cell_passes(synthetic):
+    _, r, _, _ = synthetic
+    assert len(r["determinism"]) == 10 and all(d["identical"] for d in r["determinism"])
+    assert "exact/fp32/perturb-duplicate" not in r["curves"]
+
+
+def test_drift_files_and_report_section(synthetic, tmp_path):
+    root, _, _, out = synthetic
+    for f in ("drift_divergence_cartpole.png", "drift_thirds_cartpole.png", "drift_probe_cartpole.png"):
         assert (out / f).stat().st_size > 10_000, f
     summary = json.loads((out / "drift_summary.json").read_text())
-    assert summary["envs"][0]["control"] == "exact/fp32/perturb-ulp"
+    assert summary["envs"][0]["controls"] == ["exact/fp32/perturb-ulp"]
     md = (out / "drift.md").read_text()
-    assert "EXCEEDS" in md and "Decomposition" in md
+    assert "| exact/fp32/perturb-ulp | tanh/fp32 | exceeds | indistinguishable | indistinguishable |" in md
+    assert "Legacy snapshots" not in md
+    run_report(root, tmp_path, reps=500, curve_reps=100, figures=False)
+    rep = (tmp_path / "report.md").read_text()
+    assert "## Drift" in rep and "Applied-update probe" in rep
+    assert not [m for m in json.loads((tmp_path / "summary.json").read_text())["missing"] if "perturb" in m["cell"]]
 
 
-def test_perturb_cells_are_controls_not_grid_cells(synthetic):
-    root, _, _, _ = synthetic
-    sweep = load_sweep(root)
-    assert "exact/fp32/perturb-ulp" in sweep.cells("cartpole")
-    assert sweep.missing("cartpole") == []  # no perturb variant demanded of every cell
-    assert {r.cell for r in sweep.runs_of("cartpole", "exact/fp32")} == {"exact/fp32"}
-    assert parse_cell("tanh/bf16/compiled/perturb-ulp") == {
-        "gelu": "tanh", "precision": "bf16", "compiled": True, "perturb": "ulp"}
-    from esper_exp.analysis.figures import cell_style
-    assert cell_style("exact/fp32/perturb-ulp")["markerfacecolor"] != "white"  # not taken for compiled
-
-
-def test_missing_control_seed_is_reported(tmp_path):
-    write_run(run_path(tmp_path, "cartpole", "exact", "fp32", 0), seed=0, total_timesteps=5_000)
-    write_run(run_path(tmp_path, "cartpole", "exact", "fp32", 1), seed=1, total_timesteps=5_000)
-    write_run(run_path(tmp_path, "cartpole", "exact", "fp32", 0, perturb="ulp"), seed=0, perturb="ulp",
-              total_timesteps=5_000)
-    assert load_sweep(tmp_path).missing("cartpole") == [("exact/fp32/perturb-ulp", 1)]
+def test_legacy_snapshots_are_read_and_labelled(tmp_path):
+    for s in range(5):
+        write_run(run_path(tmp_path, "cartpole", "exact", "fp32", s), seed=s, total_timesteps=30_720)
+        write_drift_files(run_path(tmp_path, "cartpole", "exact", "fp32", s), seed=s, legacy=True)
+        d = run_path(tmp_path, "cartpole", "tanh", "fp32", s)
+        write_run(d, gelu="tanh", seed=s, total_timesteps=30_720)
+        write_drift_files(d, seed=s, level=ctrl_level, noise_key=1, legacy=True)
+    results, out = D.run_sweep(tmp_path, out=tmp_path / "d", reps=200)
+    assert results[0]["legacy"] and "tanh/fp32" in results[0]["curves"]
+    assert "Legacy snapshots" in (out / "drift.md").read_text()
 
 
 def test_failed_determinism_control_is_loud(tmp_path, capsys):
-    a = write_run(tmp_path / "a", seed=3, total_timesteps=22_528)
-    b = write_run(tmp_path / "b", seed=3, total_timesteps=22_528)
+    a = write_run(tmp_path / "a", seed=3, total_timesteps=30_720)
+    b = write_run(tmp_path / "b", seed=3, total_timesteps=30_720)
     write_drift_files(a, seed=3)
-    write_drift_files(b, seed=3, rate=0.01, eps=1e-9, noise_key=1)  # same cell and seed, yet different
+    write_drift_files(b, seed=3, level=lambda u: 1e-9 * u, noise_key=1)  # same cell and seed, yet different
     assert D.main([str(a), str(b), "--out", str(tmp_path / "o")]) == D.EXIT_NOT_DETERMINISTIC
-    err = capsys.readouterr().err
-    assert "DETERMINISM CONTROL FAILED" in err
+    assert "DETERMINISM CONTROL FAILED" in capsys.readouterr().err
     saved = json.loads((tmp_path / "o" / "drift_pair.json").read_text())
     assert saved["determinism_control"] and not saved["identical"]
 
@@ -212,19 +208,70 @@ def test_bad_pairs_give_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "probe sets differ" in err and "Traceback" not in err
     assert D.main([str(a)]) == 2
-    assert D.main(["--sweep", str(tmp_path), "--reference", "nope/fp32"]) == 2
+    assert D.main(["--sweep", str(tmp_path), "--rule", "reference=nope/fp32"]) == 2
     assert "unknown reference" in capsys.readouterr().err
 
 
-def test_gaussian_kl_matches_the_closed_form():
-    rng = np.random.default_rng(0)
-    mu_a, mu_b = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
-    ls_a, ls_b = rng.normal(size=3) * 0.3, rng.normal(size=3) * 0.3
-    A = {"out": mu_a, "logstd": ls_a}
-    B = {"out": mu_b, "logstd": ls_b}
-    va, vb = np.exp(2 * ls_a), np.exp(2 * ls_b)
-    ref = (0.5 * (np.log(vb / va) + (va + (mu_a - mu_b) ** 2) / vb - 1)).sum(-1).mean()
-    assert D.policy_kl(A, B, discrete=False) == pytest.approx(ref, rel=1e-12)
-    assert D.policy_kl(A, A, discrete=False) == 0.0
-    logits = rng.normal(size=(4, 2))
-    assert D.policy_kl({"out": logits}, {"out": logits}, discrete=True) == 0.0
+def test_missing_control_seed_is_reported(tmp_path):
+    write_run(run_path(tmp_path, "cartpole", "exact", "fp32", 0), seed=0, total_timesteps=5_000)
+    write_run(run_path(tmp_path, "cartpole", "exact", "fp32", 1), seed=1, total_timesteps=5_000)
+    write_run(run_path(tmp_path, "cartpole", "exact", "fp32", 0, perturb="ulp"), seed=0, perturb="ulp",
+              total_timesteps=5_000)
+    assert load_sweep(tmp_path).missing("cartpole") == [("exact/fp32/perturb-ulp", 1)]
+
+
+# --------------------------------------------------------------------------- today's trainer (legacy files)
+
+DRIFT = ("drift.snapshot_every=2", "drift.probe_every=2")
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """A tiny sweep by the trainer in this checkout: the reference twice (a re-run: determinism control), the
+    ulp control and a large perturbation, all seed 0, laid out the way Hydra's multirun does."""
+    from esper_exp.train import run
+
+    root = tmp_path_factory.mktemp("real")
+    dirs = {}
+    for name, extra in (("ref", ()), ("ulp", ("drift.perturb=ulp",)), ("large", ("drift.perturb=large",))):
+        d = root / f"cartpole-exact-fp32-{name}" / "seed=0"
+        assert run(make_cfg(*TINY_CARTPOLE, *DRIFT, "seed=0", *extra), d) == "completed"
+        dirs[name] = d
+    d = root / "rerun" / "cartpole-exact-fp32" / "seed=0"
+    assert run(make_cfg(*TINY_CARTPOLE, *DRIFT, "seed=0"), d) == "completed"
+    dirs["rerun"] = d
+    return root, dirs
+
+
+def test_real_reference_against_itself_is_exactly_zero_and_identical(real, capsys):
+    _, dirs = real
+    p = D.run_pair(dirs["rerun"], dirs["ref"])
+    assert p["determinism_control"] and p["identical"] and len(p["rows"]) >= 5
+    for row in p["rows"]:
+        assert row["identical"] and row["tv"] == row["out_rms"] == row["param_rel"] == row["value_rms"] == 0.0
+    assert D.main([str(dirs["rerun"]), str(dirs["ref"])]) == 0
+    out = capsys.readouterr().out
+    assert "IDENTICAL" in out and "determinism control passed" in out
+
+
+def test_real_large_perturbation_is_further_than_one_ulp_early(real):
+    _, dirs = real
+    ulp, large = D.run_pair(dirs["ulp"], dirs["ref"]), D.run_pair(dirs["large"], dirs["ref"])
+    assert not ulp["identical"] and not large["identical"] and not ulp["determinism_control"]
+    for ru, rl in list(zip(ulp["rows"], large["rows"]))[:3]:
+        assert ru["update"] == rl["update"]
+        assert rl["param_rel"] > 1e3 * ru["param_rel"] > 0
+        assert rl["tv"] > ru["tv"] and rl["out_rms"] > 1e3 * ru["out_rms"]
+    assert load_run(dirs["ulp"]).cell == "exact/fp32/perturb-ulp"
+
+
+def test_real_sweep_mode_reads_todays_files(real, tmp_path):
+    root, _ = real
+    results, out = D.run_sweep(root, out=tmp_path / "drift", reps=200)
+    (r,) = results
+    assert r["legacy"] and r["controls"] == ["exact/fp32/perturb-ulp"]
+    assert set(r["curves"]) == {"exact/fp32/perturb-ulp", "exact/fp32/perturb-large"}
+    assert [d["identical"] for d in r["determinism"]] == [True]
+    ref = {x["cell"]: x for x in r["legacy_probe"]}["exact/fp32"]
+    assert ref["grad_rel_l2_early"] == 0.0  # reference numerics against themselves
+    assert (out / "drift.md").exists()

@@ -13,19 +13,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_runs import make_sweep, run_path, write_run  # noqa: E402
 
+from esper_exp.analysis import stats as S  # noqa: E402
 from esper_exp.analysis.load import load_sweep  # noqa: E402
 from esper_exp.analysis.report import main, run_report  # noqa: E402
 
 SEEDS = range(10)
-SHIFTS = {"tanh/fp32": -40.0, "exact/fp16": +30.0}  # planted; every other cell is null
-NULL_CELLS = ("exact/bf16", "tanh/bf16")
+SHIFTS = {"tanh/fp32": -40.0, "exact/fp16": +30.0}  # planted, return units; every other cell is null
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    # data_seed_offset picks one fixed draw of the synthetic noise; the false-positive rate over
-    # many draws is tested in test_null_false_positive_rate_on_run_directories
+    # data_seed_offset picks one fixed draw of the synthetic noise
     make_sweep(root, seeds=SEEDS, shifts=SHIFTS, skip={("tanh/fp16", 3)}, total_timesteps=40_000,
                data_seed_offset=1)
     # a failed fp16 run that went non-finite and stopped early
@@ -48,56 +47,43 @@ def sweep(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(sweep, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    run_report(sweep, "exact/fp32", out, reps=400, seed=0)
+    run_report(sweep, out, reps=1000, curve_reps=200, seed=0)
     summary = json.loads((out / "summary.json").read_text())
     return out, summary
 
 
-def _cmp(summary, cell):
-    (row,) = [c for c in summary["comparisons"] if c["cell"] == cell]
+def _dec(summary, contrast):
+    (row,) = [c for c in summary["decision"] if c["contrast"] == contrast]
     return row
 
 
-def test_planted_shifts_are_detected_with_the_right_sign(report):
+def test_planted_shifts_move_the_contrasts_with_the_right_sign(report):
     _, summary = report
-    for cell, shift in SHIFTS.items():
-        c = _cmp(summary, cell)
-        for m in ("final", "auc"):
-            assert c[f"{m}_detected"], (cell, m)
-            assert np.sign(c[f"{m}_iqm_diff"]) == np.sign(shift)
-            assert np.sign(c[f"{m}_iqm_diff_lo"]) == np.sign(c[f"{m}_iqm_diff_hi"]) == np.sign(shift)
-        assert (c["final_poi_lo"] > 0.5) if shift > 0 else (c["final_poi_hi"] < 0.5)
-        assert np.sign(c["paired_mean_diff"]) == np.sign(shift) and c["paired_n"] == 10
-        assert ("higher" if shift > 0 else "lower") in c["final_verdict"]
-
-
-def test_null_cells_have_ci_containing_zero_and_state_their_resolution(report):
-    out, summary = report
-    md = (out / "report.md").read_text()
-    for cell in NULL_CELLS:
-        c = _cmp(summary, cell)
-        assert c["final_iqm_diff_lo"] <= 0 <= c["final_iqm_diff_hi"], cell
-        assert not c["final_detected"]
-        assert 0 < c["final_mde"] < 40  # finer than the planted shifts, which were found
-        assert "no detectable difference" in c["final_verdict"]
-        assert f"{c['final_mde']:.3g} or more" in c["final_verdict"]
-        assert c["final_verdict"] in md
+    r = _dec(summary, "tanh/fp32 - exact/fp32")
+    assert r["estimate"] == pytest.approx(-40.0 / 478, abs=0.01) and r["ci_holm"][1] < 0
+    assert r["verdict"] == "equivalent" and r["different"]  # -0.08: detected, but inside the 0.1 margin
+    r = _dec(summary, "exact/fp16 - exact/fp32")
+    assert r["estimate"] == pytest.approx(30.0 / 478, abs=0.01) and r["ci_holm"][0] > 0
+    # the failed seed 4 and the missing seed 3 of tanh/fp16 leave 8 pairs
+    assert _dec(summary, "tanh/fp16 - exact/fp16")["n"] == 8
+    assert _dec(summary, "tanh/fp16 - exact/fp16")["unpaired_runs_left_out"] == 2
 
 
 def test_null_false_positive_rate_on_run_directories(tmp_path):
-    """Many independent null sweeps (two cells, 8 seeds, same generator, no shift) read back from
-    disk: the 95% interval of the final-return IQM difference excludes zero rarely."""
-    from esper_exp.analysis import stats as S
+    """Many independent null sweeps (two cells, 8 seeds, no shift) read back from disk: "different" is rare."""
+    from esper_exp.analysis import decision as Dc
     from esper_exp.analysis.load import load_run
+    from esper_exp.analysis.rule import Rule
 
-    n_sets, hits = 30, 0
+    rule, n_sets, hits = Rule(), 30, 0
     for off in range(n_sets):
         fin = {}
         for g in ("exact", "tanh"):
-            fin[g] = np.array([S.final_return(load_run(write_run(
+            fin[g] = np.array([rule.normalise("cartpole", S.final_return(load_run(write_run(
                 tmp_path / str(off) / g / str(s), gelu=g, seed=s, total_timesteps=15_000, cap=100.0,
-                data_seed_offset=off)).episodes_return, last=50) for s in range(8)])
-        hits += S.compare(fin["tanh"], fin["exact"], reps=300, seed=off)["detected"]
+                data_seed_offset=off)).episodes_return, last=50)) for s in range(8)])
+        row = Dc.decide([Dc.estimate([fin["tanh"]], [fin["exact"]], True, rule, 300, off)], rule)[0]
+        hits += row["different"]
     assert hits / n_sets <= 0.15, hits
 
 
@@ -109,8 +95,9 @@ def test_outcome_table_counts(report):
     assert rows["tanh/fp16"]["n_seeds"] == 8 and rows["tanh/fp16"]["failed"] == 1
     assert rows["tanh/fp16"]["nonfinite_events"] == 3
     for o in rows.values():
-        for m in ("final_iqm", "final_mean", "final_median", "auc_iqm"):
+        for m in ("final_return_iqm", "auc_iqm", "auc_norm_iqm", "final_norm_iqm"):
             assert o[f"{m}_lo"] <= o[m] <= o[f"{m}_hi"]
+    assert rows["exact/fp32"]["auc_norm_iqm"] == pytest.approx((rows["exact/fp32"]["auc_iqm"] - 22) / 478)
 
 
 def test_missing_and_failed_runs_are_reported_not_fatal(report):
@@ -168,10 +155,11 @@ def _assert_real_image(path, min_kb=15):
 
 def test_figures_are_produced_and_not_blank(report):
     out, _ = report
-    for name in ("curves.png", "paired_final_return.png", "health_cartpole.png"):
+    names = ("forest.png", "curves.png", "difference_cartpole.png", "profiles.png", "health_cartpole.png")
+    for name in names:
         _assert_real_image(out / name)
     md = (out / "report.md").read_text()
-    for name in ("curves.png", "paired_final_return.png", "health_cartpole.png"):
+    for name in names:
         assert f"]({name})" in md
 
 
@@ -191,28 +179,29 @@ def test_curves_show_the_planted_shift(report):
 
 def test_report_is_reproducible(sweep, report, tmp_path):
     out, summary = report
-    run_report(sweep, "exact/fp32", tmp_path, reps=400, seed=0)
+    run_report(sweep, tmp_path, reps=1000, curve_reps=200, seed=0)
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert (tmp_path / "report.md").read_text() == (out / "report.md").read_text()
 
 
 def test_other_reference_and_partial_sweep(tmp_path):
-    """A sweep of two cells, one seed failed everywhere; the reference can be any cell."""
-    make_sweep(tmp_path / "s", seeds=range(4), precisions=("bf16",), shifts={"tanh/bf16": 50.0})
+    """A sweep of two cells, one seed missing in one; the reference and contrasts come from a --rule override."""
+    make_sweep(tmp_path / "s", seeds=range(6), precisions=("bf16",), shifts={"tanh/bf16": 50.0})
     shutil.rmtree(run_path(tmp_path / "s", "cartpole", "exact", "bf16", 0))
     out = tmp_path / "r"
-    assert main([str(tmp_path / "s"), "--reference", "tanh/bf16", "--out", str(out), "--reps", "200"]) == 0
+    assert main([str(tmp_path / "s"), "--out", str(out), "--reps", "500", "--no-figures",
+                 "--rule", "reference=tanh/bf16", "--rule", "contrasts=exact/bf16 - tanh/bf16"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    (c,) = summary["comparisons"]
-    assert c["cell"] == "exact/bf16" and c["final_iqm_diff"] < 0 and c["paired_n"] == 3
-    assert "only 3 seeds" in c["final_verdict"]
+    (c,) = summary["decision"]
+    assert c["contrast"] == "exact/bf16 - tanh/bf16" and c["estimate"] < 0 and c["n"] == 5
+    assert not summary["rule_source"]["preregistered"]
 
 
 @pytest.mark.parametrize("case", ["no_such_dir", "empty_dir", "bad_reference", "bad_reps"])
 def test_bad_input_gives_one_clear_line(case, sweep, tmp_path, capsys):
     args = {"no_such_dir": [str(tmp_path / "nope")],
             "empty_dir": [str(tmp_path)],
-            "bad_reference": [str(sweep), "--reference", "exact/fp64", "--out", str(tmp_path / "o")],
+            "bad_reference": [str(sweep), "--rule", "reference=exact/fp64", "--out", str(tmp_path / "o")],
             "bad_reps": [str(sweep), "--reps", "0", "--out", str(tmp_path / "o")]}[case]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -233,11 +222,12 @@ def test_cli_entry_point_runs_without_traceback_and_never_imports_the_trainer(sw
             "bad = [m for m in sys.modules if m.split('.')[:2] in (['esper_exp','train'], "
             "['esper_exp','ppo'], ['esper_exp','policy'])]; "
             "print('TRAINER_MODULES', bad); sys.exit(rc)")
-    p = subprocess.run([sys.executable, "-c", code, str(sweep), "--reference", "nope/fp32"],
+    p = subprocess.run([sys.executable, "-c", code, str(sweep), "--rule", "reference=nope/fp32"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "unknown reference cell 'nope/fp32'" in p.stderr
-    p = subprocess.run([sys.executable, "-c", code, str(sweep), "--out", str(tmp_path), "--reps", "50"],
+    p = subprocess.run([sys.executable, "-c", code, str(sweep), "--out", str(tmp_path), "--reps", "50",
+                        "--no-figures"],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "TRAINER_MODULES []" in p.stdout
@@ -303,5 +293,5 @@ def test_sweep_with_no_completed_run_still_reports(tmp_path):
     assert main([str(tmp_path / "s"), "--out", str(tmp_path / "r"), "--reps", "50"]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
     assert "No completed run with episodes" in md and "KeyboardInterrupt" in md
-    assert "No comparisons: the reference has 0 completed runs" in md
+    assert "tanh/fp32 - exact/fp32: inconclusive**: no runs to compare" in md
     assert not (tmp_path / "r" / "curves.png").exists() and "curves.png" not in md

@@ -113,7 +113,8 @@ def estimate(sa, sb, paired: bool, rule: Rule, reps: int, seed: int, power: floa
         row["ci95"] = S.percentile_interval(r, 1 - rule.alpha, n)
         row["p"] = S.bootstrap_p(r, n)
         row["se"] = float(np.std(r, ddof=1))
-        row["mde"] = S.minimum_detectable_effect(r - b["point"], power, rule.alpha)
+        # power of the test actually used: the expanded (1 - alpha) interval excludes 0
+        row["mde"] = S.minimum_detectable_effect(r - b["point"], power, 2 * S.expanded_tail(rule.alpha / 2, n))
         lo, hi = row["ci90"]
         row["smallest_margin"] = float(max(abs(lo), abs(hi)))
         if paired:  # the same contrast resampled as if unpaired: what pairing buys

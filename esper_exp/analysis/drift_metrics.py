@@ -4,8 +4,8 @@ Files in, numbers out; no verdicts (drift_verdicts.py) and no writing (drift_rep
 Distances are bounded or defined at zero, with no floor constant anywhere: identical policies give exactly 0.
 
 - ``tv``: mean over the states of the total variation between the two action distributions, in [0, 1]
-  (Categorical: 1/2 sum |p - q|; diagonal Gaussian: E_{x~P}[max(0, 1 - q(x)/p(x))] over a fixed set of
-  standard-normal draws shared by every pair, which is exactly 0 when P = Q);
+  (Categorical: 1/2 sum |p - q|; diagonal Gaussian: E_{x~P}[max(0, 1 - q(x)/p(x))] over 512 fixed
+  standard-normal draws per state shared by every pair, which is exactly 0 when P = Q);
 - ``disagreement``: fraction of states whose greedy actions differ (Categorical only), in [0, 1];
 - ``out_rms``: RMS difference of the policy outputs: centred logits (softmax-invariant) for Categorical, the
   mean in units of the reference's std for Gaussian;
@@ -80,8 +80,12 @@ from .load import Run, _read_jsonl
 SCHEMA = 2
 METRICS = ("tv", "disagreement", "out_rms", "value_rms", "param_rel", "return_diff")
 LEGACY_PROBE_KEYS = ("grad_rel_l2", "action_kl", "actor_out_max_abs", "value_max_abs", "actor_seed_max_abs")
-# standard-normal draws for the Gaussian TV (fixed: every pair uses the same points; not a tolerance)
-_GAUSS_DRAWS = np.random.default_rng(20261123).standard_normal((64, 1))
+GAUSS_DRAWS = 512  # Monte Carlo points per state for the Gaussian TV (the same fixed points for every pair)
+
+
+def _gauss_draws(n: int, adim: int) -> np.ndarray:
+    """Fixed standard-normal draws, shape (GAUSS_DRAWS, n, adim): common random numbers for every pair."""
+    return np.random.default_rng(20261123).standard_normal((GAUSS_DRAWS, n, adim))
 
 
 class DriftError(Exception):
@@ -147,13 +151,12 @@ def action_distances(a: dict, b: dict, discrete: bool) -> dict:
         rms = float(np.sqrt(((ca - cb) ** 2).mean()))
         return {"tv": float(tv.mean()), "disagreement": float(dis.mean()), "out_rms": rms}
     mu_a, mu_b = a["out"], b["out"]  # (N, A)
-    sa, sb = np.exp(a["logstd"]), np.exp(b["logstd"])  # (A,)
-    # x = mu_a + sa * z for each fixed draw z (M, 1) broadcast over states and action dims
-    z = _GAUSS_DRAWS[:, None, :]  # (M, 1, 1)
-    x_minus_mu_b = (mu_a - mu_b)[None] + sa * z  # x = mu_a + sa * z, (M, N, A); exact when mu_a == mu_b
-    logp = (-0.5 * z ** 2 - a["logstd"]).sum(-1)  # (M, N) up to the shared constant
-    logq = (-0.5 * (x_minus_mu_b / sb) ** 2 - b["logstd"]).sum(-1)
-    tv = np.maximum(0.0, 1.0 - np.exp(np.minimum(logq - logp, 50.0))).mean(0)  # (N,)
+    sb = np.exp(b["logstd"])  # (A,)
+    z = _gauss_draws(*mu_a.shape)  # (M, N, A): independent per state and action dim, fixed across pairs
+    # x = mu_a + sigma_a z; u = (x - mu_b) / sigma_b, written so that u == z exactly when P == Q
+    u = (mu_a - mu_b)[None] / sb + np.exp(a["logstd"] - b["logstd"]) * z
+    log_ratio = (-0.5 * u ** 2 + 0.5 * z ** 2 - (b["logstd"] - a["logstd"])).sum(-1)  # log q(x) - log p(x)
+    tv = np.maximum(0.0, 1.0 - np.exp(np.minimum(log_ratio, 50.0))).mean(0)  # (N,)
     rms = float(np.sqrt((((mu_a - mu_b) / sb) ** 2).mean()))
     return {"tv": float(tv.mean()), "disagreement": float("nan"), "out_rms": rms}
 

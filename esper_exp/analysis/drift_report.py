@@ -16,7 +16,7 @@ from .output import table as _table
 from .output import write_csv as _write_csv
 from .rule import MIN_SEEDS, NEGLIGIBLE_RATIO
 
-DEFAULTS = {"reference": "exact/fp32", "reps": 5000, "seed": 0, "metric": "tv"}
+DEFAULTS = {"reference": "exact/fp32", "reps": 5000, "seed": 0, "metric": "tv", "figures": True}
 
 
 def sweep_has_drift(sweep: Sweep) -> bool:
@@ -88,15 +88,17 @@ def section_lines(results: list[dict], out: Path, reference: str, o: dict, headi
             L += [f"No divergence curves: no pair of runs with snapshots against {reference} "
                   f"({len(r['skipped'])} skipped).", ""]
         else:
-            figures.plot_divergence(env, r["curves"], r["controls"][0] if r["controls"] else None,
-                                    out / f"drift_divergence_{env}.png")
+            if o.get("figures", True):
+                figures.plot_divergence(env, r["curves"], r["controls"][0] if r["controls"] else None,
+                                        out / f"drift_divergence_{env}.png")
             L += [f"![divergence](drift_divergence_{env}.png)", "",
                   f"Distance from the reference run of the same seed: median over seeds, 95% bootstrap band of the "
                   f"median; grey band: the control {r['controls'][0] if r['controls'] else '(none)'}.", ""]
             if not r["controls"]:
                 L += ["No noise-floor control cell (drift.perturb=ulp or persistent): no verdicts.", ""]
             else:
-                figures.plot_drift_thirds(env, r["floor"], f"Δ mean {metric}", out / f"drift_thirds_{env}.png")
+                if o.get("figures", True):
+                    figures.plot_drift_thirds(env, r["floor"], f"Δ mean {metric}", out / f"drift_thirds_{env}.png")
                 L += [_table(["control", "cell", "early", "middle", "late"],
                              [[s["control"], s["cell"], s.get("early", "—"), s.get("middle", "—"), s.get("late", "—")]
                               for s in r["floor_summary"]]), ""]
@@ -124,7 +126,8 @@ def section_lines(results: list[dict], out: Path, reference: str, o: dict, headi
                            f"{_f(p['median'], 3)} [{_f(p['lo'], 3)}, {_f(p['hi'], 3)}]", p["status"]]
                           for p in r["probe"]]), ""]
             if r["probe_curves"]:
-                figures.plot_probe_ratio(env, r["probe_curves"], NEGLIGIBLE_RATIO, out / f"drift_probe_{env}.png")
+                if o.get("figures", True):
+                    figures.plot_probe_ratio(env, r["probe_curves"], NEGLIGIBLE_RATIO, out / f"drift_probe_{env}.png")
                 L += [f"![probe](drift_probe_{env}.png)", ""]
         else:
             L += ["No applied-update probe records (probe.jsonl schema 2): the runs were trained before the "

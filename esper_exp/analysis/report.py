@@ -37,7 +37,7 @@ from .output import write_csv as _write_csv
 from .rule import DEFAULT_RULE, MIN_SEEDS, Rule, rule_from_runs
 
 DEFAULTS = {"reps": 20000, "curve_reps": 2000, "seed": 0, "grid": 100, "window": 20, "last": 100, "power": 0.8,
-            "threshold": 0.95, "collapse": 0.5}
+            "threshold": 0.95, "collapse": 0.5, "figures": True}
 ReportError = AnalysisError  # the name tests and callers know
 
 ENDPOINT_KEY = {"auc": "auc_norm", "final_return": "final_norm"}
@@ -216,7 +216,6 @@ def _decision_csv_row(r: dict) -> dict:
 
 def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    written = set()
     pre = "" if meta["preregistered"] else " (NOT pre-registered)"
     ep = ENDPOINT_TEXT[rule.endpoint]
     # ---------------------------------------------------------------- numbers
@@ -282,9 +281,8 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
                        f"**{r['verdict']}**"] for r in res["decision"]]), ""]
         L += [f"- **{r['scope']}, {r['contrast']}: {r['verdict']}**{pre}: {r['why']}." for r in res["decision"]]
         L += [""]
-        figures.plot_forest(res["decision"], rule.delta, out / "forest.png",
-                            title=f"{ep}{pre}")
-        written.add("forest.png")
+        if o["figures"]:
+            figures.plot_forest(res["decision"], rule.delta, out / "forest.png", title=f"{ep}{pre}")
         L += ["![forest](forest.png)", ""]
     else:
         L += ["No contrast of the rule could be formed (cells missing, or no env with anchors).", ""]
@@ -293,9 +291,9 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
     curves = {e: {"grid": res["env"][e]["out"]["grid"], "cells": res["env"][e]["curves"]}
               for e in res["envs"] if res["env"][e]["curves"]}
     if curves:
-        figures.plot_curves(curves, out / "curves.png",
-                            title_suffix=f"\n(mean of last {o['window']} episodes at each step)")
-        written.add("curves.png")
+        if o["figures"]:
+            figures.plot_curves(curves, out / "curves.png",
+                                title_suffix=f"\n(mean of last {o['window']} episodes at each step)")
         L += ["![curves](curves.png)", "",
               "IQM over seeds of the episodic return (raw units), 95% bootstrap band. Colour and marker = "
               "precision, line style = GELU (solid exact, dashed tanh), hollow markers = compiled.", ""]
@@ -304,8 +302,9 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
     for e in res["envs"]:
         d = res["env"][e]["diff_curves"]
         if d:
-            figures.plot_difference_curves(e, res["env"][e]["out"]["grid"], d, rule.delta, out / f"difference_{e}.png")
-            written.add(f"difference_{e}.png")
+            if o["figures"]:
+                figures.plot_difference_curves(e, res["env"][e]["out"]["grid"], d, rule.delta,
+                                               out / f"difference_{e}.png")
             L += [f"![difference](difference_{e}.png)", "",
                   f"{e}: pointwise IQM difference of the normalised return curves of each contrast "
                   f"({'paired' if rule.paired else 'unpaired'} bootstrap, {1 - 2 * rule.alpha:.0%} band); green: "
@@ -320,8 +319,8 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
 
     L += ["## Performance profiles", ""]
     if res["profiles"]:
-        figures.plot_profiles(res["profiles"], out / "profiles.png", xlabel=f"τ ({ep})")
-        written.add("profiles.png")
+        if o["figures"]:
+            figures.plot_profiles(res["profiles"], out / "profiles.png", xlabel=f"τ ({ep})")
         L += ["![profiles](profiles.png)", "", "Fraction of runs whose primary endpoint exceeds τ (rliable), 95% "
               "bootstrap band.", ""]
     else:
@@ -350,8 +349,8 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
         else:
             L += ["No non-finite events in any run.", ""]
         if env["health"]["metrics"]:
-            figures.plot_health(e, env["health"], out / f"health_{e}.png")
-            written.add(f"health_{e}.png")
+            if o["figures"]:
+                figures.plot_health(e, env["health"], out / f"health_{e}.png")
             L += [f"![health](health_{e}.png)", ""]
 
     L += ["## Resolution", ""]
@@ -427,7 +426,7 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
         L += ["All runs completed; no missing, duplicate or unreadable runs.", ""]
 
     if DR.sweep_has_drift(sweep):
-        do = {"reps": min(int(o["reps"]), DR.DEFAULTS["reps"]), "seed": o["seed"]}
+        do = {"reps": min(int(o["reps"]), DR.DEFAULTS["reps"]), "seed": o["seed"], "figures": o["figures"]}
         L += DR.drift_section(sweep, rule.reference, o.get("control"), do, out)
 
     L += ["## Files", "", "decision.csv and secondary.csv (every contrast, every interval), runs.csv, outcomes.csv, "
@@ -458,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="episodes in the final return (default: %(default)s)")
     p.add_argument("--power", type=float, default=DEFAULTS["power"],
                    help="power for the minimum detectable effect (default: %(default)s)")
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="numbers and report.md only")
     return p
 
 
@@ -487,7 +487,7 @@ def main(argv=None) -> int:
     try:
         path = run_report(args.sweep_dir, args.out, parse_rule_overrides(args.rule), reps=args.reps,
                           seed=args.seed, grid=args.grid, window=args.window, last=args.last, power=args.power,
-                          control=args.control)
+                          control=args.control, figures=args.figures)
     except AnalysisError as e:
         return fail("esper-report", e)
     print(f"esper-report: wrote {path}")
