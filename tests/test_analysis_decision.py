@@ -194,3 +194,20 @@ def test_report_sections_come_in_the_order_the_issue_asks(planted):
     assert pos == sorted(pos), list(zip(order, pos))
     for f in ("forest.png", "difference_cartpole.png", "profiles.png", "curves.png", "health_cartpole.png"):
         assert (root / "report" / f).stat().st_size > 10_000, f
+
+
+def test_the_rule_is_part_of_the_typed_config_and_checked_before_training():
+    """experiment=gelu_amp declares the rule; a bad value is a config error (exit 2 before training), and the
+    rule is in the resolved config, hence in run.json and the config hash."""
+    from omegaconf import OmegaConf
+
+    from conftest import make_cfg
+    from esper_exp.config import ConfigError, validate
+
+    cfg = make_cfg("experiment=gelu_amp", "env=cartpole")
+    rule = OmegaConf.to_container(cfg.analysis, resolve=True)
+    assert Rule.from_dict(rule) == Rule()  # the declared block equals the documented defaults
+    for bad, word in (("analysis.delta=0", "analysis.delta"), ("analysis.contrasts=[tanh_vs_exact,nope]", "nope"),
+                      ("analysis.anchors.cartpole.reference=10", "reference=10")):
+        with pytest.raises(ConfigError, match=word):
+            validate(make_cfg("env=cartpole", bad))

@@ -22,6 +22,9 @@ Fields:
 - ``reference``: the reference cell (probability of improvement, collapse rate, difference curves).
 - ``paired``: seed k is the same env seeds, init, action noise and minibatch order in every cell, so contrasts
   resample seeds jointly (paired bootstrap); ``false`` resamples each cell on its own.
+
+Fixed in code (not configurable): fewer than MIN_SEEDS paired seeds give "inconclusive"; intervals are expanded
+percentile intervals (stats.py); the drift probe's negligibility threshold is NEGLIGIBLE_RATIO.
 """
 
 from __future__ import annotations
