@@ -130,7 +130,7 @@ def probe_rows(env: str, cell: str, ratios_by_seed: dict, total: int, reps: int,
     rows = []
     for kind in ("gelu", "dtype"):
         per_seed = []
-        for s, r in sorted(ratios_by_seed.items()):
+        for _, r in sorted(ratios_by_seed.items()):
             v = r[kind]
             if not v.size or np.isnan(v).all():  # e.g. the dtype ratio of an fp32 run
                 continue
