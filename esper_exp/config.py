@@ -184,8 +184,41 @@ def _check_env_id(env_id: str) -> None:
                           f"allowed: the ids in gymnasium.registry (configs/env/ has cartpole, halfcheetah, hopper, walker2d)")
 
 
+SEED_LIMIT = 2**32  # numpy's seeds: 0 <= seed < 2**32
+
+
+def _unknown_keys(node, schema: type, path: str = "") -> None:
+    """Keys a ``+key=value`` override or a user config file added that the schema (TrainConfig) does not have:
+    Hydra accepts them, they change the config hash, and nothing reads them."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key in node.keys():
+        where = f"{path}{key}"
+        if key not in hints:
+            raise ConfigError(f"{where} is not a known key (TrainConfig in esper_exp/config.py); allowed keys of "
+                              f"{path.rstrip('.') or 'the config'}: {', '.join(names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and OmegaConf.is_dict(node[key]):
+            _unknown_keys(node[key], hint, where + ".")
+        elif typing.get_origin(hint) is dict and OmegaConf.is_dict(node[key]):
+            value_type = typing.get_args(hint)[1] if typing.get_args(hint) else Any
+            if dataclasses.is_dataclass(value_type):
+                for sub in node[key].keys():
+                    if OmegaConf.is_dict(node[key][sub]):
+                        _unknown_keys(node[key][sub], value_type, f"{where}.{sub}.")
+
+
 def validate(cfg) -> None:
     """Check every value Hydra's types cannot; raise ConfigError naming the first bad one."""
+    _unknown_keys(cfg, TrainConfig)
+    # env i of a run is seeded with seed + i (esper_exp/envs.py), and numpy takes seeds in [0, 2**32)
+    top = SEED_LIMIT - max(int(cfg.env.num_envs), 1)
+    if not 0 <= cfg.seed <= top:
+        raise ConfigError(f"seed={cfg.seed!r} is not allowed; allowed: an integer in [0, {top}] (numpy seeds are "
+                          f"0 <= seed < 2**32 and env i of a run uses seed + i, env.num_envs={cfg.env.num_envs})")
     _choice("model.gelu", cfg.model.gelu, GELU_VARIANTS)
     _choice("model.blueprint", cfg.model.blueprint, tuple(BLUEPRINTS))
     _choice("model.blend_cast", cfg.model.blend_cast, CAST_POLICIES)

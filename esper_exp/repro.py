@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-WALL_CLOCK = ("sps", "time_env", "time_inference", "time_update")
+from esper_exp.runformat import FINISHED, WALL_CLOCK, BadRunFile, check_run_files, read_json, read_jsonl  # noqa: E402
+
 FINGERPRINT_VERSIONS = ("python", "torch", "numpy", "gymnasium", "mujoco")
 
 
@@ -31,17 +32,10 @@ class BadInput(Exception):
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise BadInput(f"{path}: line {i} is not valid JSON") from None
-    return out
+    try:
+        return read_jsonl(path)
+    except BadRunFile as e:
+        raise BadInput(str(e)) from None
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -86,16 +80,20 @@ def load_stored(run_dir: Path) -> dict:
     if not path.exists():
         raise BadInput(f"{run_dir} has no run.json: not a run directory")
     try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        info = read_json(path)
+    except BadRunFile:
         raise BadInput(f"{path} is not valid JSON") from None
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
         raise BadInput(f"{path} holds no stored config (key 'config')")
     status = info.get("status")
-    if status not in ("completed", "failed"):
+    if status not in ("completed", "failed"):  # see runformat.FINISHED
         raise BadInput(f"{run_dir} is not finished (status {status!r}); only completed or failed runs can be reproduced")
     if not (run_dir / "metrics.jsonl").exists():
         raise BadInput(f"{run_dir} has no metrics.jsonl")
+    try:  # the stored files must be whole before anything is re-run: no torn or missing lines
+        check_run_files(run_dir, info)
+    except BadRunFile as e:
+        raise BadInput(f"stored run is damaged: {e}") from None
     return info
 
 
@@ -147,26 +145,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="override the stored device (e.g. cpu); changes the run")
     args = parser.parse_args(argv)
 
+    new_dir: Path | None = None
+    temp, keep = args.out is None, False
     try:
         stored = load_stored(args.run_dir)
         if args.out is not None:
             if (args.out / "run.json").exists():
                 raise BadInput(f"--out {args.out} already holds a run; choose an empty directory")
-            args.out.mkdir(parents=True, exist_ok=True)
+            try:
+                args.out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise BadInput(f"--out {args.out}: {e.strerror or e}") from None
             new_dir = args.out
         else:
             new_dir = Path(tempfile.mkdtemp(prefix="esper-repro-"))
         print(f"re-running {args.run_dir} (cell {stored.get('cell')}, seed {stored.get('seed')}) in {new_dir}",
               flush=True)
         status, new = rerun(stored["config"], new_dir, args.device)
+        same, lines = compare(args.run_dir, new_dir, stored, new)
+        keep = args.keep or not same
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:  # a temp dir is removed on every path except a divergence (kept to look at) or --keep
+        if temp and new_dir is not None and not keep:
+            shutil.rmtree(new_dir, ignore_errors=True)
 
-    same, lines = compare(args.run_dir, new_dir, stored, new)
     diffs = fingerprint_diff(stored, new)
     for line in lines:
         print(line)
@@ -185,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"bitwise only in deterministic mode (deterministic=true; it was {det}) on the same GPU model with "
                   "the same torch/CUDA/cuDNN versions" + ("" if det else "; re-run the study with deterministic=true"))
         print(f"re-run kept in {new_dir}")
-    elif args.out is None and not args.keep:
-        shutil.rmtree(new_dir, ignore_errors=True)
     elif args.keep or args.out is not None:
         print(f"re-run kept in {new_dir}")
     return 0 if same else 1

@@ -32,9 +32,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from esper_exp.tracking import config_hash, now, read_run_json, write_json_atomic
+from esper_exp.runformat import FINISHED, read_run_json, write_json_atomic
+from esper_exp.tracking import config_hash, now
 
-CATEGORIES = ("completed", "failed", "interrupted", "skipped")
+CATEGORIES = (*FINISHED, "skipped")
+# the summary of the last multirun in this process (esper-train's exit code reads it) and the callback of a live one
+LAST_SUMMARY: dict[str, Any] | None = None
+_ACTIVE: "SweepSummary | None" = None
 _IGNORED_PARTS = {"attempts", ".submitit", "wandb", ".hydra"}
 
 
@@ -119,7 +123,7 @@ def classify(job: Path, before: dict[str, Any] | None) -> dict[str, Any]:
         elif status == "running":
             entry.update(category="interrupted",
                          reason="run.json still says running: the job process died without writing its status")
-        elif status in ("completed", "failed", "interrupted"):
+        elif status in FINISHED:
             entry["category"] = status
         else:
             entry.update(category="failed", reason=f"unknown status {status!r} in run.json")
@@ -168,6 +172,9 @@ def render(summary: dict[str, Any]) -> str:
              + (f"; {c['other']} other run dirs in the sweep dir not launched now" if c["other"] else ""), ""]
     if summary.get("started_at"):
         lines += [f"started {summary['started_at']}, ended {summary['ended_at']}", ""]
+    if summary.get("interrupted_by"):
+        lines += [f"stopped by {summary['interrupted_by']}: jobs not started are not listed; re-run the same command "
+                  "to finish the sweep", ""]
     bad = [j for j in summary["jobs"] if j["category"] in ("failed", "interrupted")]
     if bad:
         lines += ["| job | category | reason |", "|---|---|---|"]
@@ -190,20 +197,49 @@ class SweepSummary(Callback):
         self.enabled = enabled
         self._before: dict[str, dict[str, Any]] | None = None
         self._started_at: str | None = None
+        self._sweep_dir: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _ACTIVE, LAST_SUMMARY
+        LAST_SUMMARY = None
         if self.enabled:
             self._started_at = now()
-            self._before = snapshot(Path(str(config.hydra.sweep.dir)))
+            self._sweep_dir = Path(str(config.hydra.sweep.dir))
+            self._before = snapshot(self._sweep_dir)
+            _ACTIVE = self
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not self.enabled:
-            return
-        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if self.enabled:
+            self.finish(Path(str(config.hydra.sweep.dir)))
+
+    def finish(self, sweep_dir: Path, interrupted: str | None = None) -> dict[str, Any]:
+        """Summarize, write and print; ``interrupted``: the signal that stopped the sweep (jobs never started are
+        not in the summary; re-running the command runs them)."""
+        global _ACTIVE, LAST_SUMMARY
+        _ACTIVE = None
         summary = summarize(sweep_dir, self._before or {}, self._started_at)
+        if interrupted:
+            summary["interrupted_by"] = interrupted
         write_summary(sweep_dir, summary)
+        LAST_SUMMARY = summary
         print(render(summary).replace("# Sweep summary: ", "sweep summary: "), flush=True)
         print(f"(written to {sweep_dir / 'summary.md'} and summary.json)", flush=True)
+        return summary
+
+
+def finish_interrupted(signal_name: str) -> dict[str, Any] | None:
+    """Write the summary of a multirun stopped by a signal (Hydra calls no on_multirun_end then); None if no
+    multirun with a summary is live in this process."""
+    if _ACTIVE is None:
+        return None
+    return _ACTIVE.finish(_ACTIVE._sweep_dir, interrupted=signal_name)
+
+
+def failed_jobs(summary: dict[str, Any] | None) -> int:
+    """Jobs of a summary that failed or were interrupted (non-zero: esper-train exits 1)."""
+    if not summary:
+        return 0
+    return summary["counts"]["failed"] + summary["counts"]["interrupted"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = summarize(sweep_dir)
     print(render(summary))
-    return 0 if summary["counts"]["failed"] + summary["counts"]["interrupted"] == 0 else 1
+    return 0 if failed_jobs(summary) == 0 else 1
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
-STATUSES = ("running", "completed", "failed", "interrupted")
+from esper_exp.runformat import (STATUSES, cell_name, dumps, read_run_json, truncate_jsonl,  # noqa: F401
+                                 write_json_atomic)
+
 IDENTITY_EXCLUDE = ("tracking", "sweep_name")  # keys that do not change what a run computes
 
 
@@ -31,16 +32,6 @@ def config_hash(config: dict) -> str:
     """Hash of the resolved config minus bookkeeping keys: equal hash = same computation."""
     ident = {k: v for k, v in config.items() if k not in IDENTITY_EXCLUDE}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def cell_name(config: dict, sep: str = "/") -> str:
-    parts = [config["env"]["name"], config["model"]["gelu"], config["precision"]["name"]]
-    if config["model"].get("compile"):
-        parts.append("compiled")
-    perturb = config.get("drift", {}).get("perturb", "none")
-    if perturb != "none":
-        parts.append(f"perturb-{perturb}")
-    return sep.join(parts)
 
 
 def git_sha() -> str | None:
@@ -95,43 +86,6 @@ def cuda_record(device, group: dict) -> dict:
             "layout": {"group_size": group["size"], "member_index": group["member_index"], "note": LAYOUT_NOTE}}
 
 
-def read_run_json(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / "run.json"
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, allow_nan=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _truncate_jsonl(path: Path, keep) -> None:
-    """Keep the leading records for which keep(record) holds (and drop a torn last line)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if not keep(record):
-            break
-        kept.append(line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
-
-
 class Tracker:
     def __init__(self, run_dir: Path, config: dict, device, resume_at: tuple[int, int] | None = None,
                  group: dict | None = None):
@@ -144,9 +98,9 @@ class Tracker:
         resumed = resume_at is not None
         if resumed:
             for name in ("probe.jsonl", "snapshots.jsonl"):
-                _truncate_jsonl(self.run_dir / name, lambda r: r["update"] <= resume_at[0])
-            _truncate_jsonl(self.run_dir / "metrics.jsonl", lambda r: r["update"] <= resume_at[0])
-            _truncate_jsonl(self.run_dir / "episodes.jsonl", lambda r: r["global_step"] <= resume_at[1])
+                truncate_jsonl(self.run_dir / name, lambda r: r["update"] <= resume_at[0])
+            truncate_jsonl(self.run_dir / "metrics.jsonl", lambda r: r["update"] <= resume_at[0])
+            truncate_jsonl(self.run_dir / "episodes.jsonl", lambda r: r["global_step"] <= resume_at[1])
         self._mode = "a" if resumed else "w"
         self._metrics = open(self.run_dir / "metrics.jsonl", self._mode)
         self._episodes = open(self.run_dir / "episodes.jsonl", self._mode)
@@ -223,12 +177,12 @@ class Tracker:
         write_json_atomic(self.run_dir / "run.json", self.info)
 
     def log_episode(self, global_step: int, ret: float, length: int, env_index: int) -> None:
-        self._episodes.write(json.dumps({"global_step": global_step, "return": ret, "length": length,
+        self._episodes.write(dumps({"global_step": global_step, "return": ret, "length": length,
                                          "env_index": env_index}) + "\n")
 
     def log_update(self, record: dict) -> None:
         self._episodes.flush()
-        self._metrics.write(json.dumps(record, allow_nan=True) + "\n")
+        self._metrics.write(dumps(record) + "\n")
         self._metrics.flush()
         self.info["global_step"], self.info["update"] = record["global_step"], record["update"]
         self.info["nonfinite_events"] = record.get("nonfinite_grad_steps", 0)
@@ -240,7 +194,7 @@ class Tracker:
         f = self._extra.get(name)
         if f is None:
             f = self._extra[name] = open(self.run_dir / name, self._mode)
-        f.write(json.dumps(record, allow_nan=True) + "\n")
+        f.write(dumps(record) + "\n")
         f.flush()
 
     def finish(self, status: str, reason: str | None = None) -> None:

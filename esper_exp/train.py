@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from esper_exp import checkpoint
 from esper_exp.config import ConfigError, register_configs, validate
+from esper_exp.runformat import RunLock, RunLocked
 from esper_exp.tracking import Tracker, config_hash, print_err, read_run_json
 
 # esper_exp/configs: in a checkout a symlink to the top-level configs/, in an installed wheel a copy of it
@@ -103,6 +104,22 @@ def group_key(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def lock_run_dir(run_dir: Path) -> RunLock:
+    """Create ``run_dir`` and take its exclusive lock (one owner per run directory; see runformat.RunLock).
+    ConfigError (one line) when another live process holds it or the directory cannot be created or locked."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir).acquire()
+    except RunLocked as e:
+        raise ConfigError(str(e)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot use run directory {run_dir}: {e.strerror or e} "
+                          f"({e.filename or run_dir}); choose another output directory") from None
+    if lock.taken_over:
+        print_err(f"note: {run_dir}: took over the lock left by {lock.taken_over}, which died without releasing it")
+    return lock
+
+
 class _Member:
     """One run of a group: its config, run directory, tracker and episode window."""
 
@@ -113,23 +130,39 @@ class _Member:
         self.tracker: Tracker | None = None
         self.status: str | None = None
         self.window = None
+        self.lock: RunLock | None = None
 
     def accept(self) -> str | None:
         """Validate and look at the run directory: None to train (fresh or resumed), else 'skipped'.
         Raises ConfigError for a bad config or a completed run of another config in the directory."""
         validate(self.cfg)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        previous = read_run_json(self.run_dir)
-        if previous and previous.get("status") == "completed":
-            if previous.get("config_hash") == config_hash(self.config):
-                print(f"skipped: {self.run_dir} already holds a completed run of this config", flush=True)
-                return "skipped"
-            raise ConfigError(f"run directory {self.run_dir} already holds a completed run of a different config "
-                              f"(hash {previous.get('config_hash')}); refusing to overwrite it: choose another directory")
-        self.resume = _resume_state(self.run_dir, previous, self.config)
-        if previous and self.resume is None:
-            _archive_previous_attempt(self.run_dir)
+        self.lock = lock_run_dir(self.run_dir)  # one owner: before anything in the directory is read or written
+        try:
+            previous = read_run_json(self.run_dir)
+            if previous and previous.get("status") == "completed":
+                if previous.get("config_hash") == config_hash(self.config):
+                    print(f"skipped: {self.run_dir} already holds a completed run of this config", flush=True)
+                    self.release()
+                    return "skipped"
+                raise ConfigError(f"run directory {self.run_dir} already holds a completed run of a different config "
+                                  f"(hash {previous.get('config_hash')}); refusing to overwrite it: "
+                                  "choose another directory")
+            self.resume = _resume_state(self.run_dir, previous, self.config)
+            if previous and self.resume is None:
+                if previous.get("status") in ("interrupted", "running") \
+                        and previous.get("config_hash") != config_hash(self.config):
+                    print_err(f"note: {self.run_dir} held an unfinished run of another config (hash "
+                              f"{previous.get('config_hash')}); it is kept in attempts/ and this run starts over")
+                _archive_previous_attempt(self.run_dir)
+        except BaseException:
+            self.release()
+            raise
         return None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def run(cfg: DictConfig, run_dir: Path, job_num: int | None = None) -> str:
@@ -147,6 +180,14 @@ def run_group(jobs: list[tuple[DictConfig, Path]], job_nums: list[int] | None = 
     train. SIGTERM / a first Ctrl-C: every member finishes the current update, checkpoints and is marked
     interrupted, then KeyboardInterrupt is raised."""
     members = [_Member(cfg, Path(run_dir)) for cfg, run_dir in jobs]
+    try:
+        return _run_members(members, job_nums, strict)
+    finally:
+        for m in members:  # every member's lock is held from its acceptance to here
+            m.release()
+
+
+def _run_members(members: list[_Member], job_nums: list[int] | None, strict: bool) -> list[str]:
     statuses: list[str | None] = [None] * len(members)
     for i, m in enumerate(members):
         try:
@@ -202,8 +243,19 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device):
     if mc.compile:
         policy.trunk.compile()
     numerics = Numerics(mc.gelu, cfg.precision.name, device.type)
-    ppo = PPO(envs, policy, numerics, [AlphaSchedule(**mc.alpha) for _ in seeds], p, seeds, device)
+    ppo = PPO(envs, policy, numerics, [AlphaSchedule(**mc.alpha) for _ in seeds], p, seeds, device,
+              cuda_graphs=use_cuda_graphs(cfg, device))
     return ppo, perturbations
+
+
+def use_cuda_graphs(cfg: DictConfig, device) -> bool:
+    """CUDA graphs for the rollout step, GAE and the minibatch update (esper_exp/ppo.py): on for CUDA, except with
+    model.compile or model.checkpointing, or where the environment says ESPER_CUDA_GRAPHS=0 (the eager CUDA path).
+    Not a config key (a new key would change every existing run's config hash); run.json records ``cuda_graphs``."""
+    import os
+
+    return (device.type == "cuda" and not cfg.model.compile and not cfg.model.checkpointing
+            and os.environ.get("ESPER_CUDA_GRAPHS", "1") != "0")
 
 
 def _train_group(members: list[_Member], job_num: int | None) -> None:
@@ -234,6 +286,7 @@ def _train_group(members: list[_Member], job_num: int | None) -> None:
                 m.window.returns.extend(m.resume["episode_window"])
             if perturbations[k]:
                 m.tracker.info["perturbation"] = perturbations[k]
+            m.tracker.info["cuda_graphs"] = ppo.cuda_graphs  # part of a CUDA run's identity (other noise draws)
         _loop(members, ppo, cfg, device, stop)
     except KeyboardInterrupt as e:
         for m in members:
@@ -384,12 +437,21 @@ def _precheck_groups(argv: list[str]) -> None:
 
 def main() -> None:
     _precheck_groups(sys.argv[1:])
+    from esper_exp import sweep
+
+    def sigterm(signum, frame) -> None:  # between jobs (no StopRequest installed): stop like a Ctrl-C
+        raise KeyboardInterrupt("SIGTERM")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm)
     try:
         hydra_main()
     except KeyboardInterrupt as e:  # the run directory already says "interrupted"
+        sweep.finish_interrupted(str(e) or "SIGINT")  # a multirun: its summary, with what had run
         print_err(f"interrupted ({e or 'SIGINT'}); re-run the same command to resume from the last checkpoint")
         sys.exit(143 if str(e) == "SIGTERM" else 130)
-    if any(s in ("failed", "interrupted") for s in _RESULTS) and len(_RESULTS) == 1:
+    # non-zero when any job failed or was interrupted (a single run, or any job of a sweep)
+    if any(s in ("failed", "interrupted", "config_error") for s in _RESULTS) or sweep.failed_jobs(sweep.LAST_SUMMARY):
         sys.exit(1)
 
 

@@ -49,3 +49,43 @@ def test_repro_bad_input_exits_2_with_one_line(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"status": "running", "config": {}}))
     proc = subprocess.run([sys.executable, "-m", "esper_exp.repro", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "not finished" in proc.stderr
+
+
+def test_repro_refuses_a_damaged_run_before_re_running_and_leaves_no_temp_dir(train_run, tmp_path):
+    import os
+
+    run_dir = train_run(*TINY, name="orig")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    text = (run_dir / "metrics.jsonl").read_text()
+    for damaged, why in ((text[: len(text) - 40], "line 2 is cut off"),
+                         (text.splitlines(keepends=True)[0], "holds 1 updates but run.json says completed at update 2")):
+        (run_dir / "metrics.jsonl").write_text(damaged)
+        proc = subprocess.run([sys.executable, "-m", "esper_exp.repro", str(run_dir)], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1 and why in proc.stderr, proc.stderr
+        assert not list(tmp.iterdir())
+
+
+def test_repro_removes_its_temp_dir_when_the_re_run_crashes(train_run, tmp_path, monkeypatch):
+    import tempfile
+
+    import pytest
+
+    import esper_exp.repro as repro
+
+    run_dir = train_run(*TINY, name="orig")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+
+    def crash(config, out_dir, device):
+        (out_dir / "metrics.jsonl").write_text("")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(repro, "rerun", crash)
+    with pytest.raises(RuntimeError):
+        main([str(run_dir)])
+    assert not list(tmp.iterdir())

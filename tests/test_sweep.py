@@ -16,11 +16,11 @@ TINY = ("ppo.total_timesteps=512", "ppo.num_steps=64", "tracking.wandb.mode=disa
 CELLS = {f"cartpole-{g}-{p}" for g in ("exact", "tanh") for p in ("fp32", "bf16", "fp16")}
 
 
-def sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def sweep(sweep_dir: Path, *overrides: str, rc: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run([ESPER_TRAIN, "-m", *overrides, *TINY, f"hydra.sweep.dir={sweep_dir}"],
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "HYDRA_FULL_ERROR": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == rc, proc.stderr[-3000:]
     return proc
 
 
@@ -65,7 +65,8 @@ def test_a_diverging_job_fails_alone_and_the_summary_names_it(tmp_path, launcher
     sw = tmp_path / launcher
     # the diverging job is launched first; the two after it must still complete
     proc = sweep(sw, "ppo.learning_rate=1e30,2.5e-4,1e-3", f"hydra/launcher={launcher}", "hydra.launcher.n_jobs=2"
-                 if launcher == "joblib" else "seed=1", "hydra.sweep.subdir=lr${ppo.learning_rate}")
+                 if launcher == "joblib" else "seed=1", "hydra.sweep.subdir=lr${ppo.learning_rate}",
+                 rc=1)  # a sweep with a failed job exits non-zero
     summary = read_summary(sw)
     assert summary["counts"]["completed"] == 2 and summary["counts"]["failed"] == 1
     assert categories(summary) == {"lr1e+30": "failed", "lr0.00025": "completed", "lr0.001": "completed"}
@@ -171,9 +172,15 @@ def test_killed_sweep_rerun_finishes_only_what_is_missing(tmp_path):
         time.sleep(0.1)
     assert proc.poll() is None, "the sweep finished before it could be killed"
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143
     done_before = completed()
     assert 3 <= len(done_before) < 12
+    # an interrupted sweep writes its summary too: what completed, the job that was stopped, by which signal
+    stopped = read_summary(sw)
+    assert stopped["interrupted_by"] == "SIGTERM" and stopped["counts"]["completed"] == len(done_before)
+    assert stopped["counts"]["interrupted"] <= 1 and "stopped by SIGTERM" in (sw / "summary.md").read_text()
+    assert "sweep summary:" in out
     mtimes = {d: (d / "metrics.jsonl").stat().st_mtime_ns for d in done_before}
 
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)

@@ -1,0 +1,151 @@
+"""The run-directory contract under faults: one owner per run directory, honest exit codes, one-line user errors."""
+
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+
+from esper_exp.runformat import LOCK_NAME, read_jsonl, read_run_json
+
+TINY = ("env=cartpole", "ppo.total_timesteps=2048", "ppo.num_steps=64", "tracking.wandb.mode=disabled",
+        "tracking.progress=off")
+
+
+def _train(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "esper_exp.train", *args], capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def _hold_lock(run_dir):
+    """A second real process that owns run_dir's lock (prints 'locked' once it holds it)."""
+    code = ("import sys, time; from esper_exp.runformat import RunLock; "
+            f"RunLock({str(run_dir)!r}).acquire(); print('locked', flush=True); time.sleep(120)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_run_dir_held_by_another_process_is_refused_with_one_line_naming_it(tmp_path):
+    out = tmp_path / "run"
+    holder = _hold_lock(out)
+    try:
+        proc = _train(*TINY, f"hydra.run.dir={out}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert f"pid {holder.pid}" in lines[0] and f"host {platform.node()}" in lines[0] and "in use" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (out / "run.json").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_and_said_so(tmp_path):
+    out = tmp_path / "run"
+    holder = _hold_lock(out)
+    holder.send_signal(signal.SIGKILL)  # dies holding the lock: the OS releases it, the file still names it
+    holder.wait()
+    assert (out / LOCK_NAME).read_text().split() == [platform.node(), str(holder.pid)]
+    proc = _train(*TINY, f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    assert f"took over the lock left by host {platform.node()}, pid {holder.pid}" in proc.stderr
+    assert read_run_json(out)["status"] == "completed"
+    assert (out / LOCK_NAME).read_text() == ""  # released cleanly at the end
+
+
+def test_two_trainers_on_one_run_dir_the_second_refuses_and_the_first_is_intact(tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "esper_exp.train", "env=cartpole", "ppo.total_timesteps=10000000",
+                              "ppo.num_steps=64", "tracking.wandb.mode=disabled", "tracking.progress=off",
+                              f"hydra.run.dir={out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ((out / "metrics.jsonl").exists()
+                                              and (out / "metrics.jsonl").stat().st_size):
+            time.sleep(0.2)
+        second = _train("env=cartpole", "ppo.total_timesteps=10000000", "ppo.num_steps=64",
+                        "tracking.wandb.mode=disabled", "tracking.progress=off", f"hydra.run.dir={out}")
+        assert second.returncode == 2, second.stderr
+        assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+        assert read_run_json(out)["status"] == "running" and read_run_json(out)["pid"] == first.pid
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+    info = read_run_json(out)
+    assert info["status"] == "interrupted" and info["pid"] == first.pid
+    metrics = read_jsonl(out / "metrics.jsonl")  # strict: no torn or merged line
+    assert [m["update"] for m in metrics] == list(range(1, len(metrics) + 1))
+    assert not (out / "attempts").exists()
+
+
+def test_every_member_of_a_group_is_locked(tmp_path):
+    from conftest import make_cfg
+    from esper_exp.runformat import RunLock
+    from esper_exp.train import run_group
+
+    dirs = [tmp_path / f"seed={s}" for s in (1, 2)]
+    seen = []
+
+    import esper_exp.train as train
+    real = train._train_group
+
+    def probe(members, job_num):
+        for m in members:  # while the group trains, nobody else can take any member's lock
+            try:
+                RunLock(m.run_dir).acquire()
+                seen.append("free")
+            except Exception as e:  # noqa: BLE001
+                seen.append(type(e).__name__)
+        return real(members, job_num)
+
+    train._train_group = probe
+    try:
+        statuses = run_group([(make_cfg("env=cartpole", "ppo.total_timesteps=512", "ppo.num_steps=64", f"seed={s}"), d)
+                              for s, d in zip((1, 2), dirs)])
+    finally:
+        train._train_group = real
+    assert statuses == ["completed", "completed"]
+    assert seen == ["RunLocked", "RunLocked"]
+    for d in dirs:  # released after the group
+        RunLock(d).acquire().release()
+
+
+def test_a_locked_member_is_refused_and_the_other_members_train(tmp_path, capsys):
+    from conftest import make_cfg
+    from esper_exp.train import run_group
+
+    dirs = [tmp_path / f"seed={s}" for s in (1, 2)]
+    holder = _hold_lock(dirs[1])
+    try:
+        statuses = run_group([(make_cfg("env=cartpole", "ppo.total_timesteps=512", "ppo.num_steps=64", f"seed={s}"), d)
+                              for s, d in zip((1, 2), dirs)])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert statuses == ["completed", "config_error"]
+    assert f"pid {holder.pid}" in capsys.readouterr().err
+    assert not (dirs[1] / "run.json").exists()
+
+
+def test_a_file_where_the_run_dir_should_be_is_one_line(tmp_path):
+    from conftest import make_cfg
+    import pytest
+    from esper_exp.config import ConfigError
+    from esper_exp.train import run
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot use run directory"):
+        run(make_cfg("env=cartpole", "ppo.total_timesteps=512", "ppo.num_steps=64"), blocker / "run")
+    os.chmod(tmp_path, 0o500)
+    try:
+        if os.access(tmp_path, os.W_OK):  # root ignores permissions
+            return
+        with pytest.raises(ConfigError, match="cannot use run directory"):
+            run(make_cfg("env=cartpole", "ppo.total_timesteps=512", "ppo.num_steps=64"), tmp_path / "ro")
+    finally:
+        os.chmod(tmp_path, 0o700)
