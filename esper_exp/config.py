@@ -7,6 +7,7 @@ line naming the bad value and what is allowed.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -211,6 +212,44 @@ def _unknown_keys(node, schema: type, path: str = "") -> None:
                         _unknown_keys(node[key][sub], value_type, f"{where}.{sub}.")
 
 
+@functools.lru_cache(maxsize=64)
+def _env_spaces_error(env_id: str, kwargs_json: str) -> str | None:
+    """Why the policy cannot drive this env (it needs a Box observation space and a Discrete or 1-D Box action
+    space), or None. Any registered gymnasium env with such spaces can be trained, e.g. from a user's
+    ``--config-dir my_configs env=acrobot`` with ``env/acrobot.yaml`` (``name: acrobot``, ``id: Acrobot-v1``)."""
+    import json
+
+    import gymnasium as gym
+
+    import warnings
+
+    from esper_exp.envs import _quiet_settotalmass
+
+    try:
+        with warnings.catch_warnings(), _quiet_settotalmass():
+            warnings.simplefilter("ignore")
+            env = gym.make(env_id, **json.loads(kwargs_json))
+    except Exception as e:  # noqa: BLE001  (a missing extra, bad kwargs: the user's to fix)
+        return f"env.id={env_id!r} cannot be made here ({type(e).__name__}: {' '.join(str(e).split())})"
+    try:
+        obs, act = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(obs, gym.spaces.Box):
+        return f"env.id={env_id!r} has a {type(obs).__name__} observation space; allowed: a Box observation space"
+    if not (isinstance(act, gym.spaces.Discrete) or (isinstance(act, gym.spaces.Box) and len(act.shape) == 1)):
+        return (f"env.id={env_id!r} has action space {act}; allowed: a Discrete or a 1-D Box action space")
+    return None
+
+
+def _check_env_spaces(env_id: str, kwargs: dict) -> None:
+    import json
+
+    err = _env_spaces_error(env_id, json.dumps(kwargs, sort_keys=True, default=str))
+    if err:
+        raise ConfigError(err)
+
+
 def validate(cfg) -> None:
     """Check every value Hydra's types cannot; raise ConfigError naming the first bad one."""
     _unknown_keys(cfg, TrainConfig)
@@ -244,6 +283,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"device={cfg.device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
     _positive("env.num_envs", cfg.env.num_envs)
     _check_env_id(cfg.env.id)
+    _check_env_spaces(cfg.env.id, OmegaConf.to_container(cfg.env.kwargs, resolve=True))
     p = cfg.ppo
     for key in ("total_timesteps", "num_steps", "num_minibatches", "update_epochs", "learning_rate", "clip_coef",
                 "max_grad_norm", "adam_eps"):

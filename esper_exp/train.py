@@ -5,7 +5,7 @@ config (compose + validate) -> PPO (envs, policy) -> loop -> Tracker (run dir) ;
 
 from __future__ import annotations
 
-import re
+import copy
 import shutil
 import signal
 import sys
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from esper_exp import checkpoint
 from esper_exp.config import ConfigError, register_configs, validate
@@ -25,7 +25,6 @@ from esper_exp.tracking import Tracker, config_hash, print_err, read_run_json
 
 # esper_exp/configs: in a checkout a symlink to the top-level configs/, in an installed wheel a copy of it
 CONFIG_DIR = str(Path(__file__).parent / "configs")
-GROUPS = ("env", "model", "precision", "ppo", "tracking", "experiment")
 
 register_configs()
 # run/sweep directory suffix for what changes a cell's numerics beyond GELU x precision
@@ -420,23 +419,187 @@ def hydra_main(cfg: DictConfig) -> str:
     return status
 
 
-def _precheck_groups(argv: list[str]) -> None:
-    """`precision=fp8` style mistakes: one line naming the bad value and the allowed ones."""
-    for arg in argv:
-        m = re.fullmatch(r"\+?(\w+)=([\w.-]+)", arg)
-        if not m or m.group(1) not in GROUPS:
-            continue
-        group, value = m.groups()
-        if value == "null" and group == "experiment":
-            continue
-        allowed = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
-        if value not in allowed:
-            print_err(f"error: {group}={value!r} is not allowed; allowed: {', '.join(allowed)}")
-            sys.exit(2)
+# Everything a command can get wrong is checked here, before Hydra runs: Hydra creates the run directory, writes
+# .hydra/ and opens train.log in run_job, before the task function, so a command refused inside the task would
+# leave a trace (a rewritten .hydra/ of a finished run, an empty timestamped run dir) and an unwritable path would
+# end in Hydra's own traceback. main() therefore composes every job the way Hydra will (same search path, same
+# sweeper expansion), validates it and checks its run directory first; only then does Hydra start.
+_INFO_FLAGS = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-p", "--package", "--info", "-i",
+               "--resolve", "-sc", "--shell-completion", "-cp", "--config-path", "--experimental-rerun")
+
+
+def _parse_cli(argv: list[str]) -> tuple[bool, str | None, str, list[str]] | None:
+    """(multirun, config_dir, config_name, overrides) of an esper-train command; None to leave it to Hydra."""
+    multirun, config_dir, config_name, overrides = False, None, "train", []
+    it = iter(argv)
+    for a in it:
+        if a in ("-m", "--multirun"):
+            multirun = True
+        elif a in ("-cd", "--config-dir", "-cn", "--config-name"):
+            value = next(it, None)
+            if value is None:
+                return None
+            if a in ("-cd", "--config-dir"):
+                config_dir = value
+            else:
+                config_name = value
+        elif a.startswith(("--config-dir=", "--config-name=")):
+            key, value = a.split("=", 1)
+            config_dir, config_name = (value, config_name) if key == "--config-dir" else (config_dir, value)
+        elif a.startswith("-") or a.split("=", 1)[0] in _INFO_FLAGS:
+            return None
+        else:
+            overrides.append(a)
+    return multirun, config_dir, config_name, overrides
+
+
+class _Refused(Exception):
+    """One line for the user; exit 2."""
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).replace("\n", " ").split())
+
+
+def _compose_jobs(multirun: bool, config_dir: str | None, config_name: str,
+                  overrides: list[str]) -> list[tuple[list[str], DictConfig]]:
+    """Every job's override list and composed config (with its ``hydra`` node), as Hydra will compose them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.utils import setup_globals
+    from hydra.errors import MissingConfigException
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.types import RunMode
+
+    setup_globals()
+    search_path = create_config_search_path(CONFIG_DIR)
+    if config_dir is not None:
+        path = Path(config_dir).resolve()
+        if not path.is_dir():
+            raise _Refused(f"--config-dir {config_dir}: not a directory")
+        search_path.prepend(provider="command-line", path=f"file://{path}", anchor=SearchPathQuery(provider="schema"))
+    GlobalHydra.instance().clear()
+    hydra = Hydra.create_main_hydra2(task_name="train", config_search_path=search_path)
+    mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+
+    def compose(job_overrides: list[str]) -> DictConfig:
+        try:
+            return hydra.compose_config(config_name, job_overrides, run_mode=mode, with_log_configuration=False)
+        except MissingConfigException as e:
+            missing = str(getattr(e, "missing_cfg_file", "") or "")
+            if "/" in missing and e.options:
+                group, value = missing.rsplit("/", 1)
+                raise _Refused(f"{group}={value!r} is not allowed; allowed: {', '.join(sorted(o for o in e.options if not o.endswith('_schema')))} "
+                               f"(the {group}/ configs of the config search path)") from None
+            raise _Refused(_one_line(e)) from None
+
+    try:
+        primary = compose(overrides)
+        if not multirun:
+            return [(overrides, primary)]
+        sweeper = str(primary.hydra.sweeper.get("_target_", ""))
+        if not sweeper.endswith("BasicSweeper"):
+            raise LookupError("not the basic sweeper")  # another sweeper expands jobs its own way
+        params = [f"{k}={v}" for k, v in (primary.hydra.sweeper.get("params") or {}).items()]
+        parsed = OverridesParser.create().parse_overrides(params + overrides)
+        jobs = BasicSweeper.split_arguments(parsed, None)[0]
+        return [(job, compose(job)) for job in jobs]
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _task_config(cfg: DictConfig) -> DictConfig:
+    task = copy.deepcopy(cfg)
+    with open_dict(task):
+        task.pop("hydra", None)
+    return task
+
+
+def _check_run_dir(run_dir: Path, config: dict) -> str | None:
+    """Why ``run_dir`` cannot take this run (one line), or None. Creates nothing that stays."""
+    import tempfile
+
+    from esper_exp.runformat import lock_holder
+
+    if run_dir.exists() and not run_dir.is_dir():
+        return f"cannot use run directory {run_dir}: a file is in the way"
+    parent = run_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create run directory {run_dir}: {parent} is a file, not a directory"
+    try:
+        tempfile.TemporaryDirectory(dir=parent, prefix=".esper-check-").cleanup()
+    except OSError as e:
+        return f"cannot create run directory {run_dir}: {e.strerror or e} ({parent}); choose another output directory"
+    if parent != run_dir:
+        return None
+    holder = lock_holder(run_dir)
+    if holder:
+        return f"run directory {run_dir} is in use by another process ({holder}); refusing to write to it"
+    previous = read_run_json(run_dir)
+    if previous and previous.get("status") == "completed" and previous.get("config_hash") != config_hash(config):
+        return (f"run directory {run_dir} already holds a completed run of a different config (hash "
+                f"{previous.get('config_hash')}, this config {config_hash(config)}); refusing to overwrite it: "
+                "choose another directory")
+    return None
+
+
+def precheck(argv: list[str]) -> None:
+    """Compose, validate and check the run directory of every job of this command before Hydra writes anything;
+    a problem ends the command with one line and exit code 2, leaving no trace. Commands this cannot model
+    (--cfg, --help, another sweeper, ...) are left to Hydra and to the checks in run()."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    parsed = _parse_cli(argv)
+    if parsed is None:
+        return
+    multirun = parsed[0]
+    try:
+        try:
+            jobs = _compose_jobs(*parsed)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise _Refused(_one_line(e)) from None
+        values: dict[str, set[str]] = {}
+        for job, _ in jobs:
+            for o in job:
+                key, _, value = o.partition("=")
+                values.setdefault(key, set()).add(value)
+        varying = {k for k, v in values.items() if len(v) > 1}
+        conflicts = []
+        for num, (job, cfg) in enumerate(jobs):
+            label = f"job #{num} ({' '.join(o for o in job if o.split('=', 1)[0] in varying)}): " if multirun else ""
+            task = _task_config(cfg)
+            try:
+                validate(task)
+            except ConfigError as e:
+                raise _Refused(f"{label}{e}" + ("; no job was started" if multirun else "")) from None
+            try:
+                h = cfg.hydra
+                run_dir = Path(str(h.sweep.dir)) / str(h.sweep.subdir) if multirun else Path(str(h.run.dir))
+            except OmegaConfBaseException:
+                continue  # a directory only Hydra can resolve (e.g. ${hydra:job.num}): run() checks it
+            problem = _check_run_dir(run_dir, OmegaConf.to_container(task, resolve=True))
+            if problem and not multirun:
+                raise _Refused(problem)
+            if problem:
+                conflicts.append(problem)
+        if conflicts:
+            raise _Refused(f"{conflicts[0]}" + (f" (and {len(conflicts) - 1} more jobs)" if len(conflicts) > 1 else "")
+                           + "; no job of the sweep was started")
+    except _Refused as e:
+        print_err(f"error: {e}")
+        sys.exit(2)
+    except Exception:  # noqa: BLE001  (anything unexpected here: Hydra and run() still check everything)
+        return
 
 
 def main() -> None:
-    _precheck_groups(sys.argv[1:])
+    precheck(sys.argv[1:])
     from esper_exp import sweep
 
     def sigterm(signum, frame) -> None:  # between jobs (no StopRequest installed): stop like a Ctrl-C

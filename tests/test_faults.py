@@ -149,3 +149,100 @@ def test_a_file_where_the_run_dir_should_be_is_one_line(tmp_path):
             run(make_cfg("env=cartpole", "ppo.total_timesteps=512", "ppo.num_steps=64"), tmp_path / "ro")
     finally:
         os.chmod(tmp_path, 0o700)
+
+
+def _one_line_exit_2(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_user_errors_are_one_line_exit_2_and_leave_no_trace(tmp_path):
+    """Rejected before Hydra runs: no timestamped outputs/runs/... dir, no .hydra/, no train.log."""
+    cases = [("seed=-1", "allowed: an integer in [0, 4294967292]"),
+             ("seed=4294967296", "numpy seeds are 0 <= seed < 2**32"),
+             ("+ppo.foo=1", "ppo.foo is not a known key"),
+             ("env=pong", "allowed: cartpole, halfcheetah, hopper, walker2d"),
+             ("model.gelu=fast", "allowed: exact, tanh")]
+    for override, needle in cases:
+        _one_line_exit_2(_train(override, "tracking.wandb.mode=disabled", cwd=tmp_path), needle)
+        assert not list(tmp_path.iterdir()), override
+
+
+def test_a_bad_sweep_value_is_refused_before_the_first_job(tmp_path):
+    sw = tmp_path / "sw"
+    line = _one_line_exit_2(_train("-m", "model.gelu=exact,fast", *TINY, f"hydra.sweep.dir={sw}"),
+                            "job #1 (model.gelu=fast)", "no job was started")
+    assert "allowed: exact, tanh" in line
+    assert not sw.exists()
+
+
+def test_a_refused_rerun_leaves_the_old_runs_hydra_record_untouched(tmp_path):
+    out = tmp_path / "run"
+    assert _train(*TINY, f"hydra.run.dir={out}").returncode == 0
+    before = {p: p.read_bytes() for p in (out / ".hydra").iterdir()}
+    _one_line_exit_2(_train(*TINY, "seed=5", f"hydra.run.dir={out}"), "completed run of a different config")
+    assert {p: p.read_bytes() for p in (out / ".hydra").iterdir()} == before
+    assert read_run_json(out)["seed"] == 1
+
+
+def test_a_sweep_rerun_with_another_config_refuses_before_touching_any_job(tmp_path):
+    sw = tmp_path / "sw"
+    assert _train("-m", "seed=1,2", *TINY, f"hydra.sweep.dir={sw}").returncode == 0
+    stamps = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sw.rglob("*") if p.is_file()}
+    _one_line_exit_2(_train("-m", "seed=1,2", *TINY, "ppo.total_timesteps=4096", f"hydra.sweep.dir={sw}"),
+                     "completed run of a different config", "(and 1 more jobs)", "no job of the sweep was started")
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sw.rglob("*") if p.is_file()} == stamps
+
+
+def test_unusable_output_paths_are_one_line_exit_2(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _one_line_exit_2(_train(*TINY, f"hydra.run.dir={blocker / 'run'}"), "is a file, not a directory")
+    _one_line_exit_2(_train(*TINY, f"hydra.run.dir={blocker}"), "a file is in the way")
+    _one_line_exit_2(_train(*TINY, "hydra.run.dir=/proc/esper-test/run"), "cannot create run directory")
+    _one_line_exit_2(_train("-m", *TINY, "hydra.sweep.dir=/proc/esper-test/sw"), "cannot create run directory")
+    assert blocker.read_text() == "x"
+
+
+def test_a_user_config_dir_adds_an_env(tmp_path):
+    """`--config-dir my_configs env=acrobot`: Hydra's search path extends the env group; any registered gymnasium
+    env with a Box observation space and a Discrete or 1-D Box action space trains."""
+    cfg_dir = tmp_path / "my_configs" / "env"
+    cfg_dir.mkdir(parents=True)
+    (cfg_dir / "acrobot.yaml").write_text("name: acrobot\nid: Acrobot-v1\nnum_envs: 4\n")
+    (cfg_dir / "frozen.yaml").write_text("name: frozen\nid: FrozenLake-v1\n")
+    out = tmp_path / "run"
+    proc = _train("--config-dir", str(tmp_path / "my_configs"), "env=acrobot", *TINY[1:], f"hydra.run.dir={out}",
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    info = read_run_json(out)
+    assert info["status"] == "completed" and info["env_id"] == "Acrobot-v1" and info["cell"] == "acrobot/exact/fp32"
+    _one_line_exit_2(_train("--config-dir", str(tmp_path / "my_configs"), "env=frozen", *TINY[1:],
+                            f"hydra.run.dir={tmp_path / 'frozen'}"), "Discrete observation space")
+    _one_line_exit_2(_train("--config-dir", str(tmp_path / "my_configs"), "env=pong", *TINY[1:],
+                            f"hydra.run.dir={tmp_path / 'pong'}"), "allowed: acrobot, cartpole, frozen")
+    assert not (tmp_path / "frozen").exists() and not (tmp_path / "pong").exists()
+
+
+def test_every_file_a_run_writes_is_strict_json(train_run):
+    """Non-finite numbers (a diverging fp16 run's losses and grad norms) are written as "NaN" / "Infinity" strings."""
+    import json
+
+    import pytest
+
+    run_dir = train_run("env=cartpole", "ppo.total_timesteps=2048", "ppo.num_steps=64", "precision=fp16",
+                        "ppo.learning_rate=1e30", name="nan")
+    assert read_run_json(run_dir)["status"] == "failed"
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} token"))
+
+    strict((run_dir / "run.json").read_text())
+    for name in ("metrics.jsonl", "episodes.jsonl"):
+        for line in (run_dir / name).read_text().splitlines():
+            strict(line)
