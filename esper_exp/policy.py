@@ -119,6 +119,31 @@ class ActorCritic(nn.Module):
             logp = (-0.5 * noise.square() - self.actor_logstd - _LOG_SQRT_2PI).sum(-1)
         return action, logp, value
 
+    # ------------------------------------------------------------------ CUDA-graph path (esper_exp/ppo.py)
+    def draw_noise(self, generators: Sequence[torch.Generator], steps: int, num_envs: int,
+                   device: torch.device) -> torch.Tensor:
+        """A whole rollout's action noise, drawn before it: [T, K, N, 1] uniforms (discrete) or [T, K, N, a] standard
+        normals, member k's from generators[k] in one draw (K launches per rollout instead of K per step). Used only
+        by the CUDA-graph path: each seed still has its own stream, but one draw of T steps is not the same numbers as
+        T draws of one step (Philox offsets), so a graphed CUDA run's noise differs from an eager one's. CPU and
+        eager CUDA keep drawing per step in :meth:`act`."""
+        draw = torch.rand if self.discrete else torch.randn
+        shape = (steps, num_envs, 1 if self.discrete else self.actor_head.out_dim)
+        return torch.stack([draw(shape, generator=g, device=device) for g in generators], dim=1)
+
+    def act_with_noise(self, obs: torch.Tensor, numerics: Numerics, noise: torch.Tensor):
+        """:meth:`act` with its noise given ([K, N, 1] or [K, N, a]): no random draw, so it can be graph-captured."""
+        out, value = self.heads(obs, numerics)
+        if self.discrete:
+            logp_all = torch.log_softmax(out, dim=-1)
+            action = (logp_all.exp().cumsum(-1) < noise).sum(-1).clamp_(max=out.shape[-1] - 1)
+            logp = logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        else:
+            std = self.actor_logstd.exp()
+            action = out + std * noise
+            logp = (-0.5 * noise.square() - self.actor_logstd - _LOG_SQRT_2PI).sum(-1)
+        return action, logp, value
+
     def evaluate(self, obs: torch.Tensor, action: torch.Tensor, numerics: Numerics):
         """Log-prob and entropy of given actions, and values ([K, B] each): returns (log_prob, entropy, value)."""
         out, value = self.heads(obs, numerics)

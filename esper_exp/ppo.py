@@ -19,6 +19,15 @@ the run config. Where it differs from CleanRL's ppo.py it says so:
 A member that goes non-finite (loss, or gradient outside fp16's scaler-skipped steps) stops stepping at once; the
 update reports it in ``failures`` with the reason, and the other members go on. Flags are read back once per
 update (the step mask, which picks Adam's fused calls, is read per minibatch: free on CPU).
+
+CUDA graphs (``cuda_graphs=True``, CUDA only; build_ppo turns it on for CUDA unless ESPER_CUDA_GRAPHS=0): the
+rollout step's policy forward + sampling, GAE, and one minibatch update (loss, backward, unscale, clip, finite checks,
+failure bookkeeping, Adam, loss-scale update) are each captured once as a CUDA graph and replayed. Nothing in the
+minibatch loop reads the device: the step mask, per-member target-KL stop, fp16 loss scale and Adam step counts stay
+device tensors (:meth:`MemberAdam.step_masked`), the minibatch indices come from a static [E, K, B] copy of the
+permutations drawn up front as before, and the flags and failure reasons are read once per update as on CPU. A
+rollout's action noise is drawn per member before the rollout (:meth:`ActorCritic.draw_noise`), so a graphed CUDA run
+draws other numbers than an eager one. The CPU path (and eager CUDA) is untouched by this: ``cuda_graphs=False``.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -35,7 +45,12 @@ from esper_exp.blend import AlphaSchedule
 from esper_exp.envs import GroupEnvs
 from esper_exp.numerics import Numerics
 from esper_exp.policy import ActorCritic
-from esper_exp.stacked import FlatParams, MemberAdam, MemberGradScaler, clip_grad_norm_per_member
+from esper_exp.stacked import (
+    FlatParams,
+    MemberAdam,
+    MemberGradScaler,
+    clip_grad_norm_per_member,
+)
 
 STAT_KEYS = ("policy_loss", "value_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac", "grad_norm")
 
@@ -148,7 +163,9 @@ class PPO:
     """Everything a group's PPO state consists of; :meth:`run_update` runs one iteration for every live member."""
 
     def __init__(self, envs: GroupEnvs, policy: ActorCritic, numerics: Numerics, alphas: Sequence[AlphaSchedule],
-                 hp, seeds: Sequence[int], device: torch.device):
+                 hp, seeds: Sequence[int], device: torch.device, cuda_graphs: bool = False):
+        if cuda_graphs and torch.device(device).type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device, not {device}")
         self.envs, self.policy, self.numerics, self.hp, self.device = envs, policy, numerics, hp, device
         self.seeds = list(seeds)
         self.members = K = len(self.seeds)
@@ -163,7 +180,10 @@ class PPO:
         self.obs_dim = envs.obs_dim
         self.action_shape = envs.single_action_space.shape
         self.flat = FlatParams(policy, K)  # all members' parameters and gradients in one [K, P] buffer each
-        self.optimizer = MemberAdam(self.flat, lr=hp.learning_rate, eps=hp.adam_eps)
+        self.cuda_graphs = cuda_graphs
+        self.graph_capture = True  # False: the CUDA-graph path's code run eagerly, uncaptured (checks)
+        self._graphs: dict[str, tuple] = {}
+        self.optimizer = MemberAdam(self.flat, lr=hp.learning_rate, eps=hp.adam_eps, on_device=cuda_graphs)
         self.scaler = MemberGradScaler(K, device, enabled=numerics.needs_grad_scaler)
         self.action_rngs = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
         self.minibatch_rngs = [np.random.default_rng(s) for s in self.seeds]
@@ -173,6 +193,8 @@ class PPO:
         self.live = [True] * K  # false once a member failed or finished: it no longer steps, logs or counts
         self.next_obs = torch.as_tensor(envs.reset(), dtype=torch.float32, device=device)
         self.buf = Rollout.empty(self.num_steps, K, self.num_envs, self.obs_dim, self.action_shape, device)
+        if cuda_graphs:
+            self._init_static()
 
     @property
     def live_mask(self) -> torch.Tensor:
@@ -190,11 +212,20 @@ class PPO:
         rewards = np.zeros(shape, dtype=np.float32)
         episode_ends = np.zeros(shape, dtype=bool)
         dead = ~np.array(self.live)
+        if self.cuda_graphs:  # the whole rollout's noise, per member, before it (see ActorCritic.draw_noise)
+            t0 = time.perf_counter()
+            noise = self.policy.draw_noise(self.action_rngs, self.num_steps, N, self.device)
+            timers["inference"] += time.perf_counter() - t0
         for t in range(self.num_steps):
             t0 = time.perf_counter()
             buf.obs[t] = self.next_obs
-            with torch.no_grad():
-                action, logprob, value = self.policy.act(self.next_obs, self.numerics, self.action_rngs)
+            if self.cuda_graphs:
+                self._st.obs.copy_(self.next_obs)
+                self._st.noise.copy_(noise[t])
+                action, logprob, value = self._call("act", self._act_step)
+            else:
+                with torch.no_grad():
+                    action, logprob, value = self.policy.act(self.next_obs, self.numerics, self.action_rngs)
             buf.actions[t], buf.logprobs[t], buf.values[t] = action, logprob, value
             action_np = action.cpu().numpy()
             if dead.any():  # a failed member's actions may be NaN; its envs only idle along
@@ -229,6 +260,8 @@ class PPO:
         once on the first minibatch before any parameter changes (the drift shadow probe).
 
         Returns (per-member stats as [K] tensors, per-member failure info as [K] tensors)."""
+        if self.cuda_graphs:
+            return self._update_graphed(advantages, returns, probe)
         p, b, K, B = self.hp, self.buf, self.members, self.batch_size
         flat = lambda x: x.transpose(0, 1).reshape(K, B, *x.shape[3:])  # noqa: E731  [T,K,N,...] -> [K,T*N,...]
         batch = Minibatch(flat(b.obs), flat(b.actions), flat(b.logprobs), flat(b.values), flat(advantages),
@@ -302,11 +335,18 @@ class PPO:
         t0 = time.perf_counter()
         with torch.no_grad():
             last_value = self.policy.value(self.next_obs, self.numerics)
-        advantages, returns = compute_gae(self.buf.rewards, self.buf.values, self.buf.episode_ends, last_value,
-                                          p.gamma, p.gae_lambda)
+        if self.cuda_graphs:
+            self._st.last_value.copy_(last_value)
+            advantages, returns = self._call("gae", self._gae)
+            self._sync()  # graphed work is asynchronous: keep the time split honest
+        else:
+            advantages, returns = compute_gae(self.buf.rewards, self.buf.values, self.buf.episode_ends, last_value,
+                                              p.gamma, p.gae_lambda)
         timers["inference"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         stats, fail = self.update(advantages, returns, probe)
+        if self.cuda_graphs:
+            self._sync()
         timers["update"] = time.perf_counter() - t0
 
         stats = {k: v.tolist() for k, v in stats.items()}  # the one read-back of the update
@@ -333,6 +373,127 @@ class PPO:
                 record["loss_scale"] = scale[k]
             result.records[k] = record
         return result
+
+    # ---------------------------------------------------------------- CUDA graphs
+    def _init_static(self) -> None:
+        """The tensors the captured graphs read and write: their addresses must not change between replays."""
+        K, N, B, E = self.members, self.num_envs, self.batch_size, self.hp.update_epochs
+        mbs, dev = self.minibatch_size, self.device
+        z = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
+        a = self.action_shape
+        self._st = SimpleNamespace(
+            obs=z(K, N, self.obs_dim), noise=z(K, N, *(a if a else (1,))), last_value=z(K, N),
+            batch=Minibatch(z(K, B, self.obs_dim), z(K, B, *a), z(K, B), z(K, B), z(K, B), z(K, B)),
+            perms=z(E, K, B, dtype=torch.long), idx=z(K, mbs, dtype=torch.long), epoch=z(dtype=torch.long),
+            stepping=z(K, dtype=torch.bool), sums={k: z(K) for k in STAT_KEYS}, counts=z(K), kl_sum=z(K),
+            epochs_run=z(K), skipped=z(K, dtype=torch.long),
+            fail={"at": z(K, dtype=torch.long), **{k: z(K) for k in ("loss", "grad_norm", "policy_loss",
+                                                                     "value_loss", "entropy")}})
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _call(self, name: str, fn: Callable):
+        """``fn()`` as a CUDA graph: captured on the first call (after two warm-up runs on a side stream, whose effects
+        the caller makes harmless), replayed afterwards; returns the graph's static outputs. ``graph_capture`` off:
+        ``fn()`` eagerly."""
+        if not self.graph_capture:
+            return fn()
+        if name not in self._graphs:
+            self._capture(name, fn)
+        graph, out = self._graphs[name]
+        graph.replay()
+        return out
+
+    def _capture(self, name: str, fn: Callable) -> None:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn()
+        self._graphs[name] = (graph, out)
+
+    def _act_step(self):
+        with torch.no_grad():
+            return self.policy.act_with_noise(self._st.obs, self.numerics, self._st.noise)
+
+    def _gae(self):
+        b, p = self.buf, self.hp
+        return compute_gae(b.rewards, b.values, b.episode_ends, self._st.last_value, p.gamma, p.gae_lambda)
+
+    def _minibatch_step(self) -> None:
+        """One minibatch update of every stepping member on the static tensors: what :meth:`update`'s loop body does
+        on CPU, with every flag kept on the device and written in place."""
+        S, p = self._st, self.hp
+        mb = S.batch.index(S.idx)
+        loss, parts = ppo_loss(self.policy.evaluate, mb, p, self.numerics)
+        self.optimizer.zero_grad()
+        self.scaler.scale_loss(loss).backward()
+        self.flat.gather_grads()
+        self.scaler.unscale_(self.flat.grad)
+        grad_norm = clip_grad_norm_per_member(self.flat.grad, p.max_grad_norm)
+        finite_loss, finite_grad = torch.isfinite(loss), torch.isfinite(grad_norm)
+        stepping = S.stepping
+        if self.scaler.enabled:
+            bad, overflow = stepping & ~finite_loss, stepping & finite_loss & ~finite_grad
+        else:
+            bad, overflow = stepping & ~(finite_loss & finite_grad), torch.zeros_like(stepping)
+        first = bad & (S.fail["at"] < 0)
+        S.fail["at"].copy_(torch.where(first, S.epoch, S.fail["at"]))
+        for key, v in (("loss", loss.detach()), ("grad_norm", grad_norm), *((k, parts[k]) for k in (
+                "policy_loss", "value_loss", "entropy"))):
+            S.fail[key].copy_(torch.where(first, v.float(), S.fail[key]))
+        stepping = stepping & ~bad
+        S.stepping.copy_(stepping)
+        do_step = stepping & ~overflow
+        self.optimizer.step_masked(do_step)
+        self.scaler.update(found_inf=overflow, stepped=do_step)
+        S.skipped.add_(overflow)
+        for k, v in (*parts.items(), ("grad_norm", grad_norm)):
+            S.sums[k].add_(torch.where(stepping, v.float(), 0.0))
+        S.counts.add_(stepping)
+        S.kl_sum.add_(torch.where(stepping, parts["approx_kl"], 0.0))
+
+    def _update_graphed(self, advantages: torch.Tensor, returns: torch.Tensor, probe=None) -> tuple[dict, dict]:
+        """:meth:`update` on CUDA with the minibatch step as one graph and no host read inside the loop."""
+        p, b, K, B, S = self.hp, self.buf, self.members, self.batch_size, self._st
+        mbs, n_mb = self.minibatch_size, self.batch_size // self.minibatch_size
+        flat = lambda x: x.transpose(0, 1).reshape(K, B, *x.shape[3:])  # noqa: E731  [T,K,N,...] -> [K,T*N,...]
+        for f, src in zip(fields(Minibatch), (b.obs, b.actions, b.logprobs, b.values, advantages, returns)):
+            getattr(S.batch, f.name).copy_(flat(src))
+        S.perms.copy_(torch.as_tensor(np.stack([np.stack([rng.permutation(B) for _ in range(p.update_epochs)])
+                                                for rng in self.minibatch_rngs], axis=1)))  # [E, K, B], as update()
+        if self.graph_capture and "minibatch" not in self._graphs:
+            # warm-up runs and capture with no member stepping: parameters, moments, steps, scales are left as
+            # they are (every write is masked); the sums and flags are reset below
+            S.stepping.zero_()
+            S.idx.copy_(S.perms[0][:, :mbs])
+            self._capture("minibatch", self._minibatch_step)
+        for t in (*S.sums.values(), S.counts, S.epochs_run, S.skipped, *S.fail.values()):
+            t.zero_()
+        S.fail["at"].fill_(-1)
+        S.stepping.copy_(self.live_mask)
+        for epoch in range(p.update_epochs):
+            S.epochs_run.add_(S.stepping)
+            S.kl_sum.zero_()
+            S.epoch.fill_(epoch)
+            for j in range(n_mb):
+                S.idx.copy_(S.perms[epoch][:, j * mbs:(j + 1) * mbs])
+                if probe is not None and epoch == 0 and j == 0:
+                    probe(S.batch.index(S.idx))
+                self._call("minibatch", self._minibatch_step)
+            if p.target_kl is not None:
+                S.stepping &= ~(S.kl_sum / n_mb > p.target_kl)
+        stats = {k: v / S.counts for k, v in S.sums.items()}
+        stats["epochs"] = S.epochs_run.clone()
+        stats["explained_variance"] = explained_variance(S.batch.values, S.batch.returns)
+        stats["skipped_steps"] = S.skipped.clone()
+        return stats, {k: v.clone() for k, v in S.fail.items()}
 
     def done(self, k: int) -> bool:
         return self.update_idx[k] >= self.num_updates

@@ -14,8 +14,9 @@ member computes what it would compute alone. Measured facts this rests on (DESIG
 * The fp16 loss scale is per member (:class:`MemberGradScaler`): one member's overflow must not skip the others'
   steps or shrink their scale. Grad-norm clipping is per member (:func:`clip_grad_norm_per_member`).
 
-The step mask of :class:`MemberAdam` is read on the host (it picks one fused call or one per member), which is free
-on CPU; a CUDA-graphed update would pass the mask as ``found_inf`` to the fused kernel instead.
+The step mask of :class:`MemberAdam.step` is read on the host (it picks one fused call or one per member), which is
+free on CPU; the CUDA-graph path uses :meth:`MemberAdam.step_masked` instead (mask, step counts and learning rates as
+device tensors, elementwise Adam over [K, P], no host read), equal to the fused step up to rounding.
 """
 
 from __future__ import annotations
@@ -180,8 +181,9 @@ class MemberGradScaler:
         new_scale = torch.where(found_inf, self.scale * self.backoff_factor,
                                 torch.where(grow, self.scale * self.growth_factor, self.scale))
         new_tracker = torch.where(found_inf | grow, torch.zeros_like(grown), grown)
-        self.scale = torch.where(took_part, new_scale, self.scale)
-        self.growth_tracker = torch.where(took_part, new_tracker, self.growth_tracker)
+        # in place: a CUDA graph captured over this update keeps reading and writing the same tensors
+        self.scale.copy_(torch.where(took_part, new_scale, self.scale))
+        self.growth_tracker.copy_(torch.where(took_part, new_tracker, self.growth_tracker))
 
     def state_dict(self, k: int) -> dict:
         return {"scale": self.scale[k].item(), "growth_tracker": int(self.growth_tracker[k].item())}
@@ -199,15 +201,21 @@ class MemberAdam:
     per stepping member on its own row. A masked-out member (target-KL stop, fp16 overflow, failed) is not touched:
     parameters, moments and step count keep their values, unlike a plain Adam that moves on momentum."""
 
-    def __init__(self, flat: FlatParams, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, flat: FlatParams, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, on_device: bool = False):
+        """``on_device``: the CUDA-graph path (:meth:`step_masked`): step counts and learning rates live in [K] device
+        tensors and the step mask is never read on the host. Off (CPU, eager CUDA): :meth:`step` as described above."""
         self.flat = flat
         self.members = flat.data.shape[0]
         self.beta1, self.beta2 = betas
         self.eps = eps
+        self.on_device = on_device
         self.lr = [float(lr)] * self.members
         self.steps = [0] * self.members
         self.exp_avg = torch.zeros_like(flat.data)
         self.exp_avg_sq = torch.zeros_like(flat.data)
+        if on_device:  # float64: the bias corrections and lr / bias_correction1 are formed in double, as torch's kernel
+            self.step_t = torch.zeros(self.members, dtype=torch.float64, device=flat.data.device)
+            self.lr_t = torch.full((self.members,), float(lr), dtype=torch.float64, device=flat.data.device)
 
     def zero_grad(self) -> None:
         self.flat.zero_grad()
@@ -233,11 +241,36 @@ class MemberAdam:
                 self._fused(slice(k, k + 1), self.steps[k], self.lr[k])
         self.flat.scatter()
 
+    @torch.no_grad()
+    def step_masked(self, mask: torch.Tensor) -> None:
+        """The device-side step (``on_device``; CUDA graphs): step the members where the [K] bool tensor ``mask``
+        holds, with no host read. Adam's maths of torch's fused kernel written as elementwise ops over the whole
+        [K, P] buffer, per-member step count and learning rate as [K] tensors, and ``where(mask, new, old)`` so a
+        masked-out member's parameters, moments and step count keep their values (bits), as in :meth:`step`. Equal
+        to :meth:`step` up to rounding (not bitwise: other kernels). Graph-capturable: fixed shapes, no sync."""
+        f, b1, b2 = self.flat, self.beta1, self.beta2
+        self.step_t.add_(mask.to(self.step_t.dtype))
+        step = self.step_t.clamp(min=1.0)  # a member that never stepped: any finite value, discarded by the mask
+        step_size = (self.lr_t / (1.0 - torch.pow(b1, step))).to(f.data.dtype).unsqueeze(1)
+        bc2_sqrt = (1.0 - torch.pow(b2, step)).sqrt().to(f.data.dtype).unsqueeze(1)
+        on = mask.unsqueeze(1)
+        g = f.grad
+        exp_avg = self.exp_avg * b1 + g * (1.0 - b1)
+        exp_avg_sq = self.exp_avg_sq * b2 + g * g * (1.0 - b2)
+        new = f.data - step_size * exp_avg / (exp_avg_sq.sqrt() / bc2_sqrt + self.eps)
+        self.exp_avg.copy_(torch.where(on, exp_avg, self.exp_avg))
+        self.exp_avg_sq.copy_(torch.where(on, exp_avg_sq, self.exp_avg_sq))
+        f.data.copy_(torch.where(on, new, f.data))
+        f.scatter()
+
     def set_lr(self, lr: Sequence[float]) -> None:
         self.lr = [float(x) for x in lr]
+        if self.on_device:
+            self.lr_t.copy_(torch.tensor(self.lr, dtype=torch.float64))
 
     def state_dict(self, k: int) -> dict:
-        return {"step": self.steps[k], "lr": self.lr[k], "exp_avg": self.exp_avg[k].cpu().clone(),
+        step = int(self.step_t[k].item()) if self.on_device else self.steps[k]
+        return {"step": step, "lr": self.lr[k], "exp_avg": self.exp_avg[k].cpu().clone(),
                 "exp_avg_sq": self.exp_avg_sq[k].cpu().clone()}
 
     def load_state_dict(self, k: int, state: dict) -> None:
@@ -245,5 +278,7 @@ class MemberAdam:
             raise ValueError(f"optimizer state has {state['exp_avg'].numel()} values per member, this policy "
                              f"{self.exp_avg[k].numel()}: a different model")
         self.steps[k], self.lr[k] = int(state["step"]), float(state["lr"])
+        if self.on_device:
+            self.step_t[k], self.lr_t[k] = float(state["step"]), float(state["lr"])
         self.exp_avg[k].copy_(state["exp_avg"])
         self.exp_avg_sq[k].copy_(state["exp_avg_sq"])
