@@ -201,3 +201,21 @@ def test_graph_path_run_update_uncaptured_on_cpu_fails_a_member_alone():
     for r in (r2, r3):
         for rec in r.records.values():
             assert all(np.isfinite(rec[k]) for k in ("policy_loss", "value_loss", "grad_norm"))
+
+
+def test_graph_path_member_state_round_trips_the_device_side_adam():
+    """A checkpoint of the graph path (device-side Adam step counts and learning rates) loaded into a fresh PPO
+    continues exactly as the uninterrupted one (uncaptured, CPU)."""
+    _, a = _pair(seeds=(1, 2))
+    _, b = _pair(seeds=(1, 2))
+    a.run_update(lambda *x: None)
+    states = [a.member_state(k) for k in range(2)]
+    assert [s["optimizer"]["step"] for s in states] == [int(x) for x in a.optimizer.step_t.tolist()] != [0, 0]
+    for k, state in enumerate(states):
+        b.load_member_state(k, state)
+    assert torch.equal(b.optimizer.step_t, a.optimizer.step_t) and torch.equal(b.flat.data, a.flat.data)
+    ra, rb = a.run_update(lambda *x: None), b.run_update(lambda *x: None)
+    for k in (0, 1):
+        assert {n: v for n, v in ra.records[k].items() if not n.startswith("time_")} == \
+               {n: v for n, v in rb.records[k].items() if not n.startswith("time_")}
+    assert torch.equal(b.flat.data, a.flat.data)
