@@ -196,7 +196,7 @@ def _unknown_keys(node, schema: type, path: str = "") -> None:
 
     hints = typing.get_type_hints(schema)
     names = [f.name for f in dataclasses.fields(schema)]
-    for key in node.keys():
+    for key in node:
         where = f"{path}{key}"
         if key not in hints:
             raise ConfigError(f"{where} is not a known key (TrainConfig in esper_exp/config.py); allowed keys of "
@@ -207,7 +207,7 @@ def _unknown_keys(node, schema: type, path: str = "") -> None:
         elif typing.get_origin(hint) is dict and OmegaConf.is_dict(node[key]):
             value_type = typing.get_args(hint)[1] if typing.get_args(hint) else Any
             if dataclasses.is_dataclass(value_type):
-                for sub in node[key].keys():
+                for sub in node[key]:
                     if OmegaConf.is_dict(node[key][sub]):
                         _unknown_keys(node[key][sub], value_type, f"{where}.{sub}.")
 
@@ -218,10 +218,9 @@ def _env_spaces_error(env_id: str, kwargs_json: str) -> str | None:
     space), or None. Any registered gymnasium env with such spaces can be trained, e.g. from a user's
     ``--config-dir my_configs env=acrobot`` with ``env/acrobot.yaml`` (``name: acrobot``, ``id: Acrobot-v1``)."""
     import json
+    import warnings
 
     import gymnasium as gym
-
-    import warnings
 
     from esper_exp.envs import _quiet_settotalmass
 
@@ -229,7 +228,7 @@ def _env_spaces_error(env_id: str, kwargs_json: str) -> str | None:
         with warnings.catch_warnings(), _quiet_settotalmass():
             warnings.simplefilter("ignore")
             env = gym.make(env_id, **json.loads(kwargs_json))
-    except Exception as e:  # noqa: BLE001  (a missing extra, bad kwargs: the user's to fix)
+    except Exception as e:  # a missing extra, bad kwargs: the user's to fix
         return f"env.id={env_id!r} cannot be made here ({type(e).__name__}: {' '.join(str(e).split())})"
     try:
         obs, act = env.observation_space, env.action_space

@@ -22,7 +22,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from esper_exp.runformat import FINISHED, WALL_CLOCK, BadRunFile, check_run_files, read_json, read_jsonl  # noqa: E402
+from esper_exp.runformat import (
+    WALL_CLOCK,
+    BadRunFile,
+    check_run_files,
+    read_json,
+    read_jsonl,
+)
 
 FINGERPRINT_VERSIONS = ("python", "torch", "numpy", "gymnasium", "mujoco")
 

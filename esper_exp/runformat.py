@@ -21,8 +21,9 @@ import json
 import math
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 STATUSES = ("running", "completed", "failed", "interrupted")
 FINISHED = ("completed", "failed", "interrupted")
@@ -205,7 +206,7 @@ class RunLock:
         parts = text.split()
         return f"host {parts[0]}, pid {parts[1]}" if len(parts) >= 2 else "an unknown process"
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -238,7 +239,7 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -38,7 +38,7 @@ from esper_exp.tracking import config_hash, now
 CATEGORIES = (*FINISHED, "skipped")
 # the summary of the last multirun in this process (esper-train's exit code reads it) and the callback of a live one
 LAST_SUMMARY: dict[str, Any] | None = None
-_ACTIVE: "SweepSummary | None" = None
+_ACTIVE: SweepSummary | None = None
 _IGNORED_PARTS = {"attempts", ".submitit", "wandb", ".hydra"}
 
 

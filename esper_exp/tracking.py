@@ -18,8 +18,14 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from esper_exp.runformat import (STATUSES, cell_name, dumps, read_run_json, truncate_jsonl,  # noqa: F401
-                                 write_json_atomic)
+from esper_exp.runformat import (
+    STATUSES,
+    cell_name,
+    dumps,
+    read_run_json,
+    truncate_jsonl,
+    write_json_atomic,
+)
 
 IDENTITY_EXCLUDE = ("tracking", "sweep_name")  # keys that do not change what a run computes
 

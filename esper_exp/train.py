@@ -467,11 +467,11 @@ def _compose_jobs(multirun: bool, config_dir: str | None, config_name: str,
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.utils import setup_globals
     from hydra.errors import MissingConfigException
-    from hydra.core.config_search_path import SearchPathQuery
     from hydra.types import RunMode
 
     setup_globals()
@@ -492,7 +492,8 @@ def _compose_jobs(multirun: bool, config_dir: str | None, config_name: str,
             missing = str(getattr(e, "missing_cfg_file", "") or "")
             if "/" in missing and e.options:
                 group, value = missing.rsplit("/", 1)
-                raise _Refused(f"{group}={value!r} is not allowed; allowed: {', '.join(sorted(o for o in e.options if not o.endswith('_schema')))} "
+                options = sorted(o for o in e.options if not o.endswith("_schema"))  # ConfigStore schema nodes
+                raise _Refused(f"{group}={value!r} is not allowed; allowed: {', '.join(options)} "
                                f"(the {group}/ configs of the config search path)") from None
             raise _Refused(_one_line(e)) from None
 
@@ -594,7 +595,7 @@ def precheck(argv: list[str]) -> None:
     except _Refused as e:
         print_err(f"error: {e}")
         sys.exit(2)
-    except Exception:  # noqa: BLE001  (anything unexpected here: Hydra and run() still check everything)
+    except Exception:  # anything unexpected here: Hydra and run() still check everything
         return
 
 

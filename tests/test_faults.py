@@ -84,13 +84,14 @@ def test_two_trainers_on_one_run_dir_the_second_refuses_and_the_first_is_intact(
 
 def test_every_member_of_a_group_is_locked(tmp_path):
     from conftest import make_cfg
+
     from esper_exp.runformat import RunLock
     from esper_exp.train import run_group
 
     dirs = [tmp_path / f"seed={s}" for s in (1, 2)]
     seen = []
 
-    import esper_exp.train as train
+    from esper_exp import train
     real = train._train_group
 
     def probe(members, job_num):
@@ -98,7 +99,7 @@ def test_every_member_of_a_group_is_locked(tmp_path):
             try:
                 RunLock(m.run_dir).acquire()
                 seen.append("free")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 seen.append(type(e).__name__)
         return real(members, job_num)
 
@@ -116,6 +117,7 @@ def test_every_member_of_a_group_is_locked(tmp_path):
 
 def test_a_locked_member_is_refused_and_the_other_members_train(tmp_path, capsys):
     from conftest import make_cfg
+
     from esper_exp.train import run_group
 
     dirs = [tmp_path / f"seed={s}" for s in (1, 2)]
@@ -132,8 +134,9 @@ def test_a_locked_member_is_refused_and_the_other_members_train(tmp_path, capsys
 
 
 def test_a_file_where_the_run_dir_should_be_is_one_line(tmp_path):
-    from conftest import make_cfg
     import pytest
+    from conftest import make_cfg
+
     from esper_exp.config import ConfigError
     from esper_exp.train import run
 
@@ -250,8 +253,8 @@ def test_every_file_a_run_writes_is_strict_json(train_run):
 
 def test_an_unfinished_run_of_another_config_is_kept_and_the_restart_said_so(tmp_path, monkeypatch, capsys):
     import pytest
-
     from conftest import make_cfg
+
     from esper_exp.tracking import Tracker
     from esper_exp.train import run
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from conftest import read_jsonl
+
 from esper_exp.repro import first_divergence, main
 
 TINY = ("env=cartpole", "ppo.total_timesteps=512", "ppo.num_steps=64")
@@ -74,7 +75,7 @@ def test_repro_removes_its_temp_dir_when_the_re_run_crashes(train_run, tmp_path,
 
     import pytest
 
-    import esper_exp.repro as repro
+    from esper_exp import repro
 
     run_dir = train_run(*TINY, name="orig")
     tmp = tmp_path / "tmp"
