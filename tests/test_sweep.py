@@ -60,7 +60,7 @@ def test_joblib_smoke_sweep_layout_summary_then_rerun_skips_everything(tmp_path)
     assert read_summary(sw)["counts"] == {"completed": 1, "failed": 0, "interrupted": 0, "skipped": 0, "other": 12}
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", [pytest.param("basic", marks=pytest.mark.slow), "joblib"])
 def test_a_diverging_job_fails_alone_and_the_summary_names_it(tmp_path, launcher):
     sw = tmp_path / launcher
     # the diverging job is launched first; the two after it must still complete
@@ -155,6 +155,7 @@ def test_a_run_still_running_elsewhere_is_not_reported_dead(tmp_path):
     assert os.getpid() != info["pid"]
 
 
+@pytest.mark.slow  # 40 s; fast cover: test_grouped_launcher's SIGTERM-then-rerun test and test_group's resume test
 def test_killed_sweep_rerun_finishes_only_what_is_missing(tmp_path):
     import signal
     import time
