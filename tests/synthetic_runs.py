@@ -9,7 +9,7 @@ independent across cells. Files written (the contract esper-report relies on):
 
 - run.json        status, reason, seed, env, env_id, gelu, precision, compile, cell, config_hash,
                   config, git_sha, versions, device, started_at, ended_at, total_timesteps,
-                  global_step, nonfinite_events
+                  global_step, update, nonfinite_events
 - metrics.jsonl   one object per PPO update (global_step, update, alpha, lr, losses, approx_kl, ...,
                   loss_scale for fp16, nonfinite_grad_steps cumulative, sps, timings, return_mean)
 - episodes.jsonl  one object per finished episode: global_step, return, length, env_index
@@ -101,7 +101,7 @@ def write_run(run_dir, *, env="cartpole", gelu="exact", precision="fp32", seed=0
         "git_sha": "0" * 40, "versions": {"python": "3.11", "torch": "2.13.0"}, "device": "cpu",
         "started_at": "2026-11-22T00:00:00+00:00",
         "ended_at": None if status == "running" else ended_at,
-        "total_timesteps": total_timesteps, "global_step": end if metrics else 0,
+        "total_timesteps": total_timesteps, "global_step": end if metrics else 0, "update": len(metrics),
         "nonfinite_events": skipped,
     }
     (run_dir / "run.json").write_text(json.dumps(info, indent=1))

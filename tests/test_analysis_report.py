@@ -137,10 +137,17 @@ def test_duplicates_keep_the_completed_copy(sweep, report):
     assert kept.status == "completed"
 
 
-def test_truncated_metrics_line_is_skipped(sweep):
+def test_truncated_metrics_line_is_flagged_and_excluded(sweep, report):
+    out, summary = report
     s = load_sweep(sweep)
-    (r,) = [r for r in s.runs if r.cell == "tanh/bf16" and r.seed == 7]
-    assert r.bad_lines == 1 and r.metrics["global_step"][-1] < 99999
+    assert not [r for r in s.runs if r.cell == "tanh/bf16" and r.seed == 7]
+    (d,) = s.damaged
+    assert (d.cell, d.seed) == ("tanh/bf16", 7) and "metrics.jsonl: line" in d.damage and "cut off" in d.damage
+    (row,) = summary["damaged"]
+    assert (row["cell"], row["seed"], row["included"]) == ("tanh/bf16", 7, False)
+    assert {"env": "cartpole", "cell": "tanh/bf16", "seed": 7} not in summary["missing"]
+    assert not [r for r in summary["runs"] if (r["cell"], r["seed"]) == ("tanh/bf16", 7)]
+    assert "Damaged runs (1; EXCLUDED" in (out / "report.md").read_text()
 
 
 def _assert_real_image(path, min_kb=15):
@@ -229,7 +236,8 @@ def test_cli_entry_point_runs_without_traceback_and_never_imports_the_trainer(sw
     p = subprocess.run([sys.executable, "-c", code, str(sweep), "--out", str(tmp_path), "--reps", "50",
                         "--no-figures"],
                        capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 1, p.stderr  # the fixture holds one damaged run (cut metrics line)
+    assert "Traceback" not in p.stderr and p.stderr.count("DAMAGED RUN") == 1
     assert "TRAINER_MODULES []" in p.stdout
     assert (tmp_path / "report.md").exists()
 
@@ -295,3 +303,85 @@ def test_sweep_with_no_completed_run_still_reports(tmp_path):
     assert "No completed run with episodes" in md and "KeyboardInterrupt" in md
     assert "tanh/fp32 - exact/fp32: inconclusive**: no runs to compare" in md
     assert not (tmp_path / "r" / "curves.png").exists() and "curves.png" not in md
+
+
+# --------------------------------------------------------------------------- damaged runs (issue 9)
+
+
+def _small_sweep(root):
+    return make_sweep(root, seeds=range(4), precisions=("fp32",), total_timesteps=16 * 512)
+
+
+def _report_main(root, out, capsys, *extra):
+    rc = main([str(root), "--out", str(out), "--reps", "50", "--no-figures", *extra])
+    err = capsys.readouterr().err
+    return rc, err, json.loads((out / "summary.json").read_text()), (out / "report.md").read_text()
+
+
+def test_a_cut_metrics_line_is_flagged_excluded_reported_and_exits_1(tmp_path, capsys):
+    root = _small_sweep(tmp_path / "s")
+    bad = run_path(root, "cartpole", "tanh", "fp32", 2) / "metrics.jsonl"
+    text = bad.read_text()
+    bad.write_text(text[:-40])  # the crash cut the last line mid-way
+    rc, err, summary, md = _report_main(root, tmp_path / "r", capsys)
+    assert rc == 1
+    lines = [ln for ln in err.splitlines() if "DAMAGED" in ln]
+    assert len(lines) == 1 and str(bad) in lines[0] and "line 16 is cut off" in lines[0]
+    assert "EXCLUDED" in lines[0]
+    (d,) = summary["damaged"]
+    assert (d["cell"], d["seed"], d["included"]) == ("tanh/fp32", 2, False) and "cut off" in d["reason"]
+    assert not [r for r in summary["runs"] if (r["cell"], r["seed"]) == ("tanh/fp32", 2)]
+    assert {o["cell"]: o["n_seeds"] for o in summary["outcomes"]} == {"exact/fp32": 4, "tanh/fp32": 3}
+    assert summary["missing"] == []
+    assert "Damaged runs (1; EXCLUDED" in md and "line 16 is cut off" in md
+    assert "All runs completed" not in md
+    # --include-damaged: the 15 readable updates are used, the run is still listed, exit 0
+    rc, err, summary, md = _report_main(root, tmp_path / "r2", capsys, "--include-damaged")
+    assert rc == 0 and err.count("DAMAGED RUN INCLUDED") == 1
+    assert {o["cell"]: o["n_seeds"] for o in summary["outcomes"]} == {"exact/fp32": 4, "tanh/fp32": 4}
+    (d,) = summary["damaged"]
+    assert d["included"] and "All runs completed" not in md and "Damaged runs (1; INCLUDED" in md
+    (r,) = [r for r in summary["runs"] if (r["cell"], r["seed"]) == ("tanh/fp32", 2)]
+    assert r["bad_lines"] == 1 and r["damaged"]
+
+
+def test_a_completed_run_with_fewer_metric_rows_than_its_update_is_flagged(tmp_path, capsys):
+    from esper_exp.analysis.load import load_run
+
+    root = _small_sweep(tmp_path / "s")
+    d = run_path(root, "cartpole", "exact", "fp32", 1)
+    assert json.loads((d / "run.json").read_text())["update"] == 16
+    lines = (d / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (d / "metrics.jsonl").write_text("".join(lines[:9]))  # whole lines: only the count is wrong
+    run = load_run(d)
+    assert "holds 9 updates but run.json says completed at update 16" in run.damage
+    assert len(run.metrics["global_step"]) == 9
+    rc, err, summary, md = _report_main(root, tmp_path / "r", capsys)
+    assert rc == 1 and err.count("DAMAGED RUN EXCLUDED") == 1 and "update 16" in err
+    assert [(x["cell"], x["seed"]) for x in summary["damaged"]] == [("exact/fp32", 1)]
+    assert "All runs completed" not in md
+
+
+def test_a_healthy_sweep_exits_0_with_no_damage_flags(tmp_path, capsys):
+    root = _small_sweep(tmp_path / "s")
+    rc, err, summary, md = _report_main(root, tmp_path / "r", capsys)
+    assert rc == 0 and "DAMAGED" not in err
+    assert summary["damaged"] == [] and "Damaged runs" not in md
+    assert "All runs completed; no missing, duplicate or unreadable runs." in md
+
+
+def test_a_metric_whose_values_are_all_nan_strings_loads_as_nan_floats(tmp_path):
+    from esper_exp.analysis.load import load_run
+
+    d = write_run(tmp_path / "run", total_timesteps=8 * 512)
+    rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["grad_norm"] = "NaN"  # how runformat writes a non-finite float (strict JSON)
+    rows[2]["value_loss"] = "Infinity"
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
+    run = load_run(d)
+    assert run.damage is None
+    g = run.metrics["grad_norm"]
+    assert g.dtype == np.float64 and len(g) == 8 and np.isnan(g).all() and not run.absent["grad_norm"].any()
+    assert run.metrics["value_loss"][2] == np.inf
+    assert run.nonfinite_summary()["nonfinite_metric_updates"] == 8

@@ -23,6 +23,8 @@ import json
 import sys
 from pathlib import Path
 
+from esper_exp.runformat import BadRunFile
+
 from . import drift_report as DR
 from .cli import AnalysisError, add_common, check_positive, fail, parse_rule_overrides
 from .drift_metrics import DriftError, pair_divergence, pair_verdict
@@ -55,6 +57,9 @@ def run_pair(a_dir, b_dir, out=None, return_window=None) -> dict:
         a, b = load_run(a_dir), load_run(b_dir)
     except RunReadError as e:
         raise DriftError(str(e)) from None
+    for r in (a, b):
+        if r.damage:
+            print(f"esper-drift: DAMAGED RUN, comparing what could be read: {r.damage}", file=sys.stderr)
     p = pair_divergence(a, b, return_window)
     if out is not None:
         out = Path(out)
@@ -70,6 +75,8 @@ def run_sweep(sweep_dir, control=None, out=None, reference=None, **opts) -> tupl
     check_positive(reps=o["reps"])
     root = Path(sweep_dir)
     sweep = load_sweep_or_raise(root, AnalysisError)
+    for r in sweep.damaged:
+        print(f"esper-drift: DAMAGED RUN EXCLUDED: {r.damage}", file=sys.stderr)
     if reference is None:
         stored, _ = rule_from_runs(r.info for r in sweep.runs)
         reference = (stored or DEFAULT_RULE).get("reference", DEFAULT_RULE["reference"])
@@ -115,7 +122,7 @@ def main(argv=None) -> int:
         if len(args.runs) != 2:
             raise AnalysisError("give two run directories (RUN_A RUN_B) or --sweep DIR")
         p = run_pair(args.runs[0], args.runs[1], args.out, args.return_window)
-    except (AnalysisError, DriftError) as e:
+    except (AnalysisError, DriftError, BadRunFile) as e:
         return fail("esper-drift", e)
     print(f"A: {p['a']} ({p['cell_a']}, seed {p['seed_a']})\nB: {p['b']} ({p['cell_b']}, seed {p['seed_b']})")
     print(DR.pair_table(p))

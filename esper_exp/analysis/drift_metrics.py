@@ -75,7 +75,9 @@ from pathlib import Path
 import numpy as np
 from scipy.special import log_softmax
 
-from .load import Run, _read_jsonl
+from esper_exp.runformat import read_jsonl
+
+from .load import Run
 
 SCHEMA = 2
 METRICS = ("tv", "disagreement", "out_rms", "value_rms", "param_rel", "return_diff")
@@ -113,7 +115,7 @@ def _snapshot(rec: dict) -> dict | None:
 
 def read_snapshots(run_dir) -> dict:
     """{(update, sha): snapshot} (a resumed run may repeat an update: the last record is kept)."""
-    rows, _ = _read_jsonl(Path(run_dir) / "snapshots.jsonl")
+    rows = read_jsonl(Path(run_dir) / "snapshots.jsonl")
     out = {}
     for r in rows:
         s = _snapshot(r)
@@ -124,7 +126,7 @@ def read_snapshots(run_dir) -> dict:
 
 def read_probe(run_dir) -> tuple[list[dict], list[dict]]:
     """(schema-2 applied-update records, legacy gradient records), each sorted by update, last copy kept."""
-    rows, _ = _read_jsonl(Path(run_dir) / "probe.jsonl")
+    rows = read_jsonl(Path(run_dir) / "probe.jsonl")
     new, old = {}, {}
     for r in rows:
         if "update" not in r:

@@ -8,8 +8,12 @@ Contract relied on (see DESIGN.md section 4 and issue 4):
   approx_kl, clipfrac, explained_variance, grad_norm, loss_scale (fp16), nonfinite_grad_steps.
 - ``episodes.jsonl``: one object per finished training episode: global_step, return, length.
 
-Values may be NaN/Infinity (Python's json writes them; ``json.loads`` reads them back). A crash can
-leave a truncated last line: unparseable lines are skipped and counted, never fatal.
+The format is ``esper_exp.runformat`` (statuses, cell label, the strict reader; non-finite values written as
+"NaN" / "Infinity" strings come back as floats). A run whose files fail ``runformat.check_run_files`` (a bad or
+cut line, missing or repeated updates, a finished run.json whose update count differs from metrics.jsonl) is
+*damaged*: ``Run.damage`` holds the one-line reason and only what could be read is loaded. ``load_sweep`` keeps
+damaged runs out of ``Sweep.runs`` (so out of every statistic) unless ``include_damaged``; either way they are
+listed in ``Sweep.damaged``.
 """
 
 from __future__ import annotations
@@ -22,19 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
-STATUSES = ("running", "completed", "failed", "interrupted")
+from esper_exp.runformat import (
+    STATUSES,
+    BadRunFile,
+    cell_label,
+    check_run_files,
+    decode_nonfinite,
+    read_json,
+)
+
 REQUIRED_RUN_FIELDS = ("status", "seed", "env", "gelu", "precision")
 HEALTH_KEYS = ("approx_kl", "clipfrac", "explained_variance", "grad_norm", "loss_scale",
                "nonfinite_grad_steps")
 # metrics whose non-finite value means the update itself went non-finite
 LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm")
-
-
-def cell_label(gelu: str, precision: str, compile_: bool, perturb: str = "none") -> str:
-    """Cell name without the env, e.g. ``exact/fp32``, ``tanh/bf16/compiled`` or, for a noise-floor
-    control run (``drift.perturb``), ``exact/fp32/perturb-ulp``."""
-    return (f"{gelu}/{precision}" + ("/compiled" if compile_ else "")
-            + ("" if perturb in (None, "", "none") else f"/perturb-{perturb}"))
 
 
 def parse_cell(cell: str) -> dict:
@@ -63,6 +68,7 @@ class Run:
     dropped_episodes: int = 0  # episodes with a non-finite return (kept out of the curves)
     # per metric key: True where that update's line lacked the key or held null
     absent: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    damage: str | None = None  # why the run's files are damaged (runformat.check_run_files), None if sound
 
     @property
     def env(self) -> str:
@@ -126,11 +132,13 @@ class RunReadError(Exception):
     pass
 
 
-def _read_jsonl(path: Path) -> tuple[list[dict], int]:
+def _salvage_jsonl(path: Path) -> tuple[list[dict], int]:
+    """What can be read of a file that failed the strict check (only for a run already flagged damaged):
+    the records that parse, and how many lines did not."""
     rows, bad = [], 0
     if not path.exists():
         return rows, 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             line = line.strip()
             if not line:
@@ -141,7 +149,7 @@ def _read_jsonl(path: Path) -> tuple[list[dict], int]:
                 bad += 1
                 continue
             if isinstance(obj, dict):
-                rows.append(obj)
+                rows.append(decode_nonfinite(obj))
             else:
                 bad += 1
     return rows, bad
@@ -160,8 +168,8 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     """Load one run directory. Raises RunReadError if run.json is unusable."""
     run_dir = Path(run_dir)
     try:
-        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        info = read_json(run_dir / "run.json")
+    except BadRunFile as e:
         raise RunReadError(f"run.json unreadable: {e}") from None
     if not isinstance(info, dict):
         raise RunReadError("run.json is not a JSON object")
@@ -171,7 +179,13 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     if info["status"] not in STATUSES:
         raise RunReadError(f"run.json status {info['status']!r} not one of {', '.join(STATUSES)}")
 
-    ep_rows, bad_ep = _read_jsonl(run_dir / "episodes.jsonl")
+    damage, bad_ep, bad_m = None, 0, 0
+    try:
+        m_rows, ep_rows = check_run_files(run_dir, info)
+    except BadRunFile as e:
+        damage = str(e)
+        m_rows, bad_m = _salvage_jsonl(run_dir / "metrics.jsonl")
+        ep_rows, bad_ep = _salvage_jsonl(run_dir / "episodes.jsonl")
     steps, rets = [], []
     for r in ep_rows:
         if "global_step" in r and "return" in r:
@@ -187,7 +201,6 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     dropped = int((~finite).sum())
     steps_a, rets_a = steps_a[finite], rets_a[finite]
 
-    m_rows, bad_m = _read_jsonl(run_dir / "metrics.jsonl")
     m_rows = [r for r in m_rows if "global_step" in r]
     m_rows.sort(key=lambda r: r["global_step"])
     metrics: dict[str, np.ndarray] = {}
@@ -201,7 +214,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         metrics[k] = np.array([_to_float(v) for v in vals], dtype=np.float64)
     run = Run(path=run_dir, info=info, episodes_step=steps_a, episodes_return=rets_a,
               metrics=metrics, bad_lines=bad_ep + bad_m, dropped_episodes=dropped,
-              absent=absent)
+              absent=absent, damage=damage)
     return run
 
 
@@ -211,6 +224,8 @@ class Sweep:
     runs: list[Run]  # one per (env, cell, seed): the kept copy
     duplicates: list[tuple[Run, Run]]  # (dropped, kept)
     unreadable: list[tuple[Path, str]]
+    damaged: list[Run] = field(default_factory=list)  # runs with damaged files (see Run.damage)
+    include_damaged: bool = False  # True: the damaged runs are also in ``runs`` (what could be read of them)
 
     def envs(self) -> list[str]:
         return sorted({r.env for r in self.runs})
@@ -234,7 +249,7 @@ class Sweep:
         """
         runs = [r for r in self.runs if r.env == env]
         seeds = {r.seed for r in runs}
-        have = {(r.cell, r.seed) for r in runs}
+        have = {(r.cell, r.seed) for r in runs} | {(r.cell, r.seed) for r in self.damaged if r.env == env}
         out = []
         for cl in {r.cell for r in runs if r.perturb != "none"}:
             out += [(cl, s) for s in seeds if (cl, s) not in have]
@@ -283,26 +298,38 @@ def _preference(run: Run) -> tuple:
             str(run.info.get("started_at") or ""), str(run.path))
 
 
-def load_sweep_or_raise(sweep_dir: str | os.PathLike, error: type[Exception]) -> Sweep:
+def load_sweep_or_raise(sweep_dir: str | os.PathLike, error: type[Exception],
+                        include_damaged: bool = False) -> Sweep:
     """load_sweep for a user-given path: raise ``error`` with one clear line if it is no sweep with runs."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise error(f"sweep dir '{sweep_dir}' is not a directory")
-    sweep = load_sweep(root)
+    sweep = load_sweep(root, include_damaged=include_damaged)
+    if not sweep.runs and sweep.damaged:
+        raise error(f"every run under '{sweep_dir}' is damaged ({len(sweep.damaged)}; first: "
+                    f"{sweep.damaged[0].damage}); --include-damaged uses what can be read")
     if not sweep.runs:
         extra = f" ({len(sweep.unreadable)} unreadable: {sweep.unreadable[0][1]})" if sweep.unreadable else ""
         raise error(f"no run directories (run.json) found under '{sweep_dir}'{extra}")
     return sweep
 
 
-def load_sweep(root: str | os.PathLike) -> Sweep:
+def load_sweep(root: str | os.PathLike, include_damaged: bool = False) -> Sweep:
+    """Every run under root. Damaged runs are listed in ``damaged`` and left out of ``runs`` (and so out of
+    every statistic) unless ``include_damaged``."""
     root = Path(root)
-    runs, unreadable = [], []
+    runs, unreadable, damaged = [], [], []
     for d in find_run_dirs(root):
         try:
-            runs.append(load_run(d))
+            r = load_run(d)
         except RunReadError as e:
             unreadable.append((d, str(e)))
+            continue
+        if r.damage is not None:
+            damaged.append(r)
+            if not include_damaged:
+                continue
+        runs.append(r)
     by_key: dict[tuple, list[Run]] = {}
     for r in runs:
         by_key.setdefault(r.key, []).append(r)
@@ -312,4 +339,6 @@ def load_sweep(root: str | os.PathLike) -> Sweep:
         kept.append(group[0])
         dups.extend((g, group[0]) for g in group[1:])
     kept.sort(key=lambda r: (r.env, cell_sort_key(r.cell), r.seed))
-    return Sweep(root=root, runs=kept, duplicates=dups, unreadable=unreadable)
+    damaged.sort(key=lambda r: (r.env, cell_sort_key(r.cell), r.seed, str(r.path)))
+    return Sweep(root=root, runs=kept, duplicates=dups, unreadable=unreadable, damaged=damaged,
+                 include_damaged=include_damaged)

@@ -55,7 +55,7 @@ def env_outcomes(env: str, cells: list[str], all_runs: dict, rule: Rule, o: dict
                          "episodes": int(r.episodes_step.size), "last_step": run_end(r),
                          "final_return": fr, "auc": auc, "auc_norm": rec["auc_norm"],
                          "final_norm": rec["final_norm"], "time_to_threshold": ttt, **r.nonfinite_summary(),
-                         "bad_lines": r.bad_lines, "path": str(r.path)})
+                         "bad_lines": r.bad_lines, "damaged": r.damage, "path": str(r.path)})
     return {"grid": grid, "used": used, "per_run": per_run, "rows": rows, "has_anchors": has_anchors,
             "threshold": threshold}
 

@@ -1,6 +1,12 @@
 """esper-report: judge a sweep by its pre-registered decision rule; report.md + PNG figures + CSV/JSON numbers.
 
     esper-report <sweep dir> [--out DIR] [--reps N] [--seed S] [--rule KEY=VALUE ...] [--control CELL]
+                 [--include-damaged]
+
+Damaged runs (runformat.check_run_files: a bad or cut line, missing or repeated updates, a finished run.json whose
+update count differs from metrics.jsonl) are listed in the inventory with the reason and left out of every
+statistic; each gets one line on stderr and the command exits 1. ``--include-damaged`` uses what can be read of
+them instead (still listed, still one line each on stderr; exit 0).
 
 The rule (endpoint, anchors, contrasts, margin delta, alpha, pairing: esper_exp/analysis/rule.py) is read from
 the runs' stored configs (run.json "config" -> "analysis"), so it was fixed before the data. ``--rule`` overrides
@@ -23,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from esper_exp.runformat import BadRunFile
+
 from . import decision as Dc
 from . import drift_report as DR
 from . import figures
@@ -37,7 +45,8 @@ from .output import write_csv as _write_csv
 from .rule import DEFAULT_RULE, MIN_SEEDS, Rule, rule_from_runs
 
 DEFAULTS = {"reps": 20000, "curve_reps": 2000, "seed": 0, "grid": 100, "window": 20, "last": 100, "power": 0.8,
-            "threshold": 0.95, "collapse": 0.5, "figures": True}
+            "threshold": 0.95, "collapse": 0.5, "figures": True, "include_damaged": False}
+EXIT_DAMAGED = 1  # a damaged run was left out of the statistics
 ReportError = AnalysisError  # the name tests and callers know
 
 ENDPOINT_KEY = {"auc": "auc_norm", "final_return": "final_norm"}
@@ -249,6 +258,9 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
         "missing": [{"env": e, "cell": c, "seed": s} for e in res["envs"] for c, s in res["env"][e]["missing"]],
         "duplicates": dup_rows,
         "unreadable": [{"path": str(p), "reason": why} for p, why in sweep.unreadable],
+        "damaged": [{"env": r.env, "cell": r.cell, "seed": r.seed, "status": r.status, "reason": r.damage,
+                     "bad_lines": r.bad_lines, "included": sweep.include_damaged, "path": str(r.path)}
+                    for r in sweep.damaged],
     }
     (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1, allow_nan=False) + "\n")
 
@@ -422,7 +434,14 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
                      [[d["env"], d["cell"], d["seed"], d["status"], d["path"], d["kept"]] for d in dup_rows]), ""]
     if sweep.unreadable:
         L += ["Unreadable run directories: " + "; ".join(f"{p} ({why})" for p, why in sweep.unreadable), ""]
-    if not problems and not summary["missing"] and not dup_rows and not sweep.unreadable:
+    if sweep.damaged:
+        how = ("INCLUDED with what could be read (--include-damaged): the statistics above use them"
+               if sweep.include_damaged else "EXCLUDED from every statistic above")
+        L += [f"**Damaged runs ({len(sweep.damaged)}; {how}):**", ""]
+        L += [_table(["env", "cell", "seed", "status", "damage", "path"],
+                     [[d["env"], d["cell"], d["seed"], d["status"], d["reason"], d["path"]]
+                      for d in summary["damaged"]]), ""]
+    if not problems and not summary["missing"] and not dup_rows and not sweep.unreadable and not sweep.damaged:
         L += ["All runs completed; no missing, duplicate or unreadable runs.", ""]
 
     if DR.sweep_has_drift(sweep):
@@ -458,11 +477,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--power", type=float, default=DEFAULTS["power"],
                    help="power for the minimum detectable effect (default: %(default)s)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="numbers and report.md only")
+    p.add_argument("--include-damaged", action="store_true",
+                   help="use what can be read of damaged runs (bad or cut lines, missing updates, run.json not "
+                        "matching metrics.jsonl) instead of excluding them and exiting 1; they are still listed")
     return p
 
 
 def run_report(sweep_dir, out=None, rule_overrides: dict | None = None, **opts) -> Path:
     """Library entry point (tests use it). Raises AnalysisError on bad input."""
+    return _report(sweep_dir, out, rule_overrides, **opts)[0]
+
+
+def _report(sweep_dir, out=None, rule_overrides: dict | None = None, **opts) -> tuple[Path, Sweep]:
     o = {**DEFAULTS, **{k: v for k, v in opts.items() if v is not None or k == "control"}}
     check_positive(reps=o["reps"], window=o["window"], last=o["last"], curve_reps=o["curve_reps"])
     if int(o["grid"]) < 2:
@@ -470,7 +496,7 @@ def run_report(sweep_dir, out=None, rule_overrides: dict | None = None, **opts) 
     if not 0 < float(o["power"]) < 1:
         raise AnalysisError(f"--power must be between 0 and 1 (got {o['power']})")
     root = Path(sweep_dir)
-    sweep = load_sweep_or_raise(root, AnalysisError)
+    sweep = load_sweep_or_raise(root, AnalysisError, include_damaged=bool(o["include_damaged"]))
     rule, meta = choose_rule(sweep, rule_overrides)
     cells = sorted({r.cell for r in sweep.runs})
     if rule.reference not in cells:
@@ -479,19 +505,26 @@ def run_report(sweep_dir, out=None, rule_overrides: dict | None = None, **opts) 
         raise AnalysisError(f"unknown control cell '{o['control']}'; cells in this sweep: " + ", ".join(cells))
     res = analyse(sweep, rule, o)
     out = Path(out) if out is not None else root / "report"
-    return write_report(sweep, res, rule, meta, o, out)
+    try:
+        return write_report(sweep, res, rule, meta, o, out), sweep
+    except BadRunFile as e:  # a drift file (snapshots.jsonl / probe.jsonl) that is not in the format
+        raise AnalysisError(str(e)) from None
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        path = run_report(args.sweep_dir, args.out, parse_rule_overrides(args.rule), reps=args.reps,
-                          seed=args.seed, grid=args.grid, window=args.window, last=args.last, power=args.power,
-                          control=args.control, figures=args.figures)
+        path, sweep = _report(args.sweep_dir, args.out, parse_rule_overrides(args.rule), reps=args.reps,
+                              seed=args.seed, grid=args.grid, window=args.window, last=args.last, power=args.power,
+                              control=args.control, figures=args.figures, include_damaged=args.include_damaged)
     except AnalysisError as e:
         return fail("esper-report", e)
     print(f"esper-report: wrote {path}")
-    return 0
+    how = ("INCLUDED with what could be read (--include-damaged)" if sweep.include_damaged
+           else "EXCLUDED from all statistics (--include-damaged uses what can be read)")
+    for r in sweep.damaged:
+        print(f"esper-report: DAMAGED RUN {how}: {r.damage}", file=sys.stderr)
+    return EXIT_DAMAGED if sweep.damaged and not sweep.include_damaged else 0
 
 
 if __name__ == "__main__":
