@@ -451,6 +451,8 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
     L += ["## Files", "", "decision.csv and secondary.csv (every contrast, every interval), runs.csv, outcomes.csv, "
           "health.csv, time_to_threshold.csv, collapse.csv, curves.csv, difference_curves.csv, summary.json (all "
           "of the above and the rule; NaN written as null).", ""]
+    # a figure that was not drawn (--no-figures) is not linked
+    L = [line for line in L if not (line.startswith("![") and not (out / line[line.index("(") + 1:-1]).exists())]
     path = out / "report.md"
     path.write_text("\n".join(L), encoding="utf-8")
     return path
