@@ -202,6 +202,7 @@ def test_other_reference_and_partial_sweep(tmp_path):
     (c,) = summary["decision"]
     assert c["contrast"] == "exact/bf16 - tanh/bf16" and c["estimate"] < 0 and c["n"] == 5
     assert not summary["rule_source"]["preregistered"]
+    assert "![" not in (out / "report.md").read_text()  # --no-figures: no link to a figure that was not drawn
 
 
 @pytest.mark.parametrize("case", ["no_such_dir", "empty_dir", "bad_reference", "bad_reps"])
