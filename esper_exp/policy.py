@@ -104,20 +104,10 @@ class ActorCritic(nn.Module):
 
         Member k's noise comes from generators[k]: one uniform per env (discrete, inverse-CDF sampling) or one
         standard normal per action dimension (continuous), the same stream in every cell of a seed."""
-        out, value = self.heads(obs, numerics)
-        N = out.shape[1]
         draw = torch.rand if self.discrete else torch.randn
-        shape = (N, 1) if self.discrete else (N, out.shape[-1])
-        noise = torch.stack([draw(shape, generator=g, device=out.device) for g in generators])
-        if self.discrete:
-            logp_all = torch.log_softmax(out, dim=-1)
-            action = (logp_all.exp().cumsum(-1) < noise).sum(-1).clamp_(max=out.shape[-1] - 1)
-            logp = logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        else:
-            std = self.actor_logstd.exp()
-            action = out + std * noise
-            logp = (-0.5 * noise.square() - self.actor_logstd - _LOG_SQRT_2PI).sum(-1)
-        return action, logp, value
+        shape = (obs.shape[1], 1 if self.discrete else self.actor_head.out_dim)
+        noise = torch.stack([draw(shape, generator=g, device=obs.device) for g in generators])
+        return self.act_with_noise(obs, numerics, noise)
 
     # ------------------------------------------------------------------ CUDA-graph path (esper_exp/ppo.py)
     def draw_noise(self, generators: Sequence[torch.Generator], steps: int, num_envs: int,

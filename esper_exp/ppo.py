@@ -153,6 +153,17 @@ def ppo_loss(evaluate, mb: Minibatch, p, numerics: Numerics) -> tuple[torch.Tens
     return loss, parts
 
 
+def _first_failure(fail: dict, bad: torch.Tensor, epoch, loss, grad_norm, parts) -> dict[str, torch.Tensor]:
+    """``fail`` (per-member first-failure record: epoch ``at``, loss, grad norm, loss parts) with the members that
+    newly went bad this minibatch filled in; members that failed earlier keep their first record."""
+    first = bad & (fail["at"] < 0)
+    out = {"at": torch.where(first, epoch, fail["at"])}
+    for key, v in (("loss", loss.detach()), ("grad_norm", grad_norm),
+                   *((k, parts[k]) for k in ("policy_loss", "value_loss", "entropy"))):
+        out[key] = torch.where(first, v.float(), fail[key])
+    return out
+
+
 @dataclass
 class UpdateResult:
     records: dict[int, dict] = field(default_factory=dict)  # member -> metrics record of the update it completed
@@ -255,6 +266,23 @@ class PPO:
         buf.episode_ends.copy_(torch.from_numpy(episode_ends))
 
     # ---------------------------------------------------------------- update
+    def _clipped_grads(self, mb: Minibatch, stepping: torch.Tensor):
+        """One minibatch's loss and per-member clipped gradients (in ``flat.grad``), and which stepping members went
+        non-finite (``bad``: they fail) or overflowed (fp16 only: that member skips the step and lowers its scale).
+        Shared by the host loop and the CUDA-graph step: no host read."""
+        loss, parts = ppo_loss(self.policy.evaluate, mb, self.hp, self.numerics)
+        self.optimizer.zero_grad()
+        self.scaler.scale_loss(loss).backward()
+        self.flat.gather_grads()
+        self.scaler.unscale_(self.flat.grad)
+        grad_norm = clip_grad_norm_per_member(self.flat.grad, self.hp.max_grad_norm)
+        finite_loss, finite_grad = torch.isfinite(loss), torch.isfinite(grad_norm)
+        if self.scaler.enabled:
+            bad, overflow = stepping & ~finite_loss, stepping & finite_loss & ~finite_grad
+        else:
+            bad, overflow = stepping & ~(finite_loss & finite_grad), torch.zeros_like(stepping)
+        return loss, parts, grad_norm, bad, overflow
+
     def update(self, advantages: torch.Tensor, returns: torch.Tensor, probe=None) -> tuple[dict, dict]:
         """Epochs of clipped-surrogate minibatch updates for every live member. ``probe(minibatch)``, when given, runs
         once on the first minibatch before any parameter changes (the drift shadow probe).
@@ -283,22 +311,8 @@ class PPO:
                 mb = batch.index(perms[epoch][:, j * self.minibatch_size:(j + 1) * self.minibatch_size])
                 if probe is not None and epoch == 0 and j == 0:
                     probe(mb)
-                loss, parts = ppo_loss(self.policy.evaluate, mb, p, self.numerics)
-                self.optimizer.zero_grad()
-                self.scaler.scale_loss(loss).backward()
-                self.flat.gather_grads()
-                self.scaler.unscale_(self.flat.grad)
-                grad_norm = clip_grad_norm_per_member(self.flat.grad, p.max_grad_norm)
-                finite_loss, finite_grad = torch.isfinite(loss), torch.isfinite(grad_norm)
-                if self.scaler.enabled:  # fp16: an overflowing gradient skips that member's step, lowers its scale
-                    bad, overflow = stepping & ~finite_loss, stepping & finite_loss & ~finite_grad
-                else:
-                    bad, overflow = stepping & ~(finite_loss & finite_grad), torch.zeros_like(stepping)
-                first = bad & (fail["at"] < 0)
-                fail["at"] = torch.where(first, epoch, fail["at"])
-                for key, v in (("loss", loss.detach()), ("grad_norm", grad_norm), *((k, parts[k]) for k in (
-                        "policy_loss", "value_loss", "entropy"))):
-                    fail[key] = torch.where(first, v.float(), fail[key])
+                loss, parts, grad_norm, bad, overflow = self._clipped_grads(mb, stepping)
+                fail.update(_first_failure(fail, bad, epoch, loss, grad_norm, parts))
                 stepping = stepping & ~bad
                 do_step = stepping & ~overflow
                 self.optimizer.step(do_step.tolist())
@@ -429,25 +443,12 @@ class PPO:
     def _minibatch_step(self) -> None:
         """One minibatch update of every stepping member on the static tensors: what :meth:`update`'s loop body does
         on CPU, with every flag kept on the device and written in place."""
-        S, p = self._st, self.hp
+        S = self._st
         mb = S.batch.index(S.idx)
-        loss, parts = ppo_loss(self.policy.evaluate, mb, p, self.numerics)
-        self.optimizer.zero_grad()
-        self.scaler.scale_loss(loss).backward()
-        self.flat.gather_grads()
-        self.scaler.unscale_(self.flat.grad)
-        grad_norm = clip_grad_norm_per_member(self.flat.grad, p.max_grad_norm)
-        finite_loss, finite_grad = torch.isfinite(loss), torch.isfinite(grad_norm)
         stepping = S.stepping
-        if self.scaler.enabled:
-            bad, overflow = stepping & ~finite_loss, stepping & finite_loss & ~finite_grad
-        else:
-            bad, overflow = stepping & ~(finite_loss & finite_grad), torch.zeros_like(stepping)
-        first = bad & (S.fail["at"] < 0)
-        S.fail["at"].copy_(torch.where(first, S.epoch, S.fail["at"]))
-        for key, v in (("loss", loss.detach()), ("grad_norm", grad_norm), *((k, parts[k]) for k in (
-                "policy_loss", "value_loss", "entropy"))):
-            S.fail[key].copy_(torch.where(first, v.float(), S.fail[key]))
+        loss, parts, grad_norm, bad, overflow = self._clipped_grads(mb, stepping)
+        for key, v in _first_failure(S.fail, bad, S.epoch, loss, grad_norm, parts).items():
+            S.fail[key].copy_(v)
         stepping = stepping & ~bad
         S.stepping.copy_(stepping)
         do_step = stepping & ~overflow
