@@ -39,9 +39,18 @@ from typing import Any, Callable, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import (
+    JobReturn,
+    JobRuntime,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    setup_globals,
+)
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from esper_exp.runformat import file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +153,6 @@ def _configure_group_logging(configs: list[DictConfig]) -> None:
     configure_log(OmegaConf.create(conf), first.verbose)
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
-
-
 def status_from_run_dir(run_dir: Path, before: tuple[int, int] | None, not_run: str) -> str:
     """A member's status when run_group did not return one (interrupted or crashed group): what its run.json says
     if it was written since ``before`` (its stamp when the group started), else ``not_run`` (or 'skipped' for a
@@ -162,7 +163,7 @@ def status_from_run_dir(run_dir: Path, before: tuple[int, int] | None, not_run: 
     if info is None:
         return not_run
     status = info.get("status")
-    if _stamp(run_dir / "run.json") == before:
+    if file_stamp(run_dir / "run.json") == before:
         return "skipped" if status == "completed" else not_run
     if status in ("completed", "failed", "interrupted"):
         return status
@@ -194,7 +195,7 @@ def run_group_spec(spec: GroupSpec) -> dict[str, Any]:
     # until run_group installs its own handler (and between members), SIGTERM interrupts like Ctrl-C: the member
     # being set up records 'interrupted' instead of the process dying (or, under submitit, ignoring it)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    before = [_stamp(d / "run.json") for d in spec.run_dirs]
+    before = [file_stamp(d / "run.json") for d in spec.run_dirs]
     statuses: list[str] | None = None
     interrupted = error = None
     try:
@@ -453,7 +454,7 @@ class GroupedLaunch:
             for i in idx:
                 log.info(f"\t\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}")
         for group in groups:
-            group.before = [_stamp(d / "run.json") for d in group.spec.run_dirs]
+            group.before = [file_stamp(d / "run.json") for d in group.spec.run_dirs]
 
         runner = {"local": self._run_local, "submitit_local": self._run_submitit,
                   "submitit_slurm": self._run_submitit}[self.backend]

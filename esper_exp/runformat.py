@@ -88,6 +88,15 @@ def decode_nonfinite(obj: Any) -> Any:
     return obj
 
 
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of a file, None if it is missing: tells whether a file was (re)written since a snapshot."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write strict JSON to ``path`` atomically (temp file in the same directory, fsync, rename)."""
     path = Path(path)

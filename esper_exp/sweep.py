@@ -32,7 +32,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from esper_exp.runformat import FINISHED, read_run_json, write_json_atomic
+from esper_exp.runformat import FINISHED, file_stamp, read_run_json, write_json_atomic
 from esper_exp.tracking import config_hash, now
 
 CATEGORIES = (*FINISHED, "skipped")
@@ -40,14 +40,6 @@ CATEGORIES = (*FINISHED, "skipped")
 LAST_SUMMARY: dict[str, Any] | None = None
 _ACTIVE: SweepSummary | None = None
 _IGNORED_PARTS = {"attempts", ".submitit", "wandb", ".hydra"}
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -66,7 +58,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def snapshot(sweep_dir: Path) -> dict[str, dict[str, Any]]:
-    return {str(d): {"run_json": _stamp(d / "run.json"), "hydra": _stamp(d / ".hydra" / "hydra.yaml")}
+    return {str(d): {"run_json": file_stamp(d / "run.json"), "hydra": file_stamp(d / ".hydra" / "hydra.yaml")}
             for d in job_dirs(sweep_dir)}
 
 
@@ -103,8 +95,8 @@ def classify(job: Path, before: dict[str, Any] | None) -> dict[str, Any]:
     """One job's entry: category (completed/failed/interrupted/skipped/other) plus what run.json says."""
     before = before or {"run_json": None, "hydra": None}
     info = read_run_json(job)
-    launched = _stamp(job / ".hydra" / "hydra.yaml") not in (None, before["hydra"])
-    written = info is not None and _stamp(job / "run.json") != before["run_json"]
+    launched = file_stamp(job / ".hydra" / "hydra.yaml") not in (None, before["hydra"])
+    written = info is not None and file_stamp(job / "run.json") != before["run_json"]
     entry: dict[str, Any] = {"dir": str(job), "status": info.get("status") if info else None,
                              "reason": info.get("reason") if info else None}
     if info:
