@@ -38,3 +38,21 @@ def train_run(tmp_path):
 
 
 TINY_CARTPOLE = ("env=cartpole", "ppo.total_timesteps=2048", "ppo.num_steps=64")
+
+
+def interrupt_after_update(monkeypatch, overrides, run_dir: Path, update: int) -> None:
+    """Train ``overrides`` alone in ``run_dir`` and stop it as a Ctrl-C would, right after update ``update`` is
+    logged (status interrupted; checkpoints as configured stay)."""
+    from esper_exp.tracking import Tracker
+
+    log_update = Tracker.log_update
+
+    def stop(self, record):
+        log_update(self, record)
+        if record["update"] == update:
+            raise KeyboardInterrupt("SIGINT")
+
+    with monkeypatch.context() as m:
+        m.setattr(Tracker, "log_update", stop)
+        with pytest.raises(KeyboardInterrupt):
+            run(make_cfg(*overrides), run_dir)

@@ -252,25 +252,13 @@ def test_every_file_a_run_writes_is_strict_json(train_run):
 
 
 def test_an_unfinished_run_of_another_config_is_kept_and_the_restart_said_so(tmp_path, monkeypatch, capsys):
-    import pytest
-    from conftest import make_cfg
+    from conftest import interrupt_after_update, make_cfg
 
-    from esper_exp.tracking import Tracker
     from esper_exp.train import run
 
     overrides = ("env=cartpole", "ppo.total_timesteps=2048", "ppo.num_steps=64", "tracking.checkpoint_every=2")
-    log_update = Tracker.log_update
-
-    def stop_after_update_2(self, record):
-        log_update(self, record)
-        if record["update"] == 2:
-            raise KeyboardInterrupt("SIGINT")
-
-    monkeypatch.setattr(Tracker, "log_update", stop_after_update_2)
     run_dir = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        run(make_cfg(*overrides), run_dir)
-    monkeypatch.setattr(Tracker, "log_update", log_update)
+    interrupt_after_update(monkeypatch, overrides, run_dir, 2)
     capsys.readouterr()
     assert run(make_cfg(*overrides, "seed=5"), run_dir) == "completed"
     err = capsys.readouterr().err

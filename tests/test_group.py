@@ -5,7 +5,7 @@ torch's."""
 import pytest
 import torch
 
-from conftest import make_cfg, read_jsonl, without_wall_clock
+from conftest import interrupt_after_update, make_cfg, read_jsonl, without_wall_clock
 from esper_exp.stacked import FlatParams, MemberAdam, MemberGradScaler, clip_grad_norm_per_member
 from esper_exp.tracking import read_run_json
 from esper_exp.train import run, run_group
@@ -101,22 +101,9 @@ def test_target_kl_stops_each_member_on_its_own(tmp_path):
 
 
 def test_members_resumed_at_different_updates_equal_their_uninterrupted_runs(tmp_path, monkeypatch):
-    from esper_exp.tracking import Tracker
-
     overrides = (*DISCRETE, "tracking.checkpoint_every=2")
-    # seed 2 alone, stopped (as by Ctrl-C) during update 4: its last checkpoint is at update 2
-    log_update, updates = Tracker.log_update, []
-
-    def stop_in_update_4(self, record):
-        log_update(self, record)
-        updates.append(record["update"])
-        if record["update"] == 3:
-            raise KeyboardInterrupt("SIGINT")
-
-    monkeypatch.setattr(Tracker, "log_update", stop_in_update_4)
-    with pytest.raises(KeyboardInterrupt):
-        run(make_cfg(*overrides, "seed=2"), tmp_path / "group" / "seed=2")
-    monkeypatch.setattr(Tracker, "log_update", log_update)
+    # seed 2 alone, stopped (as by Ctrl-C) after update 3: its last checkpoint is at update 2
+    interrupt_after_update(monkeypatch, (*overrides, "seed=2"), tmp_path / "group" / "seed=2", 3)
     assert read_run_json(tmp_path / "group" / "seed=2")["status"] == "interrupted"
     # the group: seeds 1 and 3 start fresh, seed 2 continues from its update-2 checkpoint
     statuses, dirs = _group(tmp_path, overrides)

@@ -165,24 +165,13 @@ def test_wandb_offline_run_is_readable_without_network(train_run, tmp_path):
 
 
 def test_a_resumed_run_continues_its_own_wandb_run(tmp_path, monkeypatch):
-    from conftest import make_cfg
-    from esper_exp.tracking import Tracker
+    from conftest import interrupt_after_update, make_cfg
     from esper_exp.train import run
 
     overrides = (*TINY_CARTPOLE, "tracking.wandb.mode=offline", "tracking.checkpoint_every=2")
-    log_update = Tracker.log_update
-
-    def stop_after_update_3(self, record):
-        log_update(self, record)
-        if record["update"] == 3:
-            raise KeyboardInterrupt("SIGINT")
-
-    monkeypatch.setattr(Tracker, "log_update", stop_after_update_3)
     run_dir = tmp_path / "wb"
-    with pytest.raises(KeyboardInterrupt):
-        run(make_cfg(*overrides), run_dir)
+    interrupt_after_update(monkeypatch, overrides, run_dir, 3)
     first = read_run_json(run_dir)["wandb_id"]
-    monkeypatch.setattr(Tracker, "log_update", log_update)
     assert run(make_cfg(*overrides), run_dir) == "completed"
     info = read_run_json(run_dir)
     assert info["wandb_id"] == first and info["resumed_at"]
