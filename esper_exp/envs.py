@@ -13,11 +13,16 @@ per member, is gymnasium's own stack: SyncVectorEnv(SAME_STEP) over ``gym.make``
 
 from __future__ import annotations
 
+import os
+import pickle
+import signal
+import threading
+import traceback
+import weakref
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 # Per-layer state a sub-env carries between steps (wrappers' counters and accumulators, classic-control
 # physics). With the running mean/std objects, the RNG and MuJoCo's integration state this is everything a
@@ -27,9 +32,15 @@ _STATE_ATTRS = ("_elapsed_steps", "_has_reset", "episode_returns", "episode_leng
 _RMS_ATTRS = ("obs_rms", "return_rms")
 
 
-def _safe(value):
-    """numpy -> tensors and plain numbers, so torch.load(weights_only=True) can read it back."""
+def _safe(value, tensor: bool = True):
+    """numpy -> tensors and plain numbers, so torch.load(weights_only=True) can read it back. ``tensor=False``
+    (env worker processes, which never import torch) keeps a numpy copy under "ndarray"; ``_tensorise`` turns it
+    into the tensor in the training process."""
     if isinstance(value, np.ndarray):
+        if not tensor:
+            return {"ndarray": np.array(value, copy=True)}
+        import torch
+
         return {"ndarray": torch.from_numpy(np.array(value, copy=True))}
     if isinstance(value, np.generic):
         return {"npscalar": value.item(), "dtype": value.dtype.str}
@@ -38,10 +49,35 @@ def _safe(value):
 
 def _unsafe(value):
     if isinstance(value, dict) and "ndarray" in value:
-        return value["ndarray"].numpy().copy()
+        v = value["ndarray"]
+        return np.array(v, copy=True) if isinstance(v, np.ndarray) else v.numpy().copy()
     if isinstance(value, dict) and "npscalar" in value:
         return np.dtype(value["dtype"]).type(value["npscalar"])
     return value
+
+
+def _tensorise(obj):
+    """A worker's sub-env state (numpy arrays) as ``sub_env_state`` gives it in-process (tensors)."""
+    if isinstance(obj, np.ndarray):
+        import torch
+
+        return torch.from_numpy(obj)
+    if isinstance(obj, dict):
+        return {k: _tensorise(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_tensorise(v) for v in obj]
+    return obj
+
+
+def _numpyise(obj):
+    """The other way, before a state goes to a worker: tensors -> numpy arrays (no torch needed there)."""
+    if isinstance(obj, dict):
+        return {k: _numpyise(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_numpyise(v) for v in obj)
+    if type(obj).__module__ == "torch" and hasattr(obj, "numpy"):
+        return obj.numpy()
+    return obj
 
 
 def _layers(env: gym.Env):
@@ -52,15 +88,15 @@ def _layers(env: gym.Env):
         env = env.env
 
 
-def sub_env_state(env: gym.Env) -> list[dict]:
+def sub_env_state(env: gym.Env, tensor: bool = True) -> list[dict]:
     states = []
     for layer in _layers(env):
         own = vars(layer)
-        state = {k: _safe(own[k]) for k in _STATE_ATTRS if k in own}
+        state = {k: _safe(own[k], tensor) for k in _STATE_ATTRS if k in own}
         for k in _RMS_ATTRS:
             if k in own:
                 rms = own[k]
-                state[k] = {"mean": _safe(rms.mean), "var": _safe(rms.var), "count": _safe(rms.count)}
+                state[k] = {f: _safe(getattr(rms, f), tensor) for f in ("mean", "var", "count")}
         states.append(state)
     base = env.unwrapped
     states[-1]["np_random"] = base.np_random.bit_generator.state
@@ -70,7 +106,7 @@ def sub_env_state(env: gym.Env) -> list[dict]:
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
         full = np.empty(mujoco.mj_stateSize(base.model, spec))
         mujoco.mj_getState(base.model, base.data, full, spec)
-        states[-1]["mujoco"] = _safe(full)
+        states[-1]["mujoco"] = _safe(full, tensor)
     return states
 
 
@@ -198,6 +234,303 @@ def _rms_update(mean: np.ndarray, var: np.ndarray, count: np.ndarray, x: np.ndar
     return new_mean, new_var, tot.reshape(count.shape)
 
 
+# ================================================================================================ env workers
+# GroupEnvs(workers=W >= 1): the E raw envs (``gym.make``) live in W worker processes, worker w holding the
+# contiguous slice [bounds[w], bounds[w+1]) of sub-envs; every wrapper stays in the training process, unchanged.
+# One round-trip per step: the training process writes the actions into shared memory and sends each worker a few
+# bytes (the actions' dtype) through its pipe; the worker steps its slice, resets at once every sub-env whose
+# episode ended (SAME_STEP; the reset observation goes to its own shared array, the final one stays in ``obs``)
+# and answers b"k". Resets with seeds and getting/setting sub-env state are pickled messages. Workers are started
+# with "spawn" (or "forkserver"), never plain fork: the training process may hold CUDA and torch threads. They
+# import numpy, gymnasium and the env's own modules (mujoco), never torch.
+
+_STEP, _OK = b"S", b"k"
+_ACTION_ITEMSIZE = 16  # bytes reserved per action element in shared memory: any numeric numpy dtype fits
+_START_METHODS = ("spawn", "forkserver")
+
+
+class EnvWorkerError(RuntimeError):
+    """An env worker process of a GroupEnvs died, gave no reply within the timeout, or raised (its traceback is in
+    the message). The group is unusable afterwards (its workers are shut down); close() is still safe."""
+
+
+def _shared_layout(E: int, obs_shape: tuple, raw_dtype, action_elems: int) -> tuple[dict, int]:
+    """name -> (byte offset, shape, dtype) of the arrays in the shared buffer (64-byte aligned), total bytes.
+    "actions" is raw bytes, viewed with each step's action dtype."""
+    arrays = {"actions": ((E * action_elems * _ACTION_ITEMSIZE,), np.uint8),
+              "obs": ((E, *obs_shape), raw_dtype), "reset_obs": ((E, *obs_shape), raw_dtype),
+              "reward": ((E,), np.float64), "terminated": ((E,), np.bool_), "truncated": ((E,), np.bool_)}
+    layout, off = {}, 0
+    for name, (shape, dtype) in arrays.items():
+        dtype = np.dtype(dtype)
+        layout[name] = (off, shape, dtype.str)
+        off += -(-int(np.prod(shape, dtype=np.int64)) * dtype.itemsize // 64) * 64
+    return layout, max(off, 64)
+
+
+def _shared_views(raw, layout: dict) -> dict[str, np.ndarray]:
+    mem = np.frombuffer(raw, dtype=np.uint8)
+    return {name: np.ndarray(shape, np.dtype(dtype), buffer=mem, offset=off)
+            for name, (off, shape, dtype) in layout.items()}
+
+
+def _action_view(views: dict, dtype: np.dtype, shape: tuple) -> np.ndarray:
+    """The shared action bytes as an [E, *action_shape] array of ``dtype``."""
+    return np.ndarray(shape, dtype, buffer=views["actions"], offset=0)
+
+
+def _env_worker(conn, lo: int, hi: int, make_args: bytes, raw, layout: dict, action_shape: tuple) -> None:
+    """A worker process: builds sub-envs [lo, hi) and serves the training process until "close", a closed pipe
+    or the death of its parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle (it stops the workers)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent while it started us
+    parent = os.getppid()
+    envs: list[gym.Env] = []
+    try:
+        try:
+            spec, max_episode_steps, kwargs = pickle.loads(make_args)
+            with _quiet_settotalmass():
+                for _ in range(hi - lo):
+                    envs.append(gym.make(spec, max_episode_steps=max_episode_steps, disable_env_checker=True, **kwargs))
+            views = {k: v[lo:hi] if k != "actions" else v for k, v in _shared_views(raw, layout).items()}
+            obs, reset_obs, reward = views["obs"], views["reset_obs"], views["reward"]
+            terminated, truncated = views["terminated"], views["truncated"]
+            full_shape = (layout["obs"][1][0], *action_shape)
+            actions_as: dict[bytes, np.ndarray] = {}
+            steps, resets = [e.step for e in envs], [e.reset for e in envs]
+            reply = pickle.dumps(("ok", len(list(_layers(envs[0])))))
+        except BaseException:
+            conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
+            return
+        conn.send_bytes(reply)
+        while True:
+            while not conn.poll(1.0):
+                if os.getppid() != parent:  # orphaned: the training process (or its forkserver) is gone
+                    return
+            try:
+                msg = conn.recv_bytes()
+            except (EOFError, OSError):  # the training process closed its end or died
+                return
+            try:
+                if msg[:1] == _STEP:
+                    a = actions_as.get(msg)
+                    if a is None:
+                        a = actions_as[msg] = _action_view(views, np.dtype(msg[1:].decode()), full_shape)[lo:hi]
+                    for j, step in enumerate(steps):
+                        obs[j], reward[j], terminated[j], truncated[j], _ = step(a[j])
+                        if terminated[j] or truncated[j]:
+                            reset_obs[j], _ = resets[j]()
+                    conn.send_bytes(_OK)
+                    continue
+                cmd, arg = pickle.loads(msg)
+                result = None
+                if cmd == "close":
+                    return
+                elif cmd == "reset":
+                    for j, seed in enumerate(arg):
+                        obs[j], _ = envs[j].reset(seed=seed)
+                        envs[j].action_space.seed(seed)
+                elif cmd == "get_state":
+                    result = [(sub_env_state(envs[j], tensor=False), envs[j].action_space.np_random.bit_generator.state)
+                              for j in arg]
+                elif cmd == "set_state":
+                    for j, states, rng in arg:
+                        load_sub_env_state(envs[j], states)
+                        envs[j].action_space.np_random.bit_generator.state = rng
+                elif cmd == "raise":  # tests: an error raised inside a worker
+                    raise RuntimeError(arg)
+                else:
+                    raise ValueError(f"unknown env worker command {cmd!r}")
+                conn.send_bytes(pickle.dumps(("ok", result)))
+            except (BrokenPipeError, EOFError):
+                return
+            except BaseException:
+                conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
+    finally:
+        for env in envs:
+            try:
+                env.close()
+            except Exception:
+                pass
+
+
+def _shutdown(procs: list, conns: list, grace: float = 2.0) -> None:
+    """Ask every worker to exit, wait up to ``grace`` seconds, then kill what is left. Idempotent."""
+    import time
+
+    for c in conns:
+        try:
+            c.send_bytes(pickle.dumps(("close", None)))
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(5.0)
+    for c in conns:
+        c.close()
+    procs.clear()
+    conns.clear()
+
+
+class _EnvWorkers:
+    """The training process's side of W env workers: shared arrays, one pipe per worker, liveness and timeouts."""
+
+    def __init__(self, num_workers: int, env_id: str, make_args: bytes, E: int, num_envs: int, obs_shape: tuple,
+                 raw_dtype, action_shape: tuple, timeout: float, start_method: str):
+        import multiprocessing as mp
+
+        W = num_workers
+        self.env_id, self.E, self.num_envs, self.timeout = env_id, E, num_envs, float(timeout)
+        self.bounds = [w * E // W for w in range(W + 1)]
+        self.action_shape = action_shape
+        layout, nbytes = _shared_layout(E, obs_shape, raw_dtype, int(np.prod(action_shape, dtype=np.int64)))
+        ctx = mp.get_context(start_method)
+        self._raw = ctx.RawArray("B", nbytes)
+        self.views = _shared_views(self._raw, layout)
+        self._actions_as: dict[np.dtype, np.ndarray] = {}
+        self.procs: list = []
+        self.conns: list = []
+        self.pending = [0] * W
+        self.failed: str | None = None
+        self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.conns)
+        # SIGINT blocked while starting: a spawned worker inherits the mask through exec, so a Ctrl-C in the
+        # terminal can never reach it before it ignores SIGINT; here it is delivered once unblocked
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for w in range(W):
+                parent_end, child_end = ctx.Pipe()
+                p = ctx.Process(target=_env_worker, name=f"esper-env-worker-{w}", daemon=True,
+                                args=(child_end, self.bounds[w], self.bounds[w + 1], make_args, self._raw, layout,
+                                      action_shape))
+                self.conns.append(parent_end)
+                p.start()
+                self.procs.append(p)
+                child_end.close()  # the worker holds the only other end: its death is an EOF here
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for w in range(W):
+            self.pending[w] += 1
+        self.layers = [self._recv(w, "starting") for w in range(W)][0]
+
+    # ---------------------------------------------------------------------------------------------- messages
+    def _where(self, w: int) -> str:
+        lo, hi, N = self.bounds[w], self.bounds[w + 1], self.num_envs
+        pid = self.procs[w].pid if w < len(self.procs) else None
+        return (f"{self.env_id} env worker {w} (pid {pid}; sub-envs {lo}-{hi - 1} of {self.E}, members "
+                f"{lo // N}-{(hi - 1) // N})")
+
+    def _fail(self, w: int, what: str):
+        self.failed = f"{self._where(w)} {what}"
+        _shutdown(self.procs, self.conns, grace=1.0)
+        raise EnvWorkerError(self.failed)
+
+    def _send(self, w: int, data: bytes) -> None:
+        try:
+            self.conns[w].send_bytes(data)
+        except (OSError, ValueError):
+            self._fail(w, f"cannot be reached ({self._exit(w)})")
+        self.pending[w] += 1
+
+    def _exit(self, w: int) -> str:
+        p = self.procs[w]
+        p.join(1.0)
+        code = p.exitcode
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    def _recv(self, w: int, doing: str = "stepping"):
+        conn = self.conns[w]
+        try:
+            ready = conn.poll(self.timeout)
+            if not ready:
+                self._fail(w, f"gave no reply within {self.timeout:g} s while {doing} (hung? "
+                              f"worker_timeout sets the limit)")
+            msg = conn.recv_bytes()
+        except (EOFError, OSError):
+            self._fail(w, f"died while {doing} ({self._exit(w)})")
+        self.pending[w] -= 1
+        if msg == _OK:
+            return None
+        status, payload = pickle.loads(msg)
+        if status == "error":
+            self._fail(w, f"raised while {doing}:\n{payload.rstrip()}")
+        return payload
+
+    def _ready(self) -> None:
+        """Refuse after a failure; read replies left unread by an interrupted call (e.g. a KeyboardInterrupt)."""
+        if self.failed is not None:
+            raise EnvWorkerError(f"GroupEnvs unusable after an earlier failure: {self.failed}")
+        if not self.procs:
+            raise RuntimeError("GroupEnvs is closed")
+        for w, n in enumerate(self.pending):
+            for _ in range(n):
+                self._recv(w, "finishing an interrupted call")
+
+    def _call(self, per_worker: dict[int, tuple], doing: str) -> dict[int, object]:
+        self._ready()
+        for w, message in per_worker.items():
+            self._send(w, pickle.dumps(message))
+        return {w: self._recv(w, doing) for w in per_worker}
+
+    # ---------------------------------------------------------------------------------------------- API
+    def step(self, actions: np.ndarray) -> None:
+        """Step every sub-env with actions [E, *action_shape]; results in views obs / reward / terminated /
+        truncated (and reset_obs where an episode ended)."""
+        self._ready()
+        dtype = actions.dtype
+        view = self._actions_as.get(dtype)
+        if view is None:
+            if dtype.hasobject or dtype.itemsize > _ACTION_ITEMSIZE:
+                raise TypeError(f"actions of dtype {dtype} cannot be sent to env workers")
+            view = self._actions_as[dtype] = _action_view(self.views, dtype, (self.E, *self.action_shape))
+        view[...] = actions
+        message = _STEP + dtype.str.encode()
+        for w in range(len(self.procs)):
+            self._send(w, message)
+        for w in range(len(self.procs)):
+            self._recv(w)
+
+    def reset(self, seeds: list[int]) -> None:
+        b = self.bounds
+        self._call({w: ("reset", seeds[b[w]:b[w + 1]]) for w in range(len(self.procs))}, "resetting")
+
+    def _by_worker(self, indices: list[int]) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for e in indices:
+            w = int(np.searchsorted(self.bounds, e, side="right")) - 1
+            out.setdefault(w, []).append(e - self.bounds[w])
+        return out
+
+    def get_state(self, indices: list[int]) -> list[tuple]:
+        """(sub_env_state with numpy arrays, action-space RNG state) of sub-envs ``indices`` (ascending)."""
+        replies = self._call({w: ("get_state", js) for w, js in self._by_worker(indices).items()}, "saving state")
+        return [pair for w in sorted(replies) for pair in replies[w]]
+
+    def set_state(self, items: list[tuple[int, list, dict]]) -> None:
+        """items: (sub-env index, sub_env_state, action-space RNG state)."""
+        by: dict[int, list] = {}
+        for e, states, rng in items:
+            w = int(np.searchsorted(self.bounds, e, side="right")) - 1
+            by.setdefault(w, []).append((e - self.bounds[w], _numpyise(states), rng))
+        self._call({w: ("set_state", payload) for w, payload in by.items()}, "loading state")
+
+    def alive(self) -> list[int]:
+        return [p.pid for p in self.procs if p.is_alive()]
+
+    def close(self) -> None:
+        self._finalizer()  # _shutdown once (also run at garbage collection and interpreter exit)
+
+
 class GroupEnvs:
     """K members x N sub-envs each; sub-env e = member k, index i with e = k*N + i (member-major).
 
@@ -207,16 +540,31 @@ class GroupEnvs:
     on raw rewards, ClipAction, NormalizeObservation + clip, NormalizeReward + clip), each sub-env with its own
     running statistics. Observations are returned as float64 (the wrapper stack gives float32 when normalising and
     for float32 envs such as CartPole: the float64 values are those float32 values exactly).
+
+    ``workers=0`` (default): the E = K * N raw envs are stepped in a loop in this process. ``workers=W >= 1``: they
+    are split into min(W, E) contiguous slices, each built and stepped in its own worker process (``start_method``
+    "spawn" or "forkserver", never fork); the wrappers stay here, so every output and ``state_dict`` is bitwise
+    that of ``workers=0`` and checkpoints move freely between the two. A worker that dies, raises or gives no reply
+    within ``worker_timeout`` seconds raises ``EnvWorkerError`` here (with its traceback); ``close()`` stops the
+    workers (they also exit when this process dies, and ignore Ctrl-C). With workers, ``envs`` is empty.
     """
 
     def __init__(self, env_id: str, seeds: list[int], num_envs: int, gamma: float, *, clip_action: bool = False,
                  normalize_obs: bool = False, normalize_reward: bool = False, clip_obs: float = 10.0,
-                 clip_reward: float = 10.0, max_episode_steps: int | None = None, kwargs: dict | None = None):
+                 clip_reward: float = 10.0, max_episode_steps: int | None = None, kwargs: dict | None = None,
+                 workers: int = 0, start_method: str = "spawn", worker_timeout: float = 60.0):
         if env_id not in gym.registry:
             raise ValueError(f"unknown gymnasium env id {env_id!r}; see gymnasium.registry for the allowed ids")
         if len(seeds) < 1 or num_envs < 1:
             raise ValueError(f"need at least one member and one env per member (got {len(seeds)} seeds, "
                              f"num_envs={num_envs})")
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+            raise ValueError(f"workers must be an int >= 0 (0: step the envs in this process), got {workers!r}")
+        if start_method not in _START_METHODS:
+            raise ValueError(f"start_method must be one of {', '.join(_START_METHODS)} (never fork: this process may "
+                             f"hold CUDA and torch threads), got {start_method!r}")
+        self._workers: _EnvWorkers | None = None
+        self.envs: list[gym.Env] = []
         self.env_id, self.seeds = env_id, [int(s) for s in seeds]
         self.num_members, self.num_envs = len(self.seeds), int(num_envs)
         self.gamma, self.clip_obs, self.clip_reward = gamma, clip_obs, clip_reward
@@ -242,7 +590,10 @@ class GroupEnvs:
             if problem is not None:
                 self.close()
                 raise ValueError(f"{env_id}: {problem}")
-            self.envs += [make() for _ in range(E - 1)]
+            if workers == 0:
+                self.envs += [make() for _ in range(E - 1)]
+            else:  # the first env only checked the spaces: the workers build all E
+                self.envs.pop().close()
 
         self.env_action_space = act  # the env's own space (bounded); single_action_space is the wrapper stack's
         self.single_action_space = (gym.spaces.Box(-np.inf, np.inf, shape=act.shape, dtype=act.dtype) if clip_action
@@ -255,6 +606,20 @@ class GroupEnvs:
         self._low, self._high = (act.low, act.high) if clip_action else (None, None)
         self._step_fns = [e.step for e in self.envs]
         self._raw_dtype = obs_space.dtype
+        self.num_workers = min(int(workers), E)
+        if self.num_workers:
+            spec = gym.registry[env_id]
+            try:  # the spec, not the id: an env registered only in this process is still found by the workers
+                make_args = pickle.dumps((spec, max_episode_steps, kwargs))
+            except Exception:
+                make_args = None
+            if make_args is None:
+                try:
+                    make_args = pickle.dumps((env_id, max_episode_steps, kwargs))
+                except Exception as e:
+                    raise ValueError(f"{env_id}: env kwargs cannot be sent to env worker processes: {e}") from None
+            self._workers = _EnvWorkers(self.num_workers, env_id, make_args, E, self.num_envs, self.obs_shape,
+                                        self._raw_dtype, self.action_shape, worker_timeout, start_method)
 
         # RecordEpisodeStatistics
         self.episode_returns = np.zeros(E, dtype=np.float64)
@@ -317,12 +682,17 @@ class GroupEnvs:
     # ------------------------------------------------------------------------------------------------ API
     def reset(self) -> np.ndarray:
         """Reset member k's sub-env i with seed seeds[k] + i (and seed its action space the same)."""
-        E, N = len(self.envs), self.num_envs
-        raw = np.empty((E, *self.obs_shape), dtype=self._raw_dtype)
-        for e, env in enumerate(self.envs):
-            seed = self.seeds[e // N] + e % N
-            raw[e], _ = env.reset(seed=seed)
-            env.action_space.seed(seed)
+        N = self.num_envs
+        E = self.num_members * N
+        if self._workers is not None:
+            self._workers.reset([self.seeds[e // N] + e % N for e in range(E)])
+            raw = self._workers.views["obs"].copy()
+        else:
+            raw = np.empty((E, *self.obs_shape), dtype=self._raw_dtype)
+            for e, env in enumerate(self.envs):
+                seed = self.seeds[e // N] + e % N
+                raw[e], _ = env.reset(seed=seed)
+                env.action_space.seed(seed)
         self.episode_returns[:] = 0.0
         self.episode_lengths[:] = 0
         self._has_reset = True
@@ -334,12 +704,18 @@ class GroupEnvs:
         actions = np.asarray(actions).reshape(E, *self.action_shape)
         if self.clip_action:
             actions = _clip(actions, self._low, self._high)
-        raw_obs = np.empty((E, *self.obs_shape), dtype=self._raw_dtype)
-        raw_reward = np.empty(E, dtype=np.float64)
-        terminated = np.empty(E, dtype=bool)
-        truncated = np.empty(E, dtype=bool)
-        for e, step in enumerate(self._step_fns):
-            raw_obs[e], raw_reward[e], terminated[e], truncated[e], _ = step(actions[e])
+        if self._workers is not None:  # SAME_STEP: the workers also reset every sub-env that ended (reset_obs)
+            self._workers.step(actions)
+            shared = self._workers.views
+            raw_obs, raw_reward = shared["obs"].copy(), shared["reward"].copy()
+            terminated, truncated = shared["terminated"].copy(), shared["truncated"].copy()
+        else:
+            raw_obs = np.empty((E, *self.obs_shape), dtype=self._raw_dtype)
+            raw_reward = np.empty(E, dtype=np.float64)
+            terminated = np.empty(E, dtype=bool)
+            truncated = np.empty(E, dtype=bool)
+            for e, step in enumerate(self._step_fns):
+                raw_obs[e], raw_reward[e], terminated[e], truncated[e], _ = step(actions[e])
 
         self.episode_returns += raw_reward  # RecordEpisodeStatistics sees raw rewards
         self.episode_lengths += 1
@@ -351,10 +727,14 @@ class GroupEnvs:
         episodes: list[tuple[int, int, float, int]] = []
         done = np.flatnonzero(terminated | truncated)
         if done.size:  # SAME_STEP autoreset: record the episode, keep its last obs, reset the sub-env
-            reset_raw = np.empty((done.size, *self.obs_shape), dtype=self._raw_dtype)
+            if self._workers is not None:
+                reset_raw = self._workers.views["reset_obs"][done]
+            else:
+                reset_raw = np.empty((done.size, *self.obs_shape), dtype=self._raw_dtype)
             for j, e in enumerate(done.tolist()):
                 episodes.append((e // N, e % N, float(self.episode_returns[e]), int(self.episode_lengths[e])))
-                reset_raw[j], _ = self.envs[e].reset()
+                if self._workers is None:
+                    reset_raw[j], _ = self.envs[e].reset()
             self.episode_returns[done] = 0.0
             self.episode_lengths[done] = 0
             obs.reshape(E, self.obs_dim)[done] = self._observe(reset_raw, done).reshape(done.size, self.obs_dim)
@@ -383,15 +763,22 @@ class GroupEnvs:
         only: torch.load(weights_only=True) reads it back."""
         if not self._has_reset:
             raise RuntimeError("GroupEnvs.state_dict before reset()")
+        import torch
+
         rows = self._rows(member)
 
         def t(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.array(a[rows], copy=True))
 
+        if self._workers is not None:
+            pairs = self._workers.get_state(list(range(rows.start, rows.stop)))
+            sub_envs, action_rngs = [_tensorise(s) for s, _ in pairs], [r for _, r in pairs]
+        else:
+            sub_envs = [sub_env_state(env) for env in self.envs[rows]]
+            action_rngs = [env.action_space.np_random.bit_generator.state for env in self.envs[rows]]
         return {
             "env_id": self.env_id, "num_envs": self.num_envs, "seed": self.seeds[member],
-            "sub_envs": [sub_env_state(env) for env in self.envs[rows]],
-            "action_space_rng": [env.action_space.np_random.bit_generator.state for env in self.envs[rows]],
+            "sub_envs": sub_envs, "action_space_rng": action_rngs,
             "episode_returns": t(self.episode_returns), "episode_lengths": t(self.episode_lengths),
             "obs_rms": {"mean": t(self.obs_mean), "var": t(self.obs_var), "count": t(self.obs_count)},
             "discounted_reward": t(self.discounted_reward),
@@ -405,9 +792,17 @@ class GroupEnvs:
                              f"{self.env_id} x {self.num_envs}")
         if not self._has_reset:  # the statistics take their float64 dtype at the first update (reset)
             self.reset()
-        for env, s, rng in zip(self.envs[rows], state["sub_envs"], state["action_space_rng"], strict=True):
-            load_sub_env_state(env, s)
-            env.action_space.np_random.bit_generator.state = rng
+        if self._workers is not None:
+            items = list(zip(range(rows.start, rows.stop), state["sub_envs"], state["action_space_rng"], strict=True))
+            for _, s, _ in items:  # checked here, as load_sub_env_state checks it in-process
+                if len(s) != self._workers.layers:
+                    raise ValueError(f"checkpoint has {len(s)} env layers, this env has {self._workers.layers}: "
+                                     f"different wrappers")
+            self._workers.set_state(items)
+        else:
+            for env, s, rng in zip(self.envs[rows], state["sub_envs"], state["action_space_rng"], strict=True):
+                load_sub_env_state(env, s)
+                env.action_space.np_random.bit_generator.state = rng
         for name, key in (("episode_returns", None), ("episode_lengths", None), ("discounted_reward", None),
                           ("obs_mean", ("obs_rms", "mean")), ("obs_var", ("obs_rms", "var")),
                           ("obs_count", ("obs_rms", "count")), ("return_mean", ("return_rms", "mean")),
@@ -421,5 +816,10 @@ class GroupEnvs:
             target[rows] = value
 
     def close(self) -> None:
+        """Close the envs (with workers: stop the worker processes). Idempotent."""
+        if self._workers is not None:
+            self._workers.close()
         for env in self.envs:
             env.close()
+        self.envs = []
+        self._step_fns = []
