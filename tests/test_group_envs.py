@@ -323,3 +323,254 @@ def test_spaces_and_settotalmass_warning_silenced(capfd):
     assert (group.num_members, group.num_envs, group.obs_dim) == (2, 3, 17)
     group.close()
     ref.close()
+
+
+# ------------------------------------------------------------------------------------------------ env workers
+# GroupEnvs(workers=W): the raw envs stepped in W worker processes, bitwise the in-process loop (workers=0).
+import multiprocessing  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+import time  # noqa: E402
+
+from esper_exp.envs import EnvWorkerError  # noqa: E402
+
+HALFCHEETAH_KW = dict(max_episode_steps=50, clip_action=True, normalize_obs=True, normalize_reward=True)
+CARTPOLE_KW = dict(max_episode_steps=30)
+
+
+def assert_same_state(a, b, where="state"):
+    """Two state_dicts equal in structure, types and bits (tensors: dtype, shape and bit patterns)."""
+    assert type(a) is type(b), (where, type(a), type(b))
+    if isinstance(a, dict):
+        assert list(a) == list(b), (where, list(a), list(b))
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, (where, a.dtype, b.dtype, a.shape, b.shape)
+        assert_bitwise(a.numpy(), b.numpy(), where)
+    else:
+        assert a == b, (where, a, b)
+
+
+def assert_same_step(x: GroupStep, y: GroupStep, where: str) -> None:
+    for f in ("obs", "reward", "terminated", "truncated", "final_obs"):
+        assert_bitwise(getattr(x, f), getattr(y, f), f"{f}, {where}")
+    assert [(m, i, float(r).hex(), n) for m, i, r, n in x.episodes] == \
+           [(m, i, float(r).hex(), n) for m, i, r, n in y.episodes], where
+
+
+def live_children(pids) -> list[int]:
+    """The pids still running (zombies count as gone: nobody may be left to reap an orphan in a container)."""
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+        except FileNotFoundError:
+            pass
+    return alive
+
+
+@pytest.mark.parametrize(("env_id", "seeds", "num_envs", "kw", "steps"), [
+    ("CartPole-v1", [1, 7, 100], 2, CARTPOLE_KW, 300),  # E=6 over 2 workers: 3 + 3, member 1 straddles them
+    ("HalfCheetah-v5", [1, 2, 3], 1, HALFCHEETAH_KW, 230),  # E=3: 1 + 2
+])
+def test_workers_bitwise_equal_to_in_process(env_id, seeds, num_envs, kw, steps):
+    K = len(seeds)
+    inproc = GroupEnvs(env_id, seeds, num_envs, 0.99, **kw)
+    pooled = GroupEnvs(env_id, seeds, num_envs, 0.99, workers=2, **kw)
+    rng = np.random.default_rng(7)
+    try:
+        assert pooled.num_workers == 2 and pooled.envs == []
+        assert_bitwise(pooled.reset(), inproc.reset(), "reset")
+        ends = 0
+        for t in range(steps):
+            actions = random_actions(rng, inproc.env_action_space, (K, num_envs))
+            if t % 3 == 0 and actions.dtype == np.float32:
+                actions = actions.astype(np.float64)  # the action dtype travels to the workers (rewards use it)
+            x, y = pooled.step(actions), inproc.step(actions)
+            assert_same_step(x, y, f"{env_id} step {t}")
+            ends += len(y.episodes)
+        assert ends >= 6, ends  # episode ends (SAME_STEP resets in the workers) were exercised
+        for k in range(K):
+            assert_same_state(pooled.state_dict(k), inproc.state_dict(k), f"member {k}")
+    finally:
+        pooled.close()
+        inproc.close()
+
+
+@pytest.mark.parametrize(("env_id", "kw"), [("HalfCheetah-v5", HALFCHEETAH_KW), ("CartPole-v1", CARTPOLE_KW)])
+def test_workers_state_dict_moves_between_modes(env_id, kw):
+    """A checkpoint of a workers=2 group resumes bitwise in a workers=0 group, and the other way round."""
+    seeds, n = [11, 12, 13], 1
+    ref = GroupEnvs(env_id, seeds, n, 0.99, **kw)
+    pooled = GroupEnvs(env_id, seeds, n, 0.99, workers=2, **kw)
+    rng = np.random.default_rng(2)
+    others = []
+    try:
+        ref.reset()
+        pooled.reset()
+        for _ in range(70):  # mid-episode, after autoresets
+            actions = random_actions(rng, ref.env_action_space, (3, n))
+            ref.step(actions)
+            pooled.step(actions)
+        buf = io.BytesIO()
+        torch.save([pooled.state_dict(k) for k in range(3)], buf)
+        buf.seek(0)
+        from_pooled = torch.load(buf, weights_only=True)
+        from_ref = [ref.state_dict(k) for k in range(3)]
+        # workers=2 -> workers=0 (fresh, other seeds, never reset) and workers=0 -> workers=2 (members reversed
+        # into a group of other seeds: member k of ref becomes member 2-k)
+        inproc = GroupEnvs(env_id, [0, 0, 0], n, 0.99, **kw)
+        pooled2 = GroupEnvs(env_id, [5, 6, 7], n, 0.99, workers=2, **kw)
+        others += [inproc, pooled2]
+        for k in range(3):
+            inproc.load_state_dict(k, from_pooled[k])
+            pooled2.load_state_dict(2 - k, from_ref[k])
+        for t in range(120):
+            actions = random_actions(rng, ref.env_action_space, (3, n))
+            x, y, z = ref.step(actions), inproc.step(actions), pooled2.step(actions[::-1])
+            assert_same_step(y, x, f"workers=2 -> 0, step {t}")
+            for f in ("obs", "reward", "terminated", "truncated"):
+                assert_bitwise(getattr(z, f)[::-1], getattr(x, f), f"{f} workers=0 -> 2, step {t}")
+            assert sorted((2 - m, i, r, le) for m, i, r, le in z.episodes) == sorted(x.episodes)
+        def loaded(state):  # "seed" is the group's own (informational), everything else was loaded
+            return {**state, "seed": None}
+
+        for k in range(3):  # action-space RNGs and everything else travelled too
+            assert_same_state(loaded(pooled2.state_dict(2 - k)), loaded(ref.state_dict(k)), f"member {k}")
+            assert_same_state(loaded(inproc.state_dict(k)), loaded(ref.state_dict(k)), f"member {k}")
+        bad = GroupEnvs(env_id, [1], 2, 0.99, workers=2, **kw)
+        others.append(bad)
+        with pytest.raises(ValueError, match="x 1 envs, this group runs .* x 2"):  # the in-process checks hold
+            bad.load_state_dict(0, from_pooled[0])
+    finally:
+        for g in (ref, pooled, *others):
+            g.close()
+
+
+def test_worker_killed_raises_instead_of_hanging():
+    group = GroupEnvs("HalfCheetah-v5", [1, 2, 3, 4], 1, 0.99, workers=2, **HALFCHEETAH_KW)
+    pids = [p.pid for p in group._workers.procs]
+    try:
+        group.reset()
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            group.step(random_actions(rng, group.env_action_space, (4, 1)))
+        os.kill(pids[1], signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(EnvWorkerError, match=r"env worker 1 .*sub-envs 2-3 of 4, members 2-3\) died while stepping "
+                                                 r"\(killed by SIGKILL\)"):
+            group.step(random_actions(rng, group.env_action_space, (4, 1)))
+        assert time.monotonic() - start < 10
+        assert live_children(pids) == []  # the failure shut the other worker down too
+        with pytest.raises(EnvWorkerError, match="unusable after an earlier failure"):
+            group.state_dict(0)
+    finally:
+        group.close()
+    group.close()  # idempotent
+
+
+def test_worker_error_and_hang_give_one_clear_exception():
+    group = GroupEnvs("CartPole-v1", [1, 2], 1, 0.99, workers=2, worker_timeout=1.0)
+    try:
+        group.reset()
+        with pytest.raises(EnvWorkerError, match=r"(?s)env worker 1 .* raised while stepping:\n"
+                                                 r"Traceback.*AssertionError: .*invalid"):
+            group.step(np.array([[0], [5]]))  # CartPole has actions 0 and 1: the env itself refuses 5
+    finally:
+        group.close()
+    hung = GroupEnvs("CartPole-v1", [1, 2], 1, 0.99, workers=2, worker_timeout=1.0)
+    pids = [p.pid for p in hung._workers.procs]
+    try:
+        hung.reset()
+        os.kill(pids[0], signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(EnvWorkerError, match=r"env worker 0 .* gave no reply within 1 s while stepping"):
+            hung.step(np.zeros((2, 1), dtype=np.int64))
+        assert time.monotonic() - start < 5
+        assert live_children(pids) == []  # a stopped worker is killed too
+    finally:
+        hung.close()
+
+
+def test_close_leaves_no_worker_processes():
+    group = GroupEnvs("CartPole-v1", [1], 1, 0.99, workers=2)  # one sub-env: one worker
+    assert group.num_workers == 1
+    pids = [p.pid for p in group._workers.procs]
+    group.reset()
+    group.step(np.array([[1]]))
+    assert live_children(pids) == pids
+    group.close()
+    assert live_children(pids) == []
+    assert multiprocessing.active_children() == []
+    with pytest.raises(RuntimeError, match="closed"):
+        group.step(np.array([[1]]))
+
+
+def test_construction_errors_unchanged_with_workers():
+    for workers in (0, 2):
+        with pytest.raises(ValueError, match="^unknown gymnasium env id 'NoSuchEnv-v9'"):
+            GroupEnvs("NoSuchEnv-v9", [1], 1, 0.99, workers=workers)
+        with pytest.raises(ValueError, match="^CartPole-v1: clip_action needs a Box action space"):
+            GroupEnvs("CartPole-v1", [1], 1, 0.99, clip_action=True, workers=workers)
+    with pytest.raises(ValueError, match="workers must be an int >= 0"):
+        GroupEnvs("CartPole-v1", [1], 1, 0.99, workers=-1)
+    with pytest.raises(ValueError, match="start_method must be one of spawn, forkserver"):
+        GroupEnvs("CartPole-v1", [1], 1, 0.99, workers=1, start_method="fork")
+    assert multiprocessing.active_children() == []
+
+
+_CHILD = textwrap.dedent("""
+    import os, sys, time
+    import numpy as np
+    from esper_exp.envs import GroupEnvs
+
+    if __name__ == "__main__":
+        group = GroupEnvs("CartPole-v1", [1, 2], 1, 0.99, workers=2, max_episode_steps=30)
+        group.reset()
+        print(*[p.pid for p in group._workers.procs], flush=True)
+        if sys.argv[1] == "die":
+            os._exit(0)  # no close(), no atexit: the workers must notice on their own
+        try:
+            while True:
+                group.step(np.ones((2, 1), dtype=np.int64))
+        except KeyboardInterrupt:
+            group.step(np.ones((2, 1), dtype=np.int64))  # the workers ignored the Ctrl-C: still serving
+            print("interrupted", flush=True)
+        group.close()
+""")
+
+
+@pytest.mark.parametrize("how", ["sigint", "die"])
+def test_workers_ignore_ctrl_c_and_exit_with_their_parent(tmp_path, how):
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    proc = subprocess.Popen([sys.executable, str(script), how], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2, proc.stderr.read()
+        if how == "sigint":
+            time.sleep(0.3)
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert err == "", err  # no worker traceback
+        assert out.strip() == ("interrupted" if how == "sigint" else "")
+        deadline = time.monotonic() + 10
+        while live_children(pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert live_children(pids) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
