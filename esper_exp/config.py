@@ -104,10 +104,12 @@ class TrackingConfig:
 class DriftConfig:
     """Drift instrumentation (esper_exp/probe.py); everything off by default."""
 
-    probe_every: int = 0  # shadow probe every K updates (0: off)
-    snapshot_every: int = 0  # probe-set outputs + parameter sketch every M updates (0: off)
-    probe_set_size: int = 256
-    perturb: str = "none"  # none | ulp (butterfly control: one initial weight moved by one ulp) | large
+    probe_every: int = 0  # applied-update probe in every K-th update, all its optimizer steps (0: off)
+    snapshot_every: int = 0  # every M updates: weights + a sample of recent raw states saved, fp32 outputs (0: off)
+    probe_set_size: int = 256  # N states per snapshot, drawn from the member's most recent rollout
+    # none | ulp (one initial weight moved by one ulp) | large (1% noise on every initial weight) | persistent
+    # (zero-mean perturbation of the tanh-vs-exact size on every GELU output) | duplicate (no change: determinism)
+    perturb: str = "none"
 
 
 @dataclass
@@ -274,6 +276,9 @@ def validate(cfg) -> None:
     _positive("drift.probe_every", cfg.drift.probe_every, strict=False)
     _positive("drift.snapshot_every", cfg.drift.snapshot_every, strict=False)
     _positive("drift.probe_set_size", cfg.drift.probe_set_size)
+    if cfg.drift.probe_every and cfg.ppo.num_minibatches < 2:
+        raise ConfigError(f"drift.probe_every={cfg.drift.probe_every} needs ppo.num_minibatches >= 2 (the probe's noise "
+                          f"floor is the step on a second, disjoint minibatch); got {cfg.ppo.num_minibatches}")
     for err in rule_errors(OmegaConf.to_container(cfg.analysis, resolve=True)):
         raise ConfigError(err)
     _choice("tracking.progress", cfg.tracking.progress, PROGRESS_MODES)

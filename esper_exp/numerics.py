@@ -8,6 +8,12 @@ is fixed at construction and there is no module-global override, so a probe can 
 Master weights and optimizer state stay fp32 (autocast only changes op dtypes); fp16 needs a GradScaler because of
 its narrow exponent range, bf16 has fp32's and does not. fp32 means autocast explicitly *off* (not merely "not
 entered"), so an fp32 forward called inside someone else's autocast region still computes in fp32.
+
+``perturb=True`` is the drift study's *persistent* noise-floor control (``drift.perturb=persistent``): every GELU output
+gets ``sign(hash(x)) * |gelu_tanh(x) - gelu_exact(x)|`` added, a perturbation of exactly the tanh-vs-exact size per
+element with a pseudo-random sign drawn from the bits of the input (:func:`gelu_perturbation`). It is stateless (no
+RNG, no counter), so every recomputation of a forward (a probe, a replay, a resumed run) sees the same perturbation,
+and it has zero mean over inputs, unlike the systematic tanh-vs-exact difference whose size it copies.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ class Numerics:
     gelu: str = "exact"  # exact | tanh (approximate='tanh')
     precision: str = "fp32"  # fp32 | bf16 | fp16: the autocast dtype of every policy forward
     device_type: str = "cpu"  # cpu | cuda: autocast is per device type
+    perturb: bool = False  # the persistent drift control: gelu_perturbation added to every GELU output
 
     def __post_init__(self) -> None:
         if self.gelu not in GELU_VARIANTS:
@@ -48,15 +55,43 @@ class Numerics:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.precision != "fp32")
 
     def apply_gelu(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(x, approximate=_TORCH_APPROXIMATE[self.gelu])
+        y = F.gelu(x, approximate=_TORCH_APPROXIMATE[self.gelu])
+        if self.perturb:
+            y = y + gelu_perturbation(x).to(y.dtype)
+        return y
 
     def replace(self, **changes) -> Numerics:
         return dataclasses.replace(self, **changes)
 
     def reference(self) -> Numerics:
-        """The reference numerics on the same device: exact GELU, fp32."""
-        return self.replace(gelu="exact", precision="fp32")
+        """The reference numerics on the same device: exact GELU, fp32, no perturbation."""
+        return self.replace(gelu="exact", precision="fp32", perturb=False)
 
     @property
     def label(self) -> str:
         return f"{self.gelu}/{self.precision}"
+
+
+_MASK32 = 0xFFFFFFFF
+_HASH_MUL = 0x45D9F3B  # < 2**27: a 32-bit value times it stays below 2**63 (no signed overflow in int64)
+_INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16,
+             torch.float16: torch.int16}
+
+
+def hash_sign(x: torch.Tensor) -> torch.Tensor:
+    """+1 or -1 per element of ``x``, a fixed pseudo-random function of the element's bits (an integer hash of its
+    bit pattern, low 32 bits), as float32. Deterministic on any device, no RNG state; half of all bit patterns map
+    to each sign."""
+    h = x.detach().contiguous().view(_INT_VIEW[x.dtype]).to(torch.int64) & _MASK32
+    for _ in range(2):
+        h = (((h >> 16) ^ h) * _HASH_MUL) & _MASK32
+    h = (h >> 16) ^ h
+    return (h & 1).to(torch.float32) * 2 - 1
+
+
+def gelu_perturbation(x: torch.Tensor) -> torch.Tensor:
+    """The persistent control's perturbation of gelu(x), float32: ``hash_sign(x) * |gelu_tanh(x) - gelu_exact(x)|``
+    (sizes computed in float32). Differentiable through the size (the sign is a constant of x's bits), so the
+    backward pass is perturbed by the tanh-vs-exact size of the derivative too."""
+    xf = x.float()
+    return hash_sign(x) * (F.gelu(xf, approximate="tanh") - F.gelu(xf)).abs()

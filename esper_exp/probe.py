@@ -1,49 +1,76 @@
-"""Drift instrumentation, trainer side (issue 6). Three mechanisms, all off by default:
+"""Drift instrumentation, trainer side (issue 10). Three mechanisms, all off by default; none changes training (a run
+with them is bitwise the run without them on CPU: tests/test_probe.py). Record schema (version 2): the docstring of
+esper_exp/analysis/drift_metrics.py.
 
-* **Shadow probe** (``drift.probe_every=K``): every K updates, on the update's first minibatch and the current
-  parameters, the loss, gradients and outputs are computed twice, under the run's numerics and under the
-  reference numerics (exact GELU, fp32, no autocast), and compared. It uses ``torch.autograd.grad`` (never
-  ``.grad``), draws no random numbers and changes no state, so a probed run is bitwise the run without probe.
-* **Snapshots** (``drift.snapshot_every=M``): every M updates, the policy's outputs on a fixed probe set of
-  observations and a count-sketch fingerprint of its parameters, for ``esper-drift`` to pair runs.
-* **Perturbation controls** (``drift.perturb``): ``ulp`` moves one initial weight, chosen by the seed, by one
-  float32 ulp (the butterfly control); ``large`` adds noise of 1% of each tensor's std to every initial weight.
+* **Applied-update probe** (``drift.probe_every=K``, :class:`AppliedUpdateProbe`): in every K-th update, before each
+  optimizer step (all epochs x minibatches), the parameter step is recomputed from a *copy* of the optimizer state
+  (per-member grad clipping, fp16 loss scale, Adam moments and step count) four times: under the run's numerics (the
+  step actually applied), under the other GELU variant in the same dtype, in fp32 with the same GELU (not in fp32
+  runs), and under the run's numerics on a second, disjoint minibatch of the same rollout (the sampling noise
+  floor: the next minibatch of the same epoch's permutation). Gradients come from ``torch.autograd.grad`` (never
+  ``.grad``), the copies are discarded, and the minibatch order is read from copies of the minibatch RNGs.
+* **On-policy snapshots** (``drift.snapshot_every=M``, :class:`OnPolicySnapshots`): every M updates (and for the
+  initial policy), N = ``drift.probe_set_size`` raw observations are drawn from the observations the envs returned
+  during the member's most recent rollout (for the initial policy: its first rollout, which it collected), with a
+  generator seeded by (seed, update) only, so the run's RNGs are untouched. The member's weights and observation
+  statistics and these states go to ``<run dir>/drift/snapshot-<update>.pt``; the policy is evaluated on them in
+  fp32 with exact GELU (:data:`EVAL_NUMERICS`, no autocast, no perturbation, on CPU) and the record (states source
+  "self") goes to snapshots.jsonl. ``python -m esper_exp.drift_eval SWEEP`` later evaluates every run's saved
+  weights on its seed's reference-cell states (source "<reference cell>/seed=<k>"), which pairs the cells.
+* **Perturbation controls** (``drift.perturb``), each a cell of its own (``<cell>/perturb-<kind>``): ``ulp`` moves
+  one initial weight, chosen by the seed, by one float32 ulp; ``large`` adds noise of 1% of each tensor's std to
+  every initial weight (a positive control); ``persistent`` adds a zero-mean perturbation of the tanh-vs-exact size
+  to every GELU output (esper_exp/numerics.py, ``Numerics.perturb``); ``duplicate`` changes nothing (the
+  determinism control: bitwise its base cell).
 
-In a group every record is per member: member k's perturbation is drawn from its own seed, its probe gradients
-are its own slice of the stacked parameters, and its probe set comes from its own seed.
+Why snapshots are evaluated with exact GELU in fp32 for every cell: the drift question is whether the numerics'
+differences *compound*, i.e. move the parameters apart. Evaluating every run's parameters under one numerics makes
+the distance zero for equal parameters (update 0 of every unperturbed cell) and leaves out the direct,
+per-forward effect of GELU variant and dtype, which the applied-update probe measures.
 
-Probe set procedure (documented, deterministic): a fresh ``gym.make(env.id)`` with the run's time limit,
-reset with seed ``PROBE_SEED_OFFSET + seed``, stepped ``drift.probe_set_size`` times with actions sampled
-from its action space seeded the same way, resetting whenever an episode ends; the raw observations are the
-probe set, identical in every cell of a seed. Before each snapshot they pass through the run's current
-observation normalisation (as the policy's inputs do). Its SHA-256 goes into every snapshot.
+Raw observations: GroupEnvs returns normalised observations, so the recorder wraps the group envs' ``_observe``
+(the one place every raw observation passes through, reset and autoreset included) on that instance and copies
+what it sees; it raises at once if GroupEnvs no longer has it.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
+import os
+from collections import deque
+from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from esper_exp.numerics import Numerics
 
-PROBE_SEED_OFFSET = 1_000_003
+PROBE_SEED_OFFSET = 1_000_003  # the perturbation controls' own stream
+SNAPSHOT_SEED = 20261124  # the snapshot states' sampler: default_rng([SNAPSHOT_SEED, seed, update])
 SKETCH_DIM = 1024
 SKETCH_SEED = 20261122
-PERTURBATIONS = ("none", "ulp", "large")
+SCHEMA = 2
+PERTURBATIONS = ("none", "ulp", "large", "persistent", "duplicate")
+EVAL_NUMERICS = Numerics("exact", "fp32", "cpu")  # every snapshot's evaluation
+SNAPSHOT_DIR = "drift"  # <run dir>/drift/snapshot-<update>.pt
 
 
 # ------------------------------------------------------------------------------------------ perturbations
 def perturb(policy: torch.nn.Module, kind: str, seeds: list[int]) -> list[dict | None]:
     """Apply a noise-floor control to freshly initialised parameters, member by member (member k's choice and noise
-    come from its own seed); returns what was changed per member."""
+    come from its own seed); returns what was changed per member. ``persistent`` changes no weight (build_ppo puts
+    it into the run's Numerics), ``duplicate`` nothing."""
     if kind not in PERTURBATIONS:
         raise ValueError(f"unknown drift.perturb {kind!r}; allowed: {', '.join(PERTURBATIONS)}")
     if kind == "none":
         return [None] * len(seeds)
+    if kind == "persistent":
+        return [{"kind": "persistent", "gelu_output": "+ sign(hash(x)) * |gelu_tanh(x) - gelu_exact(x)| at every "
+                 "forward (esper_exp/numerics.py gelu_perturbation)"} for _ in seeds]
+    if kind == "duplicate":
+        return [{"kind": "duplicate", "change": "none (determinism control)"} for _ in seeds]
     out = []
     for k, seed in enumerate(seeds):
         gen = torch.Generator().manual_seed(PROBE_SEED_OFFSET + seed)  # own stream: the run's RNGs are untouched
@@ -63,100 +90,144 @@ def perturb(policy: torch.nn.Module, kind: str, seeds: list[int]) -> list[dict |
     return out
 
 
-# ------------------------------------------------------------------------------------------ shadow probe
-def _flat(tensors) -> torch.Tensor:
-    return torch.cat([t.reshape(-1).double() for t in tensors])
+# ------------------------------------------------------------------------------------------ applied-update probe
+class AppliedUpdateProbe:
+    """The parameter steps of one PPO update under the run's and other numerics, per optimizer step and member.
+
+    ``run_update(on_episode)`` runs ``ppo.run_update`` with the probe hooked in (instance attributes wrapping
+    ``PPO.update`` and ``PPO._clipped_grads`` for this call only) and returns (UpdateResult, {member: steps}), steps
+    in the schema-2 ``probe.jsonl`` form. ``other_gelu`` / ``fp32`` may be given to override the alternatives (tests:
+    the run's own numerics give a difference of exactly 0)."""
+
+    def __init__(self, ppo, other_gelu: Numerics | None = None, fp32: Numerics | None = None):
+        if ppo.cuda_graphs:
+            raise ValueError("drift.probe_every needs the eager update: on CUDA set ESPER_CUDA_GRAPHS=0")
+        if ppo.batch_size // ppo.minibatch_size < 2:
+            raise ValueError("drift.probe_every needs ppo.num_minibatches >= 2 (the noise floor is the step on a "
+                             "second, disjoint minibatch)")
+        self.ppo = ppo
+        n = ppo.numerics
+        self.run_numerics = n
+        self.other_gelu = other_gelu or n.replace(gelu="tanh" if n.gelu == "exact" else "exact")
+        self.fp32 = fp32 or (None if n.precision == "fp32" else n.replace(precision="fp32"))
+
+    # -- hooks
+    def run_update(self, on_episode):
+        ppo, cls = self.ppo, type(self.ppo)
+        self.steps = {k: {"epoch": [], "minibatch": [], "applied_norm": [], "gelu_diff_norm": [],
+                          "dtype_diff_norm": [], "noise_diff_norm": []} for k in range(ppo.members)}
+
+        def update(advantages, returns, probe=None):
+            self._begin(advantages, returns)
+            return cls.update(ppo, advantages, returns, probe)
+
+        def clipped_grads(mb, stepping):
+            self._probe_step(mb, stepping)
+            return cls._clipped_grads(ppo, mb, stepping)
+
+        ppo.update, ppo._clipped_grads = update, clipped_grads
+        try:
+            result = ppo.run_update(on_episode)
+        finally:
+            del ppo.update, ppo._clipped_grads
+        return result, self.steps
+
+    def _begin(self, advantages: torch.Tensor, returns: torch.Tensor) -> None:
+        """The update's batch and minibatch order, as PPO.update forms them (its permutations drawn from copies of
+        the minibatch RNGs, so the real draw is untouched)."""
+        from esper_exp.ppo import Minibatch
+
+        ppo = self.ppo
+        K, B, E = ppo.members, ppo.batch_size, ppo.hp.update_epochs
+        b = ppo.buf
+        flat = lambda x: x.transpose(0, 1).reshape(K, B, *x.shape[3:])
+        self.batch = Minibatch(flat(b.obs), flat(b.actions), flat(b.logprobs), flat(b.values), flat(advantages),
+                               flat(returns))
+        rngs = [copy.deepcopy(r) for r in ppo.minibatch_rngs]
+        self.perms = torch.as_tensor(np.stack([np.stack([rng.permutation(B) for _ in range(E)]) for rng in rngs],
+                                              axis=1), device=ppo.device)  # [E, K, B]
+        self.calls = 0
+
+    def _minibatch(self, epoch: int, j: int):
+        m = self.ppo.minibatch_size
+        return self.batch.index(self.perms[epoch][:, j * m:(j + 1) * m])
+
+    def _probe_step(self, mb, stepping: torch.Tensor) -> None:
+        ppo = self.ppo
+        n_mb = ppo.batch_size // ppo.minibatch_size
+        epoch, j = divmod(self.calls, n_mb)
+        self.calls += 1
+        if epoch >= ppo.hp.update_epochs or not (torch.equal(mb.obs, self._minibatch(epoch, j).obs)
+                                                 and torch.equal(mb.advantages, self._minibatch(epoch, j).advantages)):
+            raise RuntimeError("applied-update probe: the minibatch does not match PPO.update's order "
+                               "(esper_exp/ppo.py changed?)")
+        on = stepping.tolist()
+        if not any(on):
+            return
+        run = self.delta(mb, self.run_numerics, on)
+        gelu = self.delta(mb, self.other_gelu, on)
+        dtype = self.delta(mb, self.fp32, on) if self.fp32 is not None else None
+        noise = self.delta(self._minibatch(epoch, (j + 1) % n_mb), self.run_numerics, on)
+        norm = lambda t: float(t.double().norm())
+        for k in range(ppo.members):
+            if not on[k]:
+                continue
+            s = self.steps[k]
+            s["epoch"].append(epoch)
+            s["minibatch"].append(j)
+            s["applied_norm"].append(norm(run[k]))
+            s["gelu_diff_norm"].append(norm(run[k] - gelu[k]))
+            s["dtype_diff_norm"].append(None if dtype is None else norm(run[k] - dtype[k]))
+            s["noise_diff_norm"].append(norm(run[k] - noise[k]))
+
+    # -- one step from copies
+    def delta(self, mb, numerics: Numerics, stepping) -> torch.Tensor:
+        """Per member [K, P], the parameter step that PPO would take on ``mb`` at the current parameters and
+        optimizer state under ``numerics``: loss (x fp16 loss scale when both the run and ``numerics`` are fp16),
+        gradient, unscale, per-member clip, Adam on copies of the moments with the next step count; 0 where the
+        gradient is not finite (a scaler-skipped step) or the member does not step. Changes nothing."""
+        from esper_exp.ppo import ppo_loss
+        from esper_exp.stacked import clip_grad_norm_per_member
+
+        ppo = self.ppo
+        flat, opt, scaler = ppo.flat, ppo.optimizer, ppo.scaler
+        loss, _ = ppo_loss(ppo.policy.evaluate, mb, ppo.hp, numerics)
+        scaled = scaler.enabled and numerics.needs_grad_scaler
+        total = (loss * scaler.scale).sum() if scaled else loss.sum()
+        params = [p for p in flat.params if p.requires_grad]
+        grads = iter(torch.autograd.grad(total, params, allow_unused=True))
+        with torch.no_grad():
+            g = [next(grads) if p.requires_grad else None for p in flat.params]
+            g = torch.cat([flat._member_major(torch.zeros_like(p) if gp is None else gp)
+                           for p, gp in zip(flat.params, g)] + [flat._pad], dim=1)
+            if scaled:
+                scaler.unscale_(g)
+            gnorm = clip_grad_norm_per_member(g, ppo.hp.max_grad_norm)
+            ok = (torch.isfinite(loss) & torch.isfinite(gnorm)).tolist()
+            out = torch.zeros_like(flat.data)
+            for k in range(ppo.members):
+                if not (ok[k] and stepping[k]):
+                    continue
+                rows = slice(k, k + 1)
+                data, m, v = flat.data[rows].clone(), opt.exp_avg[rows].clone(), opt.exp_avg_sq[rows].clone()
+                step = torch.tensor(float(opt.steps[k] + 1), dtype=torch.float32, device=data.device)
+                torch._fused_adam_([data], [g[rows]], [m], [v], [], [step], amsgrad=False, lr=opt.lr[k],
+                                   beta1=opt.beta1, beta2=opt.beta2, weight_decay=0.0, eps=opt.eps, maximize=False,
+                                   grad_scale=None, found_inf=None)
+                out[k] = data[0] - flat.data[k]
+        return out
 
 
-def _compare(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    """a: run numerics, b: reference. cosine and |a-b|/|b| (0 and 1 when both are zero)."""
-    a, b = a.double().reshape(-1), b.double().reshape(-1)
-    nb, na = b.norm().item(), a.norm().item()
-    diff = (a - b).norm().item()
-    if diff == 0:
-        cos = 1.0  # identical (also when both are zero); avoids 1 - 5e-15 from rounding in the dot product
-    else:
-        cos = float("nan") if na == 0 or nb == 0 else (a @ b).item() / (na * nb)
-    return {"cos": cos, "rel_l2": 0.0 if diff == 0 else (diff / nb if nb else float("inf")),
-            "max_abs": (a - b).abs().max().item() if a.numel() else 0.0}
-
-
-def _forward_and_grads(policy, loss_fn, mb, numerics: Numerics, scale: torch.Tensor):
-    """Per-member losses [K], parameter gradients and captured outputs under one numerics. Gradients and outputs are
-    lists over members: grads[k] = {name: tensor}, outputs[k] = {what: tensor}."""
-    captured: dict[str, torch.Tensor] = {}
-    modules = {"actor_out": policy.actor_head, "value": policy.critic_head, "seed": policy.trunk.seed}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, k=k: captured.__setitem__(k, out.detach().float()))
-             for k, m in modules.items()]
-    try:
-        loss, _ = loss_fn(policy.evaluate, mb, numerics)
-    finally:
-        for h in hooks:
-            h.remove()
-    names, params = zip(*[(n, p) for n, p in policy.named_parameters() if p.requires_grad])
-    grads = torch.autograd.grad((loss * scale).sum(), params, allow_unused=True)
-    # a view of each gradient per member, named as member_params names it, unscaled
-    by_name = {n: torch.zeros_like(p) if g is None else g for n, g, p in zip(names, grads, params)}
-    K = loss.shape[0]
-    grads_k, outs_k = [], []
-    for k in range(K):
-        grads_k.append({n: by_name[name][row].float() / scale[k] for name in names
-                        for n, row in policy._rows(name, k)})
-        outs_k.append({"actor_out": captured["actor_out"][k], "value": captured["value"][k],
-                       "critic_seed": captured["seed"][k], "actor_seed": captured["seed"][K + k]})
-    return loss.detach().float(), grads_k, outs_k
-
-
-def _action_kl(policy, k: int, ref_out: torch.Tensor, run_out: torch.Tensor) -> float:
-    """Mean KL(reference || run) between member k's action distributions on the minibatch."""
-    if policy.discrete:
-        lr, lq = torch.log_softmax(ref_out.double(), -1), torch.log_softmax(run_out.double(), -1)
-        return (lr.exp() * (lr - lq)).sum(-1).mean().item()
-    var = (2 * policy.actor_logstd[k].detach().double()).exp()  # same state-independent std in both
-    return ((ref_out.double() - run_out.double()).square() / (2 * var)).sum(-1).mean().item()
-
-
-def shadow_probe(policy, loss_fn, mb, numerics: Numerics, scale: torch.Tensor) -> list[dict]:
-    """Run numerics vs reference numerics (exact GELU, fp32) on one minibatch at the current parameters, per member.
-
-    ``loss_fn(evaluate, minibatch, numerics) -> (loss [K], parts)``; ``scale`` [K] is the fp16 loss scale (ones
-    otherwise). Changes nothing and draws no random numbers. Returns one record per member."""
-    loss_run, g_run, out_run = _forward_and_grads(policy, loss_fn, mb, numerics, scale)
-    loss_ref, g_ref, out_ref = _forward_and_grads(policy, loss_fn, mb, numerics.reference(), torch.ones_like(scale))
-    records = []
-    for k in range(loss_run.shape[0]):
-        gr, gf = g_run[k], g_ref[k]
-        record: dict = {"loss_run": loss_run[k].item(), "loss_ref": loss_ref[k].item(),
-                        "grads_finite": bool(all(torch.isfinite(g).all() for g in gr.values()))}
-        record.update({f"grad_{key}": v for key, v in _compare(_flat(gr.values()), _flat(gf.values())).items()})
-        record["grad_norm_ref"] = _flat(gf.values()).norm().item()
-        record["layers"] = {n: _compare(gr[n], gf[n]) for n in gf}
-        for key in out_ref[k]:
-            d = (out_run[k][key].double() - out_ref[k][key].double()).abs()
-            record[f"{key}_max_abs"], record[f"{key}_mean_abs"] = d.max().item(), d.mean().item()
-        record["action_kl"] = _action_kl(policy, k, out_ref[k]["actor_out"], out_run[k]["actor_out"])
-        records.append(record)
-    return records
+def probe_records(ppo, steps: dict, members) -> dict[int, dict]:
+    """The schema-2 probe.jsonl record of each member in ``members`` (after the probed update)."""
+    return {k: {"schema": SCHEMA, "update": ppo.update_idx[k], "global_step": ppo.global_step[k],
+                "steps": steps[k]} for k in members}
 
 
 # ------------------------------------------------------------------------------------------ snapshots
-def make_probe_set(env_id: str, seed: int, size: int, max_episode_steps: int | None, kwargs: dict) -> np.ndarray:
-    env = gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
-    obs, _ = env.reset(seed=PROBE_SEED_OFFSET + seed)
-    env.action_space.seed(PROBE_SEED_OFFSET + seed)
-    out = []
-    for _ in range(size):
-        out.append(np.asarray(obs, dtype=np.float64).reshape(-1))
-        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            obs, _ = env.reset()
-    env.close()
-    return np.stack(out)
-
-
 def param_sketch(tensors: list[torch.Tensor]) -> dict:
     """Count-sketch of the flattened parameters (fixed hash): ||sketch_a - sketch_b|| estimates ||theta_a - theta_b||."""
-    flat = _flat([t.detach().cpu() for t in tensors])
+    flat = torch.cat([t.detach().cpu().reshape(-1).double() for t in tensors])
     gen = torch.Generator().manual_seed(SKETCH_SEED)
     bucket = torch.randint(SKETCH_DIM, (flat.numel(),), generator=gen)
     sign = torch.randint(2, (flat.numel(),), generator=gen).double() * 2 - 1
@@ -164,24 +235,143 @@ def param_sketch(tensors: list[torch.Tensor]) -> dict:
     return {"sketch": sketch.tolist(), "norm": flat.norm().item(), "numel": flat.numel()}
 
 
-class Snapshotter:
-    """Every member's policy outputs on its own fixed probe set (seed-determined), plus a parameter sketch."""
+def states_sha(raw: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(raw, dtype=np.float64).tobytes()).hexdigest()[:16]
 
-    def __init__(self, env_id: str, seeds: list[int], size: int, max_episode_steps: int | None, kwargs: dict):
-        self.raw = [make_probe_set(env_id, s, size, max_episode_steps, kwargs) for s in seeds]
-        self.sha = [hashlib.sha256(r.tobytes()).hexdigest()[:16] for r in self.raw]
 
-    def __call__(self, policy, envs, numerics: Numerics, device) -> list[dict]:
-        obs = torch.as_tensor(np.stack([envs.normalize_obs(r, k) for k, r in enumerate(self.raw)]),
-                              dtype=torch.float32, device=device)
-        with torch.no_grad():
-            out = policy.actor_out(obs, numerics).float().cpu()
-            value = policy.value(obs, numerics).float().cpu()
-        records = []
-        for k in range(len(self.raw)):
-            record = {"probe_sha": self.sha[k], "discrete": policy.discrete, "actor_out": out[k].tolist(),
-                      "value": value[k].tolist(), "params": param_sketch([w for _, w in policy.member_params(k)])}
-            if not policy.discrete:
-                record["logstd"] = policy.actor_logstd[k].detach().float().cpu().reshape(-1).tolist()
-            records.append(record)
-        return records
+class RecentObservations:
+    """The raw observations a group's envs returned during the last ``num_steps`` env steps (= the most recent
+    rollout once a rollout ended), [num_steps, E, obs_dim] float64, autoreset observations in place of the ended
+    episodes' last ones (what the policy acts on next). Installed on the envs instance; copies only."""
+
+    def __init__(self, envs, num_steps: int):
+        original = getattr(envs, "_observe", None)
+        if original is None:
+            raise RuntimeError("drift snapshots need GroupEnvs._observe (esper_exp/envs.py) to see raw observations")
+        self.envs, self.num_steps = envs, num_steps
+        self.history: deque = deque(maxlen=num_steps)
+
+        def observe(raw, rows=None):
+            out = original(raw, rows)
+            a = np.asarray(raw, dtype=np.float64)
+            if rows is None:
+                self.history.append(a.reshape(a.shape[0], -1).copy())
+            elif self.history:
+                self.history[-1][rows] = a.reshape(a.shape[0], -1)
+            return out
+
+        envs._observe = observe
+
+    def sample(self, member: int, seed: int, update: int, size: int) -> np.ndarray:
+        """``size`` distinct observations of member's last rollout (all of them if it has fewer), drawn by
+        default_rng([SNAPSHOT_SEED, seed, update]), in rollout order."""
+        if len(self.history) < self.num_steps:
+            raise RuntimeError(f"drift snapshot: {len(self.history)} recorded env steps, a rollout has "
+                               f"{self.num_steps} (esper_exp/envs.py no longer reports raw observations?)")
+        N = self.envs.num_envs
+        pool = np.stack(self.history)[:, member * N:(member + 1) * N].reshape(self.num_steps * N, -1)
+        rng = np.random.default_rng([SNAPSHOT_SEED, int(seed), int(update)])
+        idx = np.sort(rng.choice(pool.shape[0], size=min(size, pool.shape[0]), replace=False))
+        return pool[idx]
+
+
+def scratch_policy(model_cfg, obs_space, action_space):
+    """A one-member ActorCritic of the run's architecture on CPU (weights loaded per snapshot), uncompiled."""
+    from esper_exp.policy import ActorCritic, obs_dim_of
+
+    with torch.random.fork_rng(devices=[]):
+        return ActorCritic(obs_dim_of(obs_space), action_space, [torch.Generator().manual_seed(0)],
+                           width=model_cfg["width"], depth=model_cfg["depth"], blueprint=model_cfg["blueprint"],
+                           checkpointing=False, blend_cast=model_cfg["blend_cast"]).eval()
+
+
+def obs_stats(envs, member: int) -> dict:
+    """The observation statistics member's policy inputs are normalised with now (its sub-env 0's, as
+    GroupEnvs.normalize_obs uses), None without normalisation."""
+    if not envs.normalize_obs_on:
+        return {"obs_mean": None, "obs_var": None}
+    e = member * envs.num_envs
+    return {"obs_mean": torch.from_numpy(envs.obs_mean[e].copy()), "obs_var": torch.from_numpy(envs.obs_var[e].copy())}
+
+
+def normalise(envs, payload: dict, raw: np.ndarray) -> np.ndarray:
+    """``raw`` as the payload's policy saw observations: GroupEnvs.normalize_obs with the payload's statistics, on a
+    one-member, one-env ``envs`` of the same env config (its statistics are overwritten)."""
+    if payload["obs_mean"] is not None:
+        envs.obs_mean = payload["obs_mean"].numpy()[None].copy()
+        envs.obs_var = payload["obs_var"].numpy()[None].copy()
+    return envs.normalize_obs(raw, 0)
+
+
+def evaluate(policy, payload: dict, obs: np.ndarray, source: str, sha: str) -> dict:
+    """The schema-2 snapshots.jsonl record of the payload's weights on the (normalised) states ``obs``."""
+    policy.load_member_state(0, payload["policy"])
+    x = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
+    with torch.no_grad():
+        out, value = policy.heads(x, EVAL_NUMERICS)
+    rec = {"schema": SCHEMA, "update": int(payload["update"]), "global_step": int(payload["global_step"]),
+           "states": {"kind": "on_policy", "source": source, "sha": sha, "n": int(obs.shape[0])},
+           "eval": {"gelu": EVAL_NUMERICS.gelu, "precision": EVAL_NUMERICS.precision},
+           "discrete": policy.discrete, "actor_out": out[0].tolist(), "value": value[0].tolist(),
+           "params": param_sketch([w for _, w in policy.member_params(0)])}
+    if not policy.discrete:
+        rec["logstd"] = policy.actor_logstd[0].detach().reshape(-1).tolist()
+    return rec
+
+
+def snapshot_path(run_dir: Path, update: int) -> Path:
+    return Path(run_dir) / SNAPSHOT_DIR / f"snapshot-{int(update)}.pt"
+
+
+def save_payload(run_dir: Path, payload: dict) -> Path:
+    path = snapshot_path(run_dir, payload["update"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_payload(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class OnPolicySnapshots:
+    """Training-time side of the snapshots: capture a member (weights + observation statistics), then, once a rollout
+    of it has ended, draw its states, save ``drift/snapshot-<update>.pt`` and return its "self" record."""
+
+    def __init__(self, ppo, seeds: list[int], size: int, config: dict):
+        """``config``: the group's resolved run config (model and env sections are read)."""
+        self.ppo, self.seeds, self.size = ppo, list(seeds), size
+        self.recent = RecentObservations(ppo.envs, ppo.num_steps)
+        self.norm_envs = one_env(config)
+        self.policy = scratch_policy(config["model"], self.norm_envs.single_observation_space,
+                                     self.norm_envs.single_action_space)
+
+    def capture(self, k: int) -> dict:
+        ppo = self.ppo
+        return {"update": ppo.update_idx[k], "global_step": ppo.global_step[k], "policy": ppo.policy.member_state(k),
+                **obs_stats(ppo.envs, k)}
+
+    def record(self, k: int, run_dir: Path, captured: dict | None = None) -> dict:
+        """Member k's snapshot of ``captured`` (default: now) on states of its most recent rollout."""
+        payload = dict(captured or self.capture(k))
+        raw = self.recent.sample(k, self.seeds[k], payload["update"], self.size)
+        payload["states"] = torch.from_numpy(raw)
+        payload["states_sha"] = sha = states_sha(raw)
+        save_payload(run_dir, payload)
+        return evaluate(self.policy, payload, normalise(self.norm_envs, payload, raw), "self", sha)
+
+    def close(self) -> None:
+        self.norm_envs.close()
+
+
+def one_env(config: dict):
+    """A one-member, one-env GroupEnvs of a run's env config: its spaces, and normalize_obs with given statistics."""
+    from esper_exp.envs import GroupEnvs
+
+    e = config["env"]
+    return GroupEnvs(e["id"], [0], 1, config["ppo"]["gamma"], clip_action=e["clip_action"],
+                     normalize_obs=e["normalize_obs"], normalize_reward=e["normalize_reward"], clip_obs=e["clip_obs"],
+                     clip_reward=e["clip_reward"], max_episode_steps=e["max_episode_steps"],
+                     kwargs=dict(e.get("kwargs") or {}))

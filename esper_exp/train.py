@@ -64,8 +64,8 @@ class StopRequest:
 
 def _archive_previous_attempt(run_dir: Path) -> None:
     """Move a failed/interrupted attempt's files to attempts/<n>/ so nothing already written is lost."""
-    names = ("run.json", "metrics.jsonl", "episodes.jsonl", "probe.jsonl", "snapshots.jsonl", "traceback.txt",
-             "checkpoints", "wandb")
+    names = ("run.json", "metrics.jsonl", "episodes.jsonl", "probe.jsonl", "snapshots.jsonl", "drift",
+             "traceback.txt", "checkpoints", "wandb")
     files = [p for p in run_dir.iterdir() if p.name in names]
     if not files:
         return
@@ -241,7 +241,7 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device):
     policy = policy.to(device)
     if mc.compile:
         policy.trunk.compile()
-    numerics = Numerics(mc.gelu, cfg.precision.name, device.type)
+    numerics = Numerics(mc.gelu, cfg.precision.name, device.type, perturb=cfg.drift.perturb == "persistent")
     ppo = PPO(envs, policy, numerics, [AlphaSchedule(**mc.alpha) for _ in seeds], p, seeds, device,
               cuda_graphs=use_cuda_graphs(cfg, device))
     return ppo, perturbations
@@ -311,15 +311,12 @@ def _train_group(members: list[_Member], job_num: int | None) -> None:
 
 def _loop(members: list[_Member], ppo, cfg: DictConfig, device, stop: StopRequest) -> None:
     """The training loop of a group: PPO updates until every member completed or failed (or a stop request)."""
-    from functools import partial
-
     import numpy as np
     from tqdm import tqdm
 
-    from esper_exp.ppo import ppo_loss
-    from esper_exp.probe import Snapshotter, shadow_probe
+    from esper_exp.probe import AppliedUpdateProbe, OnPolicySnapshots, probe_records
 
-    K, d, e, numerics = len(members), cfg.drift, cfg.env, ppo.numerics
+    K, d = len(members), cfg.drift
 
     def save_checkpoint(k: int) -> None:
         m = members[k]
@@ -339,30 +336,19 @@ def _loop(members: list[_Member], ppo, cfg: DictConfig, device, stop: StopReques
         members[k].window.add(ret)
         members[k].tracker.log_episode(global_step, ret, length, env_index)
 
-    snapshot = None
+    # drift instrumentation (esper_exp/probe.py): snapshots on the member's own recent states; the initial policy's
+    # snapshot is taken on its first rollout (the states it collected), so it is written after update 1
+    snapshot = probe = None
+    initial: dict[int, dict] = {}
     if d.snapshot_every:
-        snapshot = Snapshotter(e.id, [int(m.cfg.seed) for m in members], d.probe_set_size, e.max_episode_steps,
-                               dict(e.kwargs))
+        snapshot = OnPolicySnapshots(ppo, [int(m.cfg.seed) for m in members], d.probe_set_size, members[0].config)
+        initial = {k: snapshot.capture(k) for k in range(K) if ppo.update_idx[k] == 0}
+    if d.probe_every:
+        probe = AppliedUpdateProbe(ppo)
 
-    def take_snapshots(which: list[int]) -> None:
-        records = snapshot(ppo.policy, ppo.envs, numerics, device)
-        for k in which:
-            members[k].tracker.log_record("snapshots.jsonl", {"update": ppo.update_idx[k],
-                                                              "global_step": ppo.global_step[k], **records[k]})
+    def take_snapshot(k: int, captured: dict | None = None) -> None:
+        members[k].tracker.log_record("snapshots.jsonl", snapshot.record(k, members[k].run_dir, captured))
 
-    def probe_for(due: list[int]):
-        loss_fn = partial(ppo_loss, p=ppo.hp)
-
-        def probe(mb) -> None:
-            records = shadow_probe(ppo.policy, lambda ev, b, nm: loss_fn(ev, b, numerics=nm), mb, numerics,
-                                   ppo.scaler.scale)
-            for k in due:
-                members[k].tracker.log_record("probe.jsonl", {"update": ppo.update_idx[k] + 1,
-                                                              "global_step": ppo.global_step[k], **records[k]})
-        return probe
-
-    if snapshot is not None:
-        take_snapshots([k for k in range(K) if ppo.update_idx[k] == 0])  # the initial policies
     for k in range(K):  # a member resumed from its final checkpoint has nothing left to do
         if ppo.done(k):
             complete(k)
@@ -379,7 +365,12 @@ def _loop(members: list[_Member], ppo, cfg: DictConfig, device, stop: StopReques
         while any(ppo.live):
             due = [k for k in range(K) if ppo.live[k] and d.probe_every and (ppo.update_idx[k] + 1) % d.probe_every == 0]
             before = sum(ppo.global_step)
-            result = ppo.run_update(on_episode, probe_for(due) if due else None)
+            if due:
+                result, steps = probe.run_update(on_episode)
+                for k, rec in probe_records(ppo, steps, [k for k in due if k in result.records]).items():
+                    members[k].tracker.log_record("probe.jsonl", rec)
+            else:
+                result = ppo.run_update(on_episode)
             elapsed = time.perf_counter() - start
             for k, reason in result.failures.items():
                 print_err(f"run failed: {members[k].run_dir}: {reason}")
@@ -390,8 +381,11 @@ def _loop(members: list[_Member], ppo, cfg: DictConfig, device, stop: StopReques
                 record["sps"] = (record["global_step"] - start_steps[k]) / elapsed
                 record["return_mean"] = m.window.mean()
                 m.tracker.log_update(record)
-                if snapshot is not None and ppo.update_idx[k] % d.snapshot_every == 0:
-                    take_snapshots([k])
+                if snapshot is not None:
+                    if k in initial:
+                        take_snapshot(k, initial.pop(k))
+                    if ppo.update_idx[k] % d.snapshot_every == 0:
+                        take_snapshot(k)
                 if stop.signal or (every and ppo.update_idx[k] % every == 0) or ppo.done(k):
                     save_checkpoint(k)
                 if ppo.done(k):
