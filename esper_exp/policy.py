@@ -80,18 +80,28 @@ class ActorCritic(nn.Module):
             self.actor_logstd = nn.Parameter(torch.zeros(K, 1, out_dim))  # state-independent log-std
         # alpha is state, not a parameter: one fp32 value per member, set once per PPO update.
         self.register_buffer("alpha", torch.zeros(K))
+        self.register_buffer("_head_pad", torch.zeros(1, out_dim - 1, width), persistent=False)  # see heads()
 
     def set_alpha(self, values: Sequence[float]) -> None:
         self.alpha.copy_(torch.as_tensor(list(values), dtype=torch.float32))
 
     def heads(self, obs: torch.Tensor, numerics: Numerics) -> tuple[torch.Tensor, torch.Tensor]:
-        """(actor output [K, B, out], value [K, B]), fp32: logits (discrete) or action means (continuous)."""
+        """(actor output [K, B, out], value [K, B]), fp32: logits (discrete) or action means (continuous).
+
+        Both heads are one batched product over the 2K trunk outputs: the critic's [K, 1, width] weight is padded with
+        zero rows to the actor's out_dim and stacked on the actor's ([2K, out, width]), and the value is column 0 of
+        the critic rows. The batch is then 2K >= 2 for every K, so a lone member (K = 1) runs the same CPU GEMM kernel
+        as a member of any group (a batch of one picks another kernel, experiments/grouped_throughput), with no
+        zero twin, and the heads cost one kernel instead of two."""
         K = self.members
+        critic, actor = self.critic_head, self.actor_head
+        pad_w = self._head_pad.expand(K, -1, -1)
+        weight = torch.cat([torch.cat([critic.weight, pad_w], 1), actor.weight])
+        bias = torch.cat([torch.cat([critic.bias, pad_w[:, :, 0]], 1), actor.bias])
         with numerics.autocast():
             features = self.trunk(torch.cat([obs, obs]), torch.cat([self.alpha, self.alpha]), numerics)
-            value = self.critic_head(features[:K]).float().squeeze(-1)
-            out = self.actor_head(features[K:]).float()
-        return out, value
+            out = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2)).float()
+        return out[K:], out[:K, :, 0]
 
     def actor_out(self, obs: torch.Tensor, numerics: Numerics) -> torch.Tensor:
         return self.heads(obs, numerics)[0]
@@ -99,30 +109,19 @@ class ActorCritic(nn.Module):
     def value(self, obs: torch.Tensor, numerics: Numerics) -> torch.Tensor:
         return self.heads(obs, numerics)[1]
 
-    def act(self, obs: torch.Tensor, numerics: Numerics, generators: Sequence[torch.Generator]):
-        """Sample actions for a rollout step (obs [K, N, d]): returns (action, log_prob, value).
-
-        Member k's noise comes from generators[k]: one uniform per env (discrete, inverse-CDF sampling) or one
-        standard normal per action dimension (continuous), the same stream in every cell of a seed."""
-        draw = torch.rand if self.discrete else torch.randn
-        shape = (obs.shape[1], 1 if self.discrete else self.actor_head.out_dim)
-        noise = torch.stack([draw(shape, generator=g, device=obs.device) for g in generators])
-        return self.act_with_noise(obs, numerics, noise)
-
-    # ------------------------------------------------------------------ CUDA-graph path (esper_exp/ppo.py)
     def draw_noise(self, generators: Sequence[torch.Generator], steps: int, num_envs: int,
                    device: torch.device) -> torch.Tensor:
-        """A whole rollout's action noise, drawn before it: [T, K, N, 1] uniforms (discrete) or [T, K, N, a] standard
-        normals, member k's from generators[k] in one draw (K launches per rollout instead of K per step). Used only
-        by the CUDA-graph path: each seed still has its own stream, but one draw of T steps is not the same numbers as
-        T draws of one step (Philox offsets), so a graphed CUDA run's noise differs from an eager one's. CPU and
-        eager CUDA keep drawing per step in :meth:`act`."""
+        """A whole rollout's action noise, drawn before it: [T, K, N, 1] uniforms (discrete, inverse-CDF sampling) or
+        [T, K, N, a] standard normals, member k's from generators[k] in one draw of T steps. Each seed has its own
+        stream, the same in every cell and group of that seed, and one draw per member per rollout (not per step)
+        keeps the random-number cost out of the step and lets the CUDA-graph path replay :meth:`act`."""
         draw = torch.rand if self.discrete else torch.randn
         shape = (steps, num_envs, 1 if self.discrete else self.actor_head.out_dim)
         return torch.stack([draw(shape, generator=g, device=device) for g in generators], dim=1)
 
-    def act_with_noise(self, obs: torch.Tensor, numerics: Numerics, noise: torch.Tensor):
-        """:meth:`act` with its noise given ([K, N, 1] or [K, N, a]): no random draw, so it can be graph-captured."""
+    def act(self, obs: torch.Tensor, numerics: Numerics, noise: torch.Tensor):
+        """Sample actions for a rollout step (obs [K, N, d], noise [K, N, 1] or [K, N, a], one step of
+        :meth:`draw_noise`): returns (action, log_prob, value). Draws nothing, so it can be graph-captured."""
         out, value = self.heads(obs, numerics)
         if self.discrete:
             logp_all = torch.log_softmax(out, dim=-1)

@@ -25,9 +25,9 @@ rollout step's policy forward + sampling, GAE, and one minibatch update (loss, b
 failure bookkeeping, Adam, loss-scale update) are each captured once as a CUDA graph and replayed. Nothing in the
 minibatch loop reads the device: the step mask, per-member target-KL stop, fp16 loss scale and Adam step counts stay
 device tensors (:meth:`MemberAdam.step_masked`), the minibatch indices come from a static [E, K, B] copy of the
-permutations drawn up front as before, and the flags and failure reasons are read once per update as on CPU. A
-rollout's action noise is drawn per member before the rollout (:meth:`ActorCritic.draw_noise`), so a graphed CUDA run
-draws other numbers than an eager one. The CPU path (and eager CUDA) is untouched by this: ``cuda_graphs=False``.
+permutations drawn up front as before, and the flags and failure reasons are read once per update as on CPU. Every
+path draws a rollout's action noise per member before the rollout (:meth:`ActorCritic.draw_noise`), so the graphed
+step replays the eager one. The CPU path (and eager CUDA) runs none of this: ``cuda_graphs=False``.
 """
 
 from __future__ import annotations
@@ -223,10 +223,9 @@ class PPO:
         rewards = np.zeros(shape, dtype=np.float32)
         episode_ends = np.zeros(shape, dtype=bool)
         dead = ~np.array(self.live)
-        if self.cuda_graphs:  # the whole rollout's noise, per member, before it (see ActorCritic.draw_noise)
-            t0 = time.perf_counter()
-            noise = self.policy.draw_noise(self.action_rngs, self.num_steps, N, self.device)
-            timers["inference"] += time.perf_counter() - t0
+        t0 = time.perf_counter()  # the whole rollout's action noise, per member, before it (ActorCritic.draw_noise)
+        noise = self.policy.draw_noise(self.action_rngs, self.num_steps, N, self.device)
+        timers["inference"] += time.perf_counter() - t0
         for t in range(self.num_steps):
             t0 = time.perf_counter()
             buf.obs[t] = self.next_obs
@@ -236,7 +235,7 @@ class PPO:
                 action, logprob, value = self._call("act", self._act_step)
             else:
                 with torch.no_grad():
-                    action, logprob, value = self.policy.act(self.next_obs, self.numerics, self.action_rngs)
+                    action, logprob, value = self.policy.act(self.next_obs, self.numerics, noise[t])
             buf.actions[t], buf.logprobs[t], buf.values[t] = action, logprob, value
             action_np = action.cpu().numpy()
             if dead.any():  # a failed member's actions may be NaN; its envs only idle along
@@ -434,7 +433,7 @@ class PPO:
 
     def _act_step(self):
         with torch.no_grad():
-            return self.policy.act_with_noise(self._st.obs, self.numerics, self._st.noise)
+            return self.policy.act(self._st.obs, self.numerics, self._st.noise)
 
     def _gae(self):
         b, p = self.buf, self.hp

@@ -48,14 +48,6 @@ class StackedLinear(nn.Module):
                 init(self.weight[k], self.bias[k], gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.members == 1:
-            # CPU (torch 2.13) picks another GEMM kernel for a batch of one than for a batch of two or more (seen:
-            # one output column, two input rows, one row under bf16), while batches of 2, 3 and 10 agree bitwise for
-            # every shape we tried, forward and backward. So a single member is computed beside a zero twin and
-            # sliced out: a run alone then equals the same run as a member of any group.
-            weight = torch.cat([self.weight, torch.zeros_like(self.weight)])
-            bias = torch.cat([self.bias, torch.zeros_like(self.bias)])
-            return torch.baddbmm(bias.unsqueeze(1), torch.cat([x, torch.zeros_like(x)]), weight.transpose(1, 2))[:1]
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
 
     def extra_repr(self) -> str:

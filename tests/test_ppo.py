@@ -93,9 +93,9 @@ def test_policy_log_probs_and_entropy_match_torch_distributions(space):
     if not policy.discrete:
         policy.actor_logstd.data.fill_(-0.3)
     obs = torch.randn(2, 64, 5)
-    gens = [torch.Generator().manual_seed(k) for k in range(2)]
+    noise = policy.draw_noise([torch.Generator().manual_seed(k) for k in range(2)], 1, 64, torch.device("cpu"))
     with torch.no_grad():
-        action, logp, value = policy.act(obs, Numerics(), gens)
+        action, logp, value = policy.act(obs, Numerics(), noise[0])
         logp2, ent, value2 = policy.evaluate(obs, action, Numerics())
         out = policy.actor_out(obs, Numerics())
         dist = (torch.distributions.Categorical(logits=out) if policy.discrete
@@ -115,7 +115,8 @@ def test_categorical_sampling_follows_the_probabilities():
     torch.nn.init.zeros_(policy.actor_head.weight)
     policy.actor_head.bias.data[0] = torch.log(torch.tensor([0.2, 0.5, 0.3]))
     with torch.no_grad():
-        action, _, _ = policy.act(torch.zeros(1, 20000, 5), Numerics(), [torch.Generator().manual_seed(1)])
+        noise = policy.draw_noise([torch.Generator().manual_seed(1)], 1, 20000, torch.device("cpu"))
+        action, _, _ = policy.act(torch.zeros(1, 20000, 5), Numerics(), noise[0])
     freq = torch.bincount(action[0], minlength=3).float() / 20000
     torch.testing.assert_close(freq, torch.tensor([0.2, 0.5, 0.3]), atol=0.015, rtol=0)
 

@@ -20,7 +20,7 @@ The same for GELU's backward (``gelu_backward``), which usually fuses with the r
 gives fc1's bias gradient.
 
 What is compiled is what :mod:`esper_exp.bench.gelu` times: one member of the trainer's seed (stacked weights,
-one ``torch.baddbmm`` per layer, no zero twin), through :func:`esper_exp.bench.gelu.seed_forward` with its
+one ``torch.baddbmm`` per layer), through :func:`esper_exp.bench.gelu.seed_forward` with its
 :class:`~esper_exp.numerics.Numerics` fixed, so the GELU variant is a constant of the traced graph.
 """
 

@@ -8,11 +8,8 @@ of a large matmul measured in the same run.
 
 The seed's parameters are the trainer's own (:func:`esper_exp.seeds.make_seed`, one member: weights
 [1, out, in], inputs [1, rows, dim]), and each call runs under a :class:`~esper_exp.numerics.Numerics` built for
-its (GELU variant, precision), as the policy's forwards do. What is timed is one seed MLP's math,
-:func:`one_member_forward`: one ``torch.baddbmm`` per layer, as the seed computes a member of a group. Not the
-seed's own K = 1 path, which computes the member beside a zero twin (twice the matmul work, for CPU bitwise
-equality with a group member; esper_exp/stacked.py): that would halve the throughput figures and dilute the
-GELU share that the tanh speed-up is about.
+its (GELU variant, precision), as the policy's forwards do: one ``torch.baddbmm`` per layer, as the seed computes
+a member of a group.
 """
 
 from __future__ import annotations
@@ -44,27 +41,14 @@ def seed_flops(blueprint: str, dim: int, rows: int, pass_: str) -> int:
     return fwd if pass_ == "fwd" else 3 * fwd
 
 
-def one_member_forward(seed: MLPSeed, x: torch.Tensor, numerics: Numerics) -> torch.Tensor:
-    """``seed(x, numerics)`` of a one-member seed (x [1, rows, dim]) without StackedLinear's zero twin: each layer
-    is the one ``baddbmm`` that StackedLinear runs for K > 1. Equal to ``seed(x, numerics)`` up to the GEMM
-    kernel's rounding (tests/test_bench_fusion.py holds that)."""
-    if seed.members != 1:
-        raise ValueError(f"one_member_forward takes a one-member seed, got members={seed.members}")
-
-    def linear(layer, h: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(layer.bias.unsqueeze(1), h, layer.weight.transpose(1, 2))
-
-    return x + linear(seed.fc2, numerics.apply_gelu(linear(seed.fc1, x)))
-
-
 def seed_forward(seed: MLPSeed, numerics: Numerics, compile_kwargs: dict | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``x -> one_member_forward(seed, x, numerics)`` with ``numerics`` fixed; compiled with
+    """``x -> seed(x, numerics)`` with ``numerics`` fixed; compiled with
     ``torch.compile(**compile_kwargs)`` unless that is None. Dynamo sees ``numerics`` as a closure constant (it
     guards on it), not as a graph input, so the GELU variant is baked into the generated code. Call it under
     ``numerics.autocast()``, as the policy calls its (compiled) stacks."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return one_member_forward(seed, x, numerics)
+        return seed(x, numerics)
 
     return forward if compile_kwargs is None else torch.compile(forward, dynamic=False, **compile_kwargs)
 
