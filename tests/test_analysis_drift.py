@@ -220,38 +220,80 @@ def test_missing_control_seed_is_reported(tmp_path):
     assert load_sweep(tmp_path).missing("cartpole") == [("exact/fp32/perturb-ulp", 1)]
 
 
-# --------------------------------------------------------------------------- today's trainer (legacy files)
+# --------------------------------------------------------------------------- today's trainer (schema 2)
 
-DRIFT = ("drift.snapshot_every=2", "drift.probe_every=2")
+DRIFT = ("drift.snapshot_every=2", "drift.probe_every=2", "model.alpha.ramp_updates=2")
+CELLS = (("ref", ()), ("ulp", ("drift.perturb=ulp",)), ("large", ("drift.perturb=large",)),
+         ("duplicate", ("drift.perturb=duplicate",)), ("tanh", ("model.gelu=tanh",)), ("fp16", ("precision=fp16",)))
 
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    """A tiny sweep by the trainer in this checkout: the reference twice (a re-run: determinism control), the
-    ulp control and a large perturbation, all seed 0, laid out the way Hydra's multirun does."""
+    """A tiny sweep by the trainer in this checkout, all seed 0, laid out the way Hydra's multirun does: the
+    reference, the ulp control, a large perturbation, the duplicate control, tanh/fp32, exact/fp16 (its loss scaler
+    skips the first steps, so its rollouts leave the reference's), and the reference once more
+    in another directory (a re-run); then esper_exp.drift_eval pairs them on the reference's states."""
+    from esper_exp.drift_eval import evaluate_sweep
     from esper_exp.train import run
 
     root = tmp_path_factory.mktemp("real")
     dirs = {}
-    for name, extra in (("ref", ()), ("ulp", ("drift.perturb=ulp",)), ("large", ("drift.perturb=large",))):
-        d = root / f"cartpole-exact-fp32-{name}" / "seed=0"
+    for name, extra in CELLS:
+        d = root / f"cartpole-{name}" / "seed=0"
         assert run(make_cfg(*TINY_CARTPOLE, *DRIFT, "seed=0", *extra), d) == "completed"
         dirs[name] = d
     d = root / "rerun" / "cartpole-exact-fp32" / "seed=0"
     assert run(make_cfg(*TINY_CARTPOLE, *DRIFT, "seed=0"), d) == "completed"
     dirs["rerun"] = d
+    counts = evaluate_sweep(root, log=lambda *a: None)
+    # 6 runs x 5 snapshots: a record on the reference's states is written unless the run's own states are those
+    # (the reference, its re-run and duplicate; a cell whose rollout has not yet moved away from the reference's)
+    assert counts["written"] + counts["present"] == 7 * 5 and counts["present"] >= 3 * 5 and counts["written"] > 0
+    assert counts["no_reference"] == counts["locked"] == 0
+    assert evaluate_sweep(root, log=lambda *a: None)["written"] == 0  # idempotent
     return root, dirs
+
+
+def _records(d):
+    return [json.loads(x) for x in (d / "snapshots.jsonl").read_text().splitlines()]
+
+
+def test_real_cells_are_evaluated_on_the_reference_states(real):
+    _, dirs = real
+    ref = {r["update"]: r["states"]["sha"] for r in _records(dirs["ref"])}
+    assert sorted(ref) == [0, 2, 4, 6, 8] and all(r["states"]["source"] == "self" for r in _records(dirs["ref"]))
+    for name in ("ulp", "large", "tanh", "fp16"):
+        recs = _records(dirs[name])
+        assert all((u, sha) in {(r["update"], r["states"]["sha"]) for r in recs} for u, sha in ref.items())
+        assert all(r["schema"] == 2 and r["eval"] == {"gelu": "exact", "precision": "fp32"} for r in recs)
+        assert {r["states"]["source"] for r in recs} <= {"self", "exact/fp32/seed=0"}
+    on_ref = [r for r in _records(dirs["fp16"]) if r["states"]["source"] == "exact/fp32/seed=0"]
+    own = {r["update"]: r["states"]["sha"] for r in _records(dirs["fp16"]) if r["states"]["source"] == "self"}
+    assert on_ref and all(own[r["update"]] != r["states"]["sha"] for r in on_ref)
+    # the duplicate and the re-run are the reference's computation: their own states are the reference's
+    for name in ("duplicate", "rerun"):
+        assert {r["update"]: r["states"]["sha"] for r in _records(dirs[name])} == ref
 
 
 def test_real_reference_against_itself_is_exactly_zero_and_identical(real, capsys):
     _, dirs = real
     p = D.run_pair(dirs["rerun"], dirs["ref"])
-    assert p["determinism_control"] and p["identical"] and len(p["rows"]) >= 5
+    assert p["determinism_control"] and p["identical"] and len(p["rows"]) == 5 and not p["legacy"]
     for row in p["rows"]:
         assert row["identical"] and row["tv"] == row["out_rms"] == row["param_rel"] == row["value_rms"] == 0.0
     assert D.main([str(dirs["rerun"]), str(dirs["ref"])]) == 0
     out = capsys.readouterr().out
     assert "IDENTICAL" in out and "determinism control passed" in out
+
+
+def test_real_tanh_starts_at_exactly_zero_distance(real):
+    """Snapshots are evaluated in fp32 with exact GELU: equal parameters (update 0) give exactly 0, not an
+    evaluation-rounding offset; later the tanh run's parameters have moved."""
+    _, dirs = real
+    p = D.run_pair(dirs["tanh"], dirs["ref"], )
+    assert [r["states"] for r in p["rows"]] == ["on_policy"] * 5
+    assert p["rows"][0]["update"] == 0 and p["rows"][0]["identical"] and p["rows"][0]["tv"] == 0.0
+    assert p["rows"][-1]["param_rel"] > 0 and p["rows"][-1]["tv"] > 0
 
 
 def test_real_large_perturbation_is_further_than_one_ulp_early(real):
@@ -269,9 +311,11 @@ def test_real_sweep_mode_reads_todays_files(real, tmp_path):
     root, _ = real
     results, out = D.run_sweep(root, out=tmp_path / "drift", reps=200)
     (r,) = results
-    assert r["legacy"] and r["controls"] == ["exact/fp32/perturb-ulp"]
-    assert set(r["curves"]) == {"exact/fp32/perturb-ulp", "exact/fp32/perturb-large"}
-    assert [d["identical"] for d in r["determinism"]] == [True]
-    ref = {x["cell"]: x for x in r["legacy_probe"]}["exact/fp32"]
-    assert ref["grad_rel_l2_early"] == 0.0  # reference numerics against themselves
+    assert not r["legacy"] and r["controls"] == ["exact/fp32/perturb-ulp"]
+    assert set(r["curves"]) == {"exact/fp32/perturb-ulp", "exact/fp32/perturb-large", "tanh/fp32", "exact/fp16"}
+    assert sorted(d["identical"] for d in r["determinism"]) == [True, True]  # the re-run and the duplicate cell
+    probe = {(x["cell"], x["kind"], x["third"]): x for x in r["probe"]}
+    assert probe[("tanh/fp32", "gelu", "late")]["median"] > 0 and not r["legacy_probe"]
+    assert ("exact/fp32", "dtype", "late") not in probe  # fp32 runs have no dtype contrast
+    assert probe[("exact/fp16", "dtype", "late")]["median"] > 0
     assert (out / "drift.md").exists()
