@@ -34,10 +34,20 @@ RECORD SCHEMA the trainer writes (version 2; what esper-drift and esper-report r
 On-policy states: a held-out sample of N observations (N = drift.probe_set_size, raw, before normalisation; the
 run's current normalisation applied for the forward) from the most recent rollout of the *reference* run of the
 same seed (``source`` = "<reference cell>/seed=<k>"), drawn with a dedicated RNG so training is untouched; every
-cell of that seed evaluates its policy on the same states, so equal ``sha`` at equal ``update`` pairs them. How a
-run gets the reference's states is the engine's business (all cells of a seed in one group, or an offline pass
-over saved actor weights). A run may add records on other state sets (its own states, ``source`` = "self"); the
-analysis pairs on the reference's on-policy set when present, else on any common sha.
+cell of that seed evaluates its policy on the same states, so equal ``sha`` at equal ``update`` pairs them.
+
+How a run gets the reference's states (esper_exp/probe.py, esper_exp/drift_eval.py): at every snapshot each run
+draws N raw observations from its own most recent rollout (update 0: from its first rollout, which the initial
+policy collected) with ``default_rng([SNAPSHOT_SEED, seed, update])``, evaluates itself on them (``source`` =
+"self") and saves its weights, observation statistics and those states in ``<run dir>/drift/snapshot-<update>.pt``.
+After the sweep, ``python -m esper_exp.drift_eval SWEEP`` evaluates every run's saved weights on the reference run's
+states of the same seed and update and appends those records (``source`` = "<reference cell>/seed=<k>"); a run
+whose own states are the reference's (the reference itself, its duplicate, a cell whose rollouts have not moved
+away from the reference's yet) already holds that (update, sha). Every record is evaluated with exact GELU in fp32
+for every cell: the distance then measures how far the *parameters* have moved apart (what compounds), is exactly 0
+for equal parameters (update 0), and leaves the direct per-forward effect of GELU and dtype to the probe. A run may
+hold records on several state sets; the analysis pairs on the reference's on-policy set when present, else on any
+common sha.
 
 ``probe.jsonl`` in each run directory, one JSON object per probed update (the applied-update probe)::
 
