@@ -319,3 +319,17 @@ def test_real_sweep_mode_reads_todays_files(real, tmp_path):
     assert ("exact/fp32", "dtype", "late") not in probe  # fp32 runs have no dtype contrast
     assert probe[("exact/fp16", "dtype", "late")]["median"] > 0
     assert (out / "drift.md").exists()
+
+
+def test_real_runs_not_yet_paired_by_drift_eval_are_refused_with_the_command(real, tmp_path, capsys):
+    from esper_exp.drift_eval import main as eval_main
+
+    _, dirs = real
+    unpaired = tmp_path / "fp16"
+    shutil.copytree(dirs["fp16"], unpaired)
+    recs = [r for r in _records(unpaired) if r["states"]["source"] == "self"]
+    (unpaired / "snapshots.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(M.DriftError, match="drift_eval"):
+        D.run_pair(unpaired, dirs["ref"])
+    assert eval_main([str(tmp_path / "nothing")]) == 2
+    assert "no run directories" in capsys.readouterr().err

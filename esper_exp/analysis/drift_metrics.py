@@ -210,6 +210,11 @@ def pair_divergence(a: Run, b: Run, return_window: float | None = None, cache: d
             raise DriftError(f"probe sets differ between {a.path} and {b.path} (no common state-set sha at any "
                              f"common update): pair runs of the same env and seed")
         raise DriftError(f"no common snapshot update between {a.path} ({ua[:5]}...) and {b.path} ({ub[:5]}...)")
+    unpaired = sorted({u for u, _ in sa} & {u for u, _ in sb} - set(chosen))
+    if unpaired:
+        raise DriftError(f"{a.path} and {b.path} share no state set at updates {unpaired[:5]}"
+                         f"{'...' if len(unpaired) > 5 else ''} (schema 2: run `python -m esper_exp.drift_eval "
+                         f"SWEEP_DIR` first, which evaluates every run on its seed's reference states)")
     common = sorted(chosen)
     steps = [sa[(u, chosen[u])]["global_step"] for u in common]
     if return_window is None:
