@@ -237,16 +237,24 @@ def _rms_update(mean: np.ndarray, var: np.ndarray, count: np.ndarray, x: np.ndar
 # ================================================================================================ env workers
 # GroupEnvs(workers=W >= 1): the E raw envs (``gym.make``) live in W worker processes, worker w holding the
 # contiguous slice [bounds[w], bounds[w+1]) of sub-envs; every wrapper stays in the training process, unchanged.
-# One round-trip per step: the training process writes the actions into shared memory and sends each worker a few
-# bytes (the actions' dtype) through its pipe; the worker steps its slice, resets at once every sub-env whose
-# episode ended (SAME_STEP; the reset observation goes to its own shared array, the final one stays in ``obs``)
-# and answers b"k". Resets with seeds and getting/setting sub-env state are pickled messages. Workers are started
-# with "spawn" (or "forkserver"), never plain fork: the training process may hold CUDA and torch threads. They
-# import numpy, gymnasium and the env's own modules (mujoco), never torch.
+# Workers are started with "spawn" (or "forkserver"), never plain fork: the training process may hold CUDA and torch
+# threads. They import numpy, gymnasium and the env's own modules (mujoco), never torch.
+#
+# Protocol, one round-trip per step. Shared memory holds the actions (raw bytes, viewed with each step's dtype,
+# whose code sits in "dtype": the env computes with the dtype it is given, e.g. HalfCheetah's control cost), the raw
+# results (obs, reward, terminated, truncated and, for the sub-envs whose episode ended, the observation of the
+# reset the worker did at once: SAME_STEP) and per worker a command byte and a status byte. The training process
+# writes the actions, sets the commands to STEP and posts each worker's semaphore ``go``; a worker steps its slice and
+# posts its ``done``. Any other command (reset with seeds, get/set sub-env state, close) is a pickled message through
+# the worker's pipe (command MESSAGE), answered through the pipe before ``done``; so is the traceback of a step that
+# raised (status ERROR). Semaphores because they are cheap: a blocking semaphore round-trip between two processes
+# costs ~5 us on the dev VM, a pipe's 50-70 us. Both sides may spin (``spin_us``) before blocking.
 
-_STEP, _OK = b"S", b"k"
+_STEP, _MESSAGE = 0, 1
+_OK, _ERROR = 0, 1
 _ACTION_ITEMSIZE = 16  # bytes reserved per action element in shared memory: any numeric numpy dtype fits
 _START_METHODS = ("spawn", "forkserver")
+_START_TIMEOUT = 300.0  # s: a worker's start (a fresh interpreter importing gymnasium and building its envs)
 
 
 class EnvWorkerError(RuntimeError):
@@ -254,10 +262,10 @@ class EnvWorkerError(RuntimeError):
     the message). The group is unusable afterwards (its workers are shut down); close() is still safe."""
 
 
-def _shared_layout(E: int, obs_shape: tuple, raw_dtype, action_elems: int) -> tuple[dict, int]:
-    """name -> (byte offset, shape, dtype) of the arrays in the shared buffer (64-byte aligned), total bytes.
-    "actions" is raw bytes, viewed with each step's action dtype."""
-    arrays = {"actions": ((E * action_elems * _ACTION_ITEMSIZE,), np.uint8),
+def _shared_layout(E: int, W: int, obs_shape: tuple, raw_dtype, action_elems: int) -> tuple[dict, int]:
+    """name -> (byte offset, shape, dtype) of the arrays in the shared buffer (64-byte aligned), total bytes."""
+    arrays = {"actions": ((E * action_elems * _ACTION_ITEMSIZE,), np.uint8), "dtype": ((16,), np.uint8),
+              "cmd": ((W,), np.uint8), "status": ((W,), np.uint8), "seq": ((W,), np.int64), "acked": ((W,), np.int64),
               "obs": ((E, *obs_shape), raw_dtype), "reset_obs": ((E, *obs_shape), raw_dtype),
               "reward": ((E,), np.float64), "terminated": ((E,), np.bool_), "truncated": ((E,), np.bool_)}
     layout, off = {}, 0
@@ -279,73 +287,109 @@ def _action_view(views: dict, dtype: np.dtype, shape: tuple) -> np.ndarray:
     return np.ndarray(shape, dtype, buffer=views["actions"], offset=0)
 
 
-def _env_worker(conn, lo: int, hi: int, make_args: bytes, raw, layout: dict, action_shape: tuple) -> None:
-    """A worker process: builds sub-envs [lo, hi) and serves the training process until "close", a closed pipe
-    or the death of its parent."""
+def _acquire(sem, spin_s: float) -> bool:
+    """sem.acquire without blocking, then spinning up to spin_s seconds; False if still not acquired."""
+    if sem.acquire(False):
+        return True
+    if spin_s > 0.0:
+        from time import perf_counter
+
+        end = perf_counter() + spin_s
+        while perf_counter() < end:
+            if sem.acquire(False):
+                return True
+    return False
+
+
+def _env_worker(w: int, conn, go, done, lo: int, hi: int, make_args: bytes, raw, layout: dict, action_shape: tuple,
+                spin_s: float) -> None:
+    """Worker w: builds sub-envs [lo, hi) and serves the training process until "close", a closed pipe or the
+    death of its parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle (it stops the workers)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent while it started us
     parent = os.getppid()
     envs: list[gym.Env] = []
+
+    def wait_go() -> bool:
+        if _acquire(go, spin_s):
+            return True
+        while not go.acquire(True, 1.0):
+            if os.getppid() != parent:  # orphaned: the training process (or its forkserver) is gone
+                return False
+        return True
+
     try:
         try:
             spec, max_episode_steps, kwargs = pickle.loads(make_args)
             with _quiet_settotalmass():
                 for _ in range(hi - lo):
                     envs.append(gym.make(spec, max_episode_steps=max_episode_steps, disable_env_checker=True, **kwargs))
-            views = {k: v[lo:hi] if k != "actions" else v for k, v in _shared_views(raw, layout).items()}
-            obs, reset_obs, reward = views["obs"], views["reset_obs"], views["reward"]
-            terminated, truncated = views["terminated"], views["truncated"]
+            views = _shared_views(raw, layout)
+            obs, reset_obs, reward = views["obs"][lo:hi], views["reset_obs"][lo:hi], views["reward"][lo:hi]
+            terminated, truncated = views["terminated"][lo:hi], views["truncated"][lo:hi]
+            cmd, status, code_field = views["cmd"][w:w + 1], views["status"][w:w + 1], views["dtype"]
+            seq, acked = views["seq"][w:w + 1], views["acked"][w:w + 1]
             full_shape = (layout["obs"][1][0], *action_shape)
             actions_as: dict[bytes, np.ndarray] = {}
             steps, resets = [e.step for e in envs], [e.reset for e in envs]
-            reply = pickle.dumps(("ok", len(list(_layers(envs[0])))))
+            reply = pickle.dumps((0, "ok", len(list(_layers(envs[0])))))
         except BaseException:
-            conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
-            return
+            reply = pickle.dumps((0, "error", traceback.format_exc()))
+            envs = []
         conn.send_bytes(reply)
-        while True:
-            while not conn.poll(1.0):
-                if os.getppid() != parent:  # orphaned: the training process (or its forkserver) is gone
-                    return
-            try:
-                msg = conn.recv_bytes()
-            except (EOFError, OSError):  # the training process closed its end or died
-                return
-            try:
-                if msg[:1] == _STEP:
-                    a = actions_as.get(msg)
+        done.release()
+        if not envs:
+            return
+        while wait_go():
+            s = int(seq[0])
+            if cmd[0] == _STEP:
+                try:
+                    code = code_field.tobytes()
+                    a = actions_as.get(code)
                     if a is None:
-                        a = actions_as[msg] = _action_view(views, np.dtype(msg[1:].decode()), full_shape)[lo:hi]
+                        dtype = np.dtype(code.rstrip(b"\0").decode())
+                        a = actions_as[code] = _action_view(views, dtype, full_shape)[lo:hi]
                     for j, step in enumerate(steps):
                         obs[j], reward[j], terminated[j], truncated[j], _ = step(a[j])
                         if terminated[j] or truncated[j]:
                             reset_obs[j], _ = resets[j]()
-                    conn.send_bytes(_OK)
-                    continue
-                cmd, arg = pickle.loads(msg)
+                    status[0] = _OK
+                except BaseException:
+                    conn.send_bytes(pickle.dumps((s, "error", traceback.format_exc())))
+                    status[0] = _ERROR
+                acked[0] = s
+                done.release()
+                continue
+            try:
+                message = conn.recv_bytes()
+            except (EOFError, OSError):  # the training process closed its end or died
+                return
+            try:
+                command, arg = pickle.loads(message)
                 result = None
-                if cmd == "close":
+                if command == "close":
                     return
-                elif cmd == "reset":
+                elif command == "reset":
                     for j, seed in enumerate(arg):
                         obs[j], _ = envs[j].reset(seed=seed)
                         envs[j].action_space.seed(seed)
-                elif cmd == "get_state":
-                    result = [(sub_env_state(envs[j], tensor=False), envs[j].action_space.np_random.bit_generator.state)
-                              for j in arg]
-                elif cmd == "set_state":
+                elif command == "get_state":
+                    result = [(sub_env_state(envs[j], tensor=False),
+                               envs[j].action_space.np_random.bit_generator.state) for j in arg]
+                elif command == "set_state":
                     for j, states, rng in arg:
                         load_sub_env_state(envs[j], states)
                         envs[j].action_space.np_random.bit_generator.state = rng
-                elif cmd == "raise":  # tests: an error raised inside a worker
-                    raise RuntimeError(arg)
                 else:
-                    raise ValueError(f"unknown env worker command {cmd!r}")
-                conn.send_bytes(pickle.dumps(("ok", result)))
-            except (BrokenPipeError, EOFError):
-                return
+                    raise ValueError(f"unknown env worker command {command!r}")
+                reply = pickle.dumps((s, "ok", result))
             except BaseException:
-                conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
+                reply = pickle.dumps((s, "error", traceback.format_exc()))
+            conn.send_bytes(reply)
+            acked[0] = s
+            done.release()
+    except (BrokenPipeError, EOFError):
+        return
     finally:
         for env in envs:
             try:
@@ -354,13 +398,15 @@ def _env_worker(conn, lo: int, hi: int, make_args: bytes, raw, layout: dict, act
                 pass
 
 
-def _shutdown(procs: list, conns: list, grace: float = 2.0) -> None:
+def _shutdown(procs: list, conns: list, gos: list, cmd: np.ndarray, grace: float = 2.0) -> None:
     """Ask every worker to exit, wait up to ``grace`` seconds, then kill what is left. Idempotent."""
     import time
 
-    for c in conns:
+    for w, (c, go) in enumerate(zip(conns, gos)):
         try:
             c.send_bytes(pickle.dumps(("close", None)))
+            cmd[w] = _MESSAGE
+            go.release()
         except (OSError, ValueError):
             pass
     deadline = time.monotonic() + grace
@@ -374,47 +420,64 @@ def _shutdown(procs: list, conns: list, grace: float = 2.0) -> None:
         c.close()
     procs.clear()
     conns.clear()
+    gos.clear()
 
 
 class _EnvWorkers:
-    """The training process's side of W env workers: shared arrays, one pipe per worker, liveness and timeouts."""
+    """The training process's side of W env workers: shared arrays, semaphores and pipes, liveness and timeouts."""
 
     def __init__(self, num_workers: int, env_id: str, make_args: bytes, E: int, num_envs: int, obs_shape: tuple,
-                 raw_dtype, action_shape: tuple, timeout: float, start_method: str):
+                 raw_dtype, action_shape: tuple, timeout: float, start_method: str, spin_us: float | None):
         import multiprocessing as mp
 
         W = num_workers
         self.env_id, self.E, self.num_envs, self.timeout = env_id, E, num_envs, float(timeout)
         self.bounds = [w * E // W for w in range(W + 1)]
         self.action_shape = action_shape
-        layout, nbytes = _shared_layout(E, obs_shape, raw_dtype, int(np.prod(action_shape, dtype=np.int64)))
+        if spin_us is None:  # spin only where every worker and this process can have a core of their own
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            spin_us = 100.0 if cores > W else 0.0
+        self.spin_s = float(spin_us) * 1e-6
+        layout, nbytes = _shared_layout(E, W, obs_shape, raw_dtype, int(np.prod(action_shape, dtype=np.int64)))
         ctx = mp.get_context(start_method)
         self._raw = ctx.RawArray("B", nbytes)
         self.views = _shared_views(self._raw, layout)
+        self.cmd, self.status, self._code_field = self.views["cmd"], self.views["status"], self.views["dtype"]
+        # command numbers: the worker acknowledges the one it finished in "acked" (the semaphores only wake it and
+        # us up), so a call interrupted anywhere (KeyboardInterrupt) leaves nothing to miscount
+        self.seq, self.acked = self.views["seq"], self.views["acked"]
+        self._last = 0
+        self._code = b""
         self._actions_as: dict[np.dtype, np.ndarray] = {}
         self.procs: list = []
         self.conns: list = []
-        self.pending = [0] * W
+        self.gos: list = []
+        self.dones: list = []
+        self.go_release: list = []
+        self.sent = [0] * W  # per worker: number of the last command sent (0: its startup)
+        self.sent_kind = [_MESSAGE] * W
         self.failed: str | None = None
-        self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.conns)
+        self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.conns, self.gos, self.cmd)
         # SIGINT blocked while starting: a spawned worker inherits the mask through exec, so a Ctrl-C in the
         # terminal can never reach it before it ignores SIGINT; here it is delivered once unblocked
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             for w in range(W):
                 parent_end, child_end = ctx.Pipe()
+                go, done = ctx.Semaphore(0), ctx.Semaphore(0)
                 p = ctx.Process(target=_env_worker, name=f"esper-env-worker-{w}", daemon=True,
-                                args=(child_end, self.bounds[w], self.bounds[w + 1], make_args, self._raw, layout,
-                                      action_shape))
+                                args=(w, child_end, go, done, self.bounds[w], self.bounds[w + 1], make_args, self._raw,
+                                      layout, action_shape, self.spin_s))
                 self.conns.append(parent_end)
+                self.gos.append(go)
+                self.go_release.append(go.release)
+                self.dones.append(done)
                 p.start()
                 self.procs.append(p)
                 child_end.close()  # the worker holds the only other end: its death is an EOF here
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        for w in range(W):
-            self.pending[w] += 1
-        self.layers = [self._recv(w, "starting") for w in range(W)][0]
+        self.layers = [self._wait(w, 0, "starting", max(self.timeout, _START_TIMEOUT)) for w in range(W)][0]
 
     # ---------------------------------------------------------------------------------------------- messages
     def _where(self, w: int) -> str:
@@ -425,15 +488,8 @@ class _EnvWorkers:
 
     def _fail(self, w: int, what: str):
         self.failed = f"{self._where(w)} {what}"
-        _shutdown(self.procs, self.conns, grace=1.0)
+        _shutdown(self.procs, self.conns, self.gos, self.cmd, grace=1.0)
         raise EnvWorkerError(self.failed)
-
-    def _send(self, w: int, data: bytes) -> None:
-        try:
-            self.conns[w].send_bytes(data)
-        except (OSError, ValueError):
-            self._fail(w, f"cannot be reached ({self._exit(w)})")
-        self.pending[w] += 1
 
     def _exit(self, w: int) -> str:
         p = self.procs[w]
@@ -448,39 +504,77 @@ class _EnvWorkers:
                 return f"killed by signal {-code}"
         return f"exit code {code}"
 
-    def _recv(self, w: int, doing: str = "stepping"):
+    def _pipe(self, w: int, s: int, doing: str, timeout: float) -> tuple[str, object]:
+        """Worker w's (status, payload) for command s through its pipe (replies of interrupted calls are skipped)."""
         conn = self.conns[w]
-        try:
-            ready = conn.poll(self.timeout)
-            if not ready:
-                self._fail(w, f"gave no reply within {self.timeout:g} s while {doing} (hung? "
-                              f"worker_timeout sets the limit)")
-            msg = conn.recv_bytes()
-        except (EOFError, OSError):
-            self._fail(w, f"died while {doing} ({self._exit(w)})")
-        self.pending[w] -= 1
-        if msg == _OK:
+        while True:
+            try:
+                msg = conn.recv_bytes() if conn.poll(timeout) else None
+            except (EOFError, OSError):
+                msg = False
+            if msg is None:
+                self._fail(w, f"gave no reply within {timeout:g} s while {doing}")
+            if msg is False:
+                self._fail(w, f"died while {doing} ({self._exit(w)})")
+            tag, status, payload = pickle.loads(msg)
+            if tag >= s:
+                return status, payload
+
+    def _wait(self, w: int, s: int, doing: str = "stepping", timeout: float | None = None):
+        """Wait until worker w has finished command s; a message's result, None for a step."""
+        import time
+
+        timeout = self.timeout if timeout is None else timeout
+        done, acked = self.dones[w], self.acked
+        while acked[w] < s:
+            if _acquire(done, self.spin_s):
+                continue
+            deadline = time.monotonic() + timeout
+            while not done.acquire(True, 0.05):
+                if not self.procs[w].is_alive():
+                    self._fail(w, f"died while {doing} ({self._exit(w)})")
+                if time.monotonic() > deadline:
+                    self._fail(w, f"gave no reply within {timeout:g} s while {doing} (hung? worker_timeout "
+                                  f"sets the limit)")
+        if self.sent_kind[w] == _STEP and s == self.sent[w]:
+            if self.status[w] == _ERROR:
+                self._fail(w, f"raised while {doing}:\n{self._pipe(w, s, doing, timeout)[1].rstrip()}")
             return None
-        status, payload = pickle.loads(msg)
+        status, payload = self._pipe(w, s, doing, timeout)
         if status == "error":
             self._fail(w, f"raised while {doing}:\n{payload.rstrip()}")
         return payload
 
     def _ready(self) -> None:
-        """Refuse after a failure; read replies left unread by an interrupted call (e.g. a KeyboardInterrupt)."""
+        """Refuse after a failure; wait for commands left unfinished by an interrupted call (KeyboardInterrupt)."""
         if self.failed is not None:
             raise EnvWorkerError(f"GroupEnvs unusable after an earlier failure: {self.failed}")
         if not self.procs:
             raise RuntimeError("GroupEnvs is closed")
-        for w, n in enumerate(self.pending):
-            for _ in range(n):
-                self._recv(w, "finishing an interrupted call")
+        for w in range(len(self.procs)):
+            if self.acked[w] < self.sent[w] or (self.sent_kind[w] == _STEP and self.status[w] == _ERROR):
+                self._wait(w, self.sent[w], "finishing an interrupted call")
+
+    def _post(self, w: int, kind: int, s: int) -> None:
+        self.sent[w], self.sent_kind[w] = s, kind
+        self.go_release[w]()
 
     def _call(self, per_worker: dict[int, tuple], doing: str) -> dict[int, object]:
         self._ready()
+        self._last += 1
+        s = self._last
         for w, message in per_worker.items():
-            self._send(w, pickle.dumps(message))
-        return {w: self._recv(w, doing) for w in per_worker}
+            data = pickle.dumps(message)
+            try:
+                self.conns[w].send_bytes(data)
+                sent = True
+            except (OSError, ValueError):
+                sent = False
+            if not sent:  # outside the except: one exception, not a chain
+                self._fail(w, f"cannot be reached ({self._exit(w)})")
+            self.cmd[w], self.seq[w] = _MESSAGE, s
+            self._post(w, _MESSAGE, s)
+        return {w: self._wait(w, s, doing) for w in per_worker}
 
     # ---------------------------------------------------------------------------------------------- API
     def step(self, actions: np.ndarray) -> None:
@@ -490,42 +584,48 @@ class _EnvWorkers:
         dtype = actions.dtype
         view = self._actions_as.get(dtype)
         if view is None:
-            if dtype.hasobject or dtype.itemsize > _ACTION_ITEMSIZE:
+            if dtype.hasobject or dtype.itemsize > _ACTION_ITEMSIZE or len(dtype.str) > 16:
                 raise TypeError(f"actions of dtype {dtype} cannot be sent to env workers")
             view = self._actions_as[dtype] = _action_view(self.views, dtype, (self.E, *self.action_shape))
         view[...] = actions
-        message = _STEP + dtype.str.encode()
-        for w in range(len(self.procs)):
-            self._send(w, message)
-        for w in range(len(self.procs)):
-            self._recv(w)
+        code = dtype.str.encode()
+        if code != self._code:
+            self._code_field[:] = 0
+            self._code_field[:len(code)] = np.frombuffer(code, dtype=np.uint8)
+            self._code = code
+        self._last += 1
+        s = self._last
+        self.cmd[:] = _STEP
+        self.seq[:] = s
+        for w in range(len(self.gos)):
+            self._post(w, _STEP, s)
+        for w in range(len(self.gos)):
+            if self.acked[w] < s or self.status[w] == _ERROR:
+                self._wait(w, s)
 
     def reset(self, seeds: list[int]) -> None:
         b = self.bounds
         self._call({w: ("reset", seeds[b[w]:b[w + 1]]) for w in range(len(self.procs))}, "resetting")
 
-    def _by_worker(self, indices: list[int]) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
-        for e in indices:
-            w = int(np.searchsorted(self.bounds, e, side="right")) - 1
-            out.setdefault(w, []).append(e - self.bounds[w])
-        return out
+    def _worker_of(self, e: int) -> int:
+        return int(np.searchsorted(self.bounds, e, side="right")) - 1
 
     def get_state(self, indices: list[int]) -> list[tuple]:
         """(sub_env_state with numpy arrays, action-space RNG state) of sub-envs ``indices`` (ascending)."""
-        replies = self._call({w: ("get_state", js) for w, js in self._by_worker(indices).items()}, "saving state")
+        by: dict[int, list[int]] = {}
+        for e in indices:
+            w = self._worker_of(e)
+            by.setdefault(w, []).append(e - self.bounds[w])
+        replies = self._call({w: ("get_state", js) for w, js in by.items()}, "saving state")
         return [pair for w in sorted(replies) for pair in replies[w]]
 
     def set_state(self, items: list[tuple[int, list, dict]]) -> None:
         """items: (sub-env index, sub_env_state, action-space RNG state)."""
         by: dict[int, list] = {}
         for e, states, rng in items:
-            w = int(np.searchsorted(self.bounds, e, side="right")) - 1
+            w = self._worker_of(e)
             by.setdefault(w, []).append((e - self.bounds[w], _numpyise(states), rng))
         self._call({w: ("set_state", payload) for w, payload in by.items()}, "loading state")
-
-    def alive(self) -> list[int]:
-        return [p.pid for p in self.procs if p.is_alive()]
 
     def close(self) -> None:
         self._finalizer()  # _shutdown once (also run at garbage collection and interpreter exit)
@@ -552,7 +652,8 @@ class GroupEnvs:
     def __init__(self, env_id: str, seeds: list[int], num_envs: int, gamma: float, *, clip_action: bool = False,
                  normalize_obs: bool = False, normalize_reward: bool = False, clip_obs: float = 10.0,
                  clip_reward: float = 10.0, max_episode_steps: int | None = None, kwargs: dict | None = None,
-                 workers: int = 0, start_method: str = "spawn", worker_timeout: float = 60.0):
+                 workers: int = 0, start_method: str = "spawn", worker_timeout: float = 60.0,
+                 spin_us: float | None = None):
         if env_id not in gym.registry:
             raise ValueError(f"unknown gymnasium env id {env_id!r}; see gymnasium.registry for the allowed ids")
         if len(seeds) < 1 or num_envs < 1:
@@ -619,7 +720,7 @@ class GroupEnvs:
                 except Exception as e:
                     raise ValueError(f"{env_id}: env kwargs cannot be sent to env worker processes: {e}") from None
             self._workers = _EnvWorkers(self.num_workers, env_id, make_args, E, self.num_envs, self.obs_shape,
-                                        self._raw_dtype, self.action_shape, worker_timeout, start_method)
+                                        self._raw_dtype, self.action_shape, worker_timeout, start_method, spin_us)
 
         # RecordEpisodeStatistics
         self.episode_returns = np.zeros(E, dtype=np.float64)

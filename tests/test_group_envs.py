@@ -564,6 +564,9 @@ def test_workers_ignore_ctrl_c_and_exit_with_their_parent(tmp_path, how):
             os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
+        if how == "die":  # multiprocessing's resource tracker unlinks the dead parent's semaphores, with a warning
+            err = "".join(line for line in err.splitlines(keepends=True)
+                          if "resource_tracker" not in line and "warnings.warn(" not in line)
         assert err == "", err  # no worker traceback
         assert out.strip() == ("interrupted" if how == "sigint" else "")
         deadline = time.monotonic() + 10
