@@ -100,8 +100,6 @@ class AppliedUpdateProbe:
     the run's own numerics give a difference of exactly 0)."""
 
     def __init__(self, ppo, other_gelu: Numerics | None = None, fp32: Numerics | None = None):
-        if ppo.cuda_graphs:
-            raise ValueError("drift.probe_every needs the eager update: on CUDA set ESPER_CUDA_GRAPHS=0")
         if ppo.batch_size // ppo.minibatch_size < 2:
             raise ValueError("drift.probe_every needs ppo.num_minibatches >= 2 (the noise floor is the step on a "
                              "second, disjoint minibatch)")
@@ -125,11 +123,20 @@ class AppliedUpdateProbe:
             self._probe_step(mb, stepping)
             return cls._clipped_grads(ppo, mb, stepping)
 
-        ppo.update, ppo._clipped_grads = update, clipped_grads
+        def call(name, fn):  # CUDA-graph path: probe eagerly before each minibatch replay, outside the graph
+            if name == "minibatch":
+                S = ppo._st
+                self._probe_step(S.batch.index(S.idx), S.stepping)
+            return cls._call(ppo, name, fn)
+
+        hooks = {"update": update, **({"_call": call} if ppo.cuda_graphs else {"_clipped_grads": clipped_grads})}
+        for name, fn in hooks.items():
+            setattr(ppo, name, fn)
         try:
             result = ppo.run_update(on_episode)
         finally:
-            del ppo.update, ppo._clipped_grads
+            for name in hooks:
+                delattr(ppo, name)
         return result, self.steps
 
     def _begin(self, advantages: torch.Tensor, returns: torch.Tensor) -> None:
@@ -203,7 +210,10 @@ class AppliedUpdateProbe:
             if scaled:
                 scaler.unscale_(g)
             gnorm = clip_grad_norm_per_member(g, ppo.hp.max_grad_norm)
-            ok = (torch.isfinite(loss) & torch.isfinite(gnorm)).tolist()
+            finite = torch.isfinite(loss) & torch.isfinite(gnorm)
+            if opt.on_device:
+                return _masked_adam_delta(opt, g, finite & torch.as_tensor(stepping, device=g.device))
+            ok = finite.tolist()
             out = torch.zeros_like(flat.data)
             for k in range(ppo.members):
                 if not (ok[k] and stepping[k]):
@@ -216,6 +226,19 @@ class AppliedUpdateProbe:
                                    grad_scale=None, found_inf=None)
                 out[k] = data[0] - flat.data[k]
         return out
+
+
+def _masked_adam_delta(opt, g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MemberAdam.step_masked's arithmetic (the CUDA-graph path's Adam), on copies: the [K, P] step it would take
+    from gradients ``g`` for the members in ``mask`` (0 elsewhere). Same ops on the same shapes as step_masked."""
+    f, b1, b2 = opt.flat, opt.beta1, opt.beta2
+    step = (opt.step_t + mask.to(opt.step_t.dtype)).clamp(min=1.0)
+    step_size = (opt.lr_t / (1.0 - torch.pow(b1, step))).to(f.data.dtype).unsqueeze(1)
+    bc2_sqrt = (1.0 - torch.pow(b2, step)).sqrt().to(f.data.dtype).unsqueeze(1)
+    exp_avg = opt.exp_avg * b1 + g * (1.0 - b1)
+    exp_avg_sq = opt.exp_avg_sq * b2 + g * g * (1.0 - b2)
+    new = f.data - step_size * exp_avg / (exp_avg_sq.sqrt() / bc2_sqrt + opt.eps)
+    return torch.where(mask.unsqueeze(1), new, f.data) - f.data
 
 
 def probe_records(ppo, steps: dict, members) -> dict[int, dict]:

@@ -183,3 +183,36 @@ def test_recent_observations_are_the_rollouts_raw_observations():
     assert np.array_equal(s1, s2) and len({tuple(r) for r in s1}) == 64  # deterministic, distinct rows
     assert not np.array_equal(rec.sample(1, 2, 6, 64), s1)
     ppo.close()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_applied_update_probe_on_the_cuda_graph_path_code_uncaptured(precision):
+    """The CUDA-graph path's code run eagerly on CPU (as tests/test_cuda_graphs.py does): the probe runs before each
+    minibatch replay, copies the device-side Adam, is exactly 0 against itself and equals the applied step."""
+    from esper_exp.stacked import MemberAdam
+
+    ppo, _ = _ppo("model.alpha.kind=constant", f"precision={precision}")
+    ppo.cuda_graphs, ppo.graph_capture = True, False
+    ppo.optimizer = MemberAdam(ppo.flat, lr=ppo.hp.learning_rate, eps=ppo.hp.adam_eps, on_device=True)
+    ppo._init_static()
+    ppo.run_update(lambda *a: None)
+    actual = {k: [] for k in range(ppo.members)}
+    step = ppo.optimizer.step_masked
+
+    def recording(mask):
+        before = ppo.flat.data.clone()
+        step(mask)
+        for k in range(ppo.members):
+            if mask[k]:
+                actual[k].append(float((ppo.flat.data[k] - before[k]).double().norm()))
+
+    ppo.optimizer.step_masked = recording
+    _, steps = P.AppliedUpdateProbe(ppo, other_gelu=ppo.numerics, fp32=ppo.numerics).run_update(lambda *a: None)
+    for k in range(2):
+        st = steps[k]
+        assert st["gelu_diff_norm"] == st["dtype_diff_norm"] == [0.0] * 16
+        assert [a for a in st["applied_norm"] if a > 0] == actual[k]  # scaler-skipped steps: 0, no Adam step
+    _, steps = P.AppliedUpdateProbe(ppo).run_update(lambda *a: None)
+    assert all(g > 0 for k in range(2) for g, a in zip(steps[k]["gelu_diff_norm"], steps[k]["applied_norm"]) if a)
+    assert "_call" not in ppo.__dict__ and "update" not in ppo.__dict__  # the hooks are gone afterwards
+    ppo.close()
