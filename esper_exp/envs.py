@@ -434,9 +434,6 @@ class _EnvWorkers:
         self.env_id, self.E, self.num_envs, self.timeout = env_id, E, num_envs, float(timeout)
         self.bounds = [w * E // W for w in range(W + 1)]
         self.action_shape = action_shape
-        if spin_us is None:  # spin only where every worker and this process can have a core of their own
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            spin_us = 100.0 if cores > W else 0.0
         self.spin_s = float(spin_us) * 1e-6
         layout, nbytes = _shared_layout(E, W, obs_shape, raw_dtype, int(np.prod(action_shape, dtype=np.int64)))
         ctx = mp.get_context(start_method)
@@ -447,6 +444,7 @@ class _EnvWorkers:
         # us up), so a call interrupted anywhere (KeyboardInterrupt) leaves nothing to miscount
         self.seq, self.acked = self.views["seq"], self.views["acked"]
         self._last = 0
+        self._busy = False  # a call is under way (still True after an interrupted one: the next call catches up)
         self._code = b""
         self._actions_as: dict[np.dtype, np.ndarray] = {}
         self.procs: list = []
@@ -551,9 +549,11 @@ class _EnvWorkers:
             raise EnvWorkerError(f"GroupEnvs unusable after an earlier failure: {self.failed}")
         if not self.procs:
             raise RuntimeError("GroupEnvs is closed")
-        for w in range(len(self.procs)):
-            if self.acked[w] < self.sent[w] or (self.sent_kind[w] == _STEP and self.status[w] == _ERROR):
-                self._wait(w, self.sent[w], "finishing an interrupted call")
+        if self._busy:  # the previous call did not return
+            for w in range(len(self.procs)):
+                if self.acked[w] < self.sent[w] or (self.sent_kind[w] == _STEP and self.status[w] == _ERROR):
+                    self._wait(w, self.sent[w], "finishing an interrupted call")
+        self._busy = True
 
     def _post(self, w: int, kind: int, s: int) -> None:
         self.sent[w], self.sent_kind[w] = s, kind
@@ -574,7 +574,9 @@ class _EnvWorkers:
                 self._fail(w, f"cannot be reached ({self._exit(w)})")
             self.cmd[w], self.seq[w] = _MESSAGE, s
             self._post(w, _MESSAGE, s)
-        return {w: self._wait(w, s, doing) for w in per_worker}
+        replies = {w: self._wait(w, s, doing) for w in per_worker}
+        self._busy = False
+        return replies
 
     # ---------------------------------------------------------------------------------------------- API
     def step(self, actions: np.ndarray) -> None:
@@ -597,11 +599,15 @@ class _EnvWorkers:
         s = self._last
         self.cmd[:] = _STEP
         self.seq[:] = s
-        for w in range(len(self.gos)):
-            self._post(w, _STEP, s)
-        for w in range(len(self.gos)):
-            if self.acked[w] < s or self.status[w] == _ERROR:
+        W = len(self.gos)
+        self.sent, self.sent_kind = [s] * W, [_STEP] * W
+        for release in self.go_release:
+            release()
+        acked, status = self.acked, self.status
+        for w in range(W):
+            if acked[w] < s or status[w] == _ERROR:
                 self._wait(w, s)
+        self._busy = False
 
     def reset(self, seeds: list[int]) -> None:
         b = self.bounds
@@ -647,13 +653,15 @@ class GroupEnvs:
     that of ``workers=0`` and checkpoints move freely between the two. A worker that dies, raises or gives no reply
     within ``worker_timeout`` seconds raises ``EnvWorkerError`` here (with its traceback); ``close()`` stops the
     workers (they also exit when this process dies, and ignore Ctrl-C). With workers, ``envs`` is empty.
+    ``spin_us``: how long this process and the workers poll their semaphore before blocking on it (0: block at once;
+    spinning saves the few microseconds of a wake-up but burns a core meanwhile: only where cores are spare).
     """
 
     def __init__(self, env_id: str, seeds: list[int], num_envs: int, gamma: float, *, clip_action: bool = False,
                  normalize_obs: bool = False, normalize_reward: bool = False, clip_obs: float = 10.0,
                  clip_reward: float = 10.0, max_episode_steps: int | None = None, kwargs: dict | None = None,
                  workers: int = 0, start_method: str = "spawn", worker_timeout: float = 60.0,
-                 spin_us: float | None = None):
+                 spin_us: float = 0.0):
         if env_id not in gym.registry:
             raise ValueError(f"unknown gymnasium env id {env_id!r}; see gymnasium.registry for the allowed ids")
         if len(seeds) < 1 or num_envs < 1:
