@@ -334,6 +334,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from esper_exp.envs import EnvWorkerError  # noqa: E402
 
@@ -554,8 +555,10 @@ _CHILD = textwrap.dedent("""
 def test_workers_ignore_ctrl_c_and_exit_with_their_parent(tmp_path, how):
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
+    repo = str(Path(__file__).resolve().parents[1])  # esper_exp importable without installing the package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, str(script), how], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env=env)
     try:
         pids = [int(p) for p in proc.stdout.readline().split()]
         assert len(pids) == 2, proc.stderr.read()
