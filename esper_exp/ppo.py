@@ -32,6 +32,7 @@ step replays the eager one. The CPU path (and eager CUDA) runs none of this: ``c
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -53,6 +54,12 @@ from esper_exp.stacked import (
 )
 
 STAT_KEYS = ("policy_loss", "value_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac", "grad_norm")
+_KL_ROW = STAT_KEYS.index("approx_kl")
+
+
+def _stat_rows(parts: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> torch.Tensor:
+    """One minibatch's per-member statistics as [len(STAT_KEYS), K] fp32 (accumulated with one op, not one per key)."""
+    return torch.stack([(grad_norm if k == "grad_norm" else parts[k]).float() for k in STAT_KEYS])
 
 
 def bootstrap_truncated(rewards, final_values, gamma: float):
@@ -120,8 +127,13 @@ class Minibatch:
 
     def index(self, idx: torch.Tensor) -> Minibatch:
         """idx [K, b]: member k takes its own samples idx[k]."""
-        rows = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
+        rows = _member_rows(idx.shape[0], idx.device)
         return Minibatch(*(getattr(self, f.name)[rows, idx] for f in fields(self)))
+
+
+@functools.cache
+def _member_rows(K: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(K, device=device).unsqueeze(1)  # [K, 1]: row k picks member k's samples
 
 
 def ppo_loss(evaluate, mb: Minibatch, p, numerics: Numerics) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -252,7 +264,7 @@ class PPO:
                 with torch.no_grad():
                     final_values = self.policy.value(final, self.numerics).cpu().numpy()
                 rewards[t][cut] = bootstrap_truncated(rewards[t][cut], final_values[cut], gamma)
-            self.next_obs = torch.as_tensor(step.obs, dtype=torch.float32, device=self.device)
+            self.next_obs = torch.from_numpy(step.obs.astype(np.float32)).to(self.device)
             for k in range(self.members):
                 if self.live[k]:
                     self.global_step[k] += N
@@ -298,7 +310,7 @@ class PPO:
                                           for rng in self.minibatch_rngs], axis=1), device=self.device)  # [E, K, B]
         n_mb = B // self.minibatch_size
         z = lambda dtype=torch.float32: torch.zeros(K, dtype=dtype, device=self.device)  # noqa: E731
-        sums = {k: z() for k in STAT_KEYS}
+        sums = torch.zeros(len(STAT_KEYS), K, device=self.device)  # one row per STAT_KEYS entry
         counts, epochs_run, skipped = z(), z(), z(torch.long)
         stepping = self.live_mask  # members that still step in this update (target-KL stop and failures clear it)
         fail = {"at": torch.full((K,), -1, dtype=torch.long, device=self.device), "loss": z(), "grad_norm": z(),
@@ -311,19 +323,20 @@ class PPO:
                 if probe is not None and epoch == 0 and j == 0:
                     probe(mb)
                 loss, parts, grad_norm, bad, overflow = self._clipped_grads(mb, stepping)
-                fail.update(_first_failure(fail, bad, epoch, loss, grad_norm, parts))
-                stepping = stepping & ~bad
+                if bad.any():  # a host read, free on CPU (this loop reads the step mask anyway)
+                    fail.update(_first_failure(fail, bad, epoch, loss, grad_norm, parts))
+                    stepping = stepping & ~bad
                 do_step = stepping & ~overflow
                 self.optimizer.step(do_step.tolist())
                 self.scaler.update(found_inf=overflow, stepped=do_step)
                 skipped += overflow
-                for k, v in (*parts.items(), ("grad_norm", grad_norm)):
-                    sums[k] += torch.where(stepping, v.float(), 0.0)
+                kept = torch.where(stepping, _stat_rows(parts, grad_norm), 0.0)
+                sums += kept
                 counts += stepping
-                kl_sum += torch.where(stepping, parts["approx_kl"], 0.0)
+                kl_sum += kept[_KL_ROW]
             if p.target_kl is not None:
                 stepping = stepping & ~(kl_sum / n_mb > p.target_kl)
-        stats = {k: v / counts for k, v in sums.items()}
+        stats = dict(zip(STAT_KEYS, sums / counts))
         stats["epochs"] = epochs_run
         stats["explained_variance"] = explained_variance(batch.values, batch.returns)
         stats["skipped_steps"] = skipped
@@ -398,7 +411,7 @@ class PPO:
             obs=z(K, N, self.obs_dim), noise=z(K, N, *(a if a else (1,))), last_value=z(K, N),
             batch=Minibatch(z(K, B, self.obs_dim), z(K, B, *a), z(K, B), z(K, B), z(K, B), z(K, B)),
             perms=z(E, K, B, dtype=torch.long), idx=z(K, mbs, dtype=torch.long), epoch=z(dtype=torch.long),
-            stepping=z(K, dtype=torch.bool), sums={k: z(K) for k in STAT_KEYS}, counts=z(K), kl_sum=z(K),
+            stepping=z(K, dtype=torch.bool), sums=z(len(STAT_KEYS), K), counts=z(K), kl_sum=z(K),
             epochs_run=z(K), skipped=z(K, dtype=torch.long),
             fail={"at": z(K, dtype=torch.long), **{k: z(K) for k in ("loss", "grad_norm", "policy_loss",
                                                                      "value_loss", "entropy")}})
@@ -454,10 +467,10 @@ class PPO:
         self.optimizer.step_masked(do_step)
         self.scaler.update(found_inf=overflow, stepped=do_step)
         S.skipped.add_(overflow)
-        for k, v in (*parts.items(), ("grad_norm", grad_norm)):
-            S.sums[k].add_(torch.where(stepping, v.float(), 0.0))
+        kept = torch.where(stepping, _stat_rows(parts, grad_norm), 0.0)
+        S.sums.add_(kept)
         S.counts.add_(stepping)
-        S.kl_sum.add_(torch.where(stepping, parts["approx_kl"], 0.0))
+        S.kl_sum.add_(kept[_KL_ROW])
 
     def _update_graphed(self, advantages: torch.Tensor, returns: torch.Tensor, probe=None) -> tuple[dict, dict]:
         """:meth:`update` on CUDA with the minibatch step as one graph and no host read inside the loop."""
@@ -474,7 +487,7 @@ class PPO:
             S.stepping.zero_()
             S.idx.copy_(S.perms[0][:, :mbs])
             self._capture("minibatch", self._minibatch_step)
-        for t in (*S.sums.values(), S.counts, S.epochs_run, S.skipped, *S.fail.values()):
+        for t in (S.sums, S.counts, S.epochs_run, S.skipped, *S.fail.values()):
             t.zero_()
         S.fail["at"].fill_(-1)
         S.stepping.copy_(self.live_mask)
@@ -489,7 +502,7 @@ class PPO:
                 self._call("minibatch", self._minibatch_step)
             if p.target_kl is not None:
                 S.stepping &= ~(S.kl_sum / n_mb > p.target_kl)
-        stats = {k: v / S.counts for k, v in S.sums.items()}
+        stats = dict(zip(STAT_KEYS, S.sums / S.counts))
         stats["epochs"] = S.epochs_run.clone()
         stats["explained_variance"] = explained_variance(S.batch.values, S.batch.returns)
         stats["skipped_steps"] = S.skipped.clone()
