@@ -148,6 +148,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True
     torch_threads: int = 1  # 0: leave torch's default
+    env_workers: int = 0  # env worker processes per training process (0: envs stepped in it); bitwise the same run
     sweep_name: str = "default"
 
 
@@ -309,5 +310,8 @@ def validate(cfg) -> None:
         raise ConfigError(
             f"ppo.total_timesteps={p.total_timesteps} is smaller than one batch ({batch} steps); allowed: >= {batch}"
         )
+    if cfg.env_workers < 0:
+        raise ConfigError(f"env_workers={cfg.env_workers} is not allowed; allowed: 0 (envs in the training process) or "
+                          "more (that many worker processes)")
     if cfg.torch_threads < 0:
         raise ConfigError(f"torch_threads={cfg.torch_threads} is not allowed; allowed: 0 (torch default) or more")

@@ -171,3 +171,16 @@ def test_grad_clip_and_loss_scale_are_per_member():
     assert scaler.scale.tolist() == [2.0**15, 2.0**16]  # only the overflowing member backs off
     scaler.update(found_inf=torch.tensor([False, False]), stepped=torch.tensor([True, True]))
     assert scaler.scale.tolist() == [2.0**15, 2.0**17]  # member 1 grew after 2 good steps; member 0 after 1 only
+
+
+def test_env_workers_change_nothing_and_a_run_resumes_across_worker_counts(tmp_path, monkeypatch):
+    # env_workers is not part of a run's identity: a run started with 2 env worker processes, stopped, and resumed
+    # with the envs in the training process equals the run trained in one go without workers, bitwise
+    overrides = (*CONTINUOUS, "tracking.checkpoint_every=2")
+    reference = _alone(tmp_path, overrides, 2)
+    run_dir = tmp_path / "workers" / "seed=2"
+    interrupt_after_update(monkeypatch, (*overrides, "seed=2", "env_workers=2"), run_dir, 3)
+    assert read_run_json(run_dir)["status"] == "interrupted"
+    assert run(make_cfg(*overrides, "seed=2", "env_workers=0"), run_dir) == "completed"
+    assert read_run_json(run_dir)["resumed_at"]  # from its update-2 checkpoint, not started over
+    _same_run(run_dir, reference)
