@@ -340,9 +340,13 @@ def _env_worker(w: int, conn, go, done, lo: int, hi: int, make_args: bytes, raw,
         done.release()
         if not envs:
             return
+        from time import perf_counter
+
+        busy, nsteps = 0.0, 0  # time spent stepping (for worker_stats)
         while wait_go():
             s = int(seq[0])
             if cmd[0] == _STEP:
+                t0 = perf_counter()
                 try:
                     code = code_field.tobytes()
                     a = actions_as.get(code)
@@ -357,6 +361,8 @@ def _env_worker(w: int, conn, go, done, lo: int, hi: int, make_args: bytes, raw,
                 except BaseException:
                     conn.send_bytes(pickle.dumps((s, "error", traceback.format_exc())))
                     status[0] = _ERROR
+                busy += perf_counter() - t0
+                nsteps += 1
                 acked[0] = s
                 done.release()
                 continue
@@ -373,6 +379,9 @@ def _env_worker(w: int, conn, go, done, lo: int, hi: int, make_args: bytes, raw,
                     for j, seed in enumerate(arg):
                         obs[j], _ = envs[j].reset(seed=seed)
                         envs[j].action_space.seed(seed)
+                elif command == "stats":
+                    result = {"steps": nsteps, "busy_s": busy}
+                    busy, nsteps = 0.0, 0
                 elif command == "get_state":
                     result = [(sub_env_state(envs[j], tensor=False),
                                envs[j].action_space.np_random.bit_generator.state) for j in arg]
@@ -659,6 +668,10 @@ class _EnvWorkers:
             w = self._worker_of(e)
             by.setdefault(w, []).append((e - self.bounds[w], _numpyise(states), rng))
         self._call({w: ("set_state", payload) for w, payload in by.items()}, "loading state")
+
+    def stats(self) -> list[dict]:
+        replies = self._call({w: ("stats", None) for w in range(len(self.procs))}, "reporting")
+        return [replies[w] for w in range(len(self.procs))]
 
     def close(self) -> None:
         self._finalizer()  # _shutdown once (also run at garbage collection and interpreter exit)
@@ -950,6 +963,11 @@ class GroupEnvs:
                 raise ValueError(f"env state {name}: {value.dtype}{list(value.shape)} does not fit "
                                  f"{target.dtype}{list(target[rows].shape)}")
             target[rows] = value
+
+    def worker_stats(self) -> list[dict]:
+        """Per worker, since the previous call: group steps served and seconds spent stepping its sub-envs
+        ({"steps", "busy_s"}); [] without workers. For measuring where a step's time goes."""
+        return self._workers.stats() if self._workers is not None else []
 
     def close(self) -> None:
         """Close the envs (with workers: stop the worker processes). Idempotent."""

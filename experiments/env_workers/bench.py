@@ -46,6 +46,12 @@ def versions() -> dict:
             "mujoco": mujoco.__version__}
 
 
+def busy_cell(r: dict) -> str:
+    if r["worker_busy_us_mean"] is None:
+        return "-"
+    return f"{r['worker_busy_us_mean']:,.0f} / {r['worker_busy_us_max']:,.0f}"
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--env", default="HalfCheetah-v5")
@@ -94,14 +100,17 @@ def main(argv=None) -> dict:
                 episodes += len(g.step(actions[i % pool]).episodes)
             return time.perf_counter() - t, time.process_time() - c, episodes
 
+        busy: dict[int, list[list[float]]] = {W: [] for W in groups}  # per block: per worker busy us/step
         for W, g in groups.items():
             block(g, args.warmup)
+            g.worker_stats()  # reset the workers' counters
         walls: dict[int, list[float]] = {W: [] for W in groups}
         cpus: dict[int, list[float]] = {W: [] for W in groups}
         eps: dict[int, int] = {W: 0 for W in groups}
         for _ in range(args.repeats):
             for W, g in groups.items():
                 wall, cpu, n = block(g, args.steps)
+                busy[W].append([1e6 * st["busy_s"] / max(st["steps"], 1) for st in g.worker_stats()])
                 walls[W].append(wall)
                 cpus[W].append(cpu)
                 eps[W] += n
@@ -120,6 +129,9 @@ def main(argv=None) -> dict:
                      "min_env_steps_per_s": min(sps), "max_env_steps_per_s": max(sps),
                      "median_us_per_group_step": 1e6 * statistics.median(walls[W]) / args.steps,
                      "main_cpu_us_per_group_step": 1e6 * statistics.median(cpus[W]) / args.steps,
+                     # a worker's time stepping its slice per group step: mean and slowest worker (median of blocks)
+                     "worker_busy_us_mean": statistics.median(statistics.mean(b) for b in busy[W]) if W else None,
+                     "worker_busy_us_max": statistics.median(max(b) for b in busy[W]) if W else None,
                      "episodes_ended": eps[W], "build_and_reset_s": build_s[W], "all_env_steps_per_s": sps})
     for r in rows:
         r["speedup_vs_first"] = r["median_env_steps_per_s"] / rows[0]["median_env_steps_per_s"]
@@ -140,14 +152,15 @@ def main(argv=None) -> dict:
           f"blocks of {args.steps} group steps; {result['machine']['cpu']} ({os.cpu_count()} CPUs), "
           f"{result['date_utc']}")
     print(f"{'workers':>7} | {'env steps/s (median)':>20} | {'min':>8} | {'max':>8} | {'x W=first':>9} | "
-          f"{'us/group step':>13} | {'main CPU us/step':>16} | {'build s':>7}")
-    print("-" * 112)
+          f"{'us/group step':>13} | {'main CPU us/step':>16} | {'worker busy us/step mean/max':>28} | {'build s':>7}")
+    print("-" * 143)
     for r in rows:
         print(f"{r['workers']:>7} | {r['median_env_steps_per_s']:>20,.0f} | {r['min_env_steps_per_s']:>8,.0f} | "
               f"{r['max_env_steps_per_s']:>8,.0f} | {r['speedup_vs_first']:>9.2f} | "
               f"{r['median_us_per_group_step']:>13,.0f} | {r['main_cpu_us_per_group_step']:>16,.0f} | "
-              f"{r['build_and_reset_s']:>7.2f}")
+              f"{busy_cell(r):>28} | {r['build_and_reset_s']:>7.2f}")
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
     return result
