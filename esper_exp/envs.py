@@ -254,6 +254,7 @@ _STEP, _MESSAGE = 0, 1
 _OK, _ERROR = 0, 1
 _ACTION_ITEMSIZE = 16  # bytes reserved per action element in shared memory: any numeric numpy dtype fits
 _START_METHODS = ("spawn", "forkserver")
+_ONE_WAKEUP = True
 _START_TIMEOUT = 300.0  # s: a worker's start (a fresh interpreter importing gymnasium and building its envs)
 
 
@@ -266,6 +267,7 @@ def _shared_layout(E: int, W: int, obs_shape: tuple, raw_dtype, action_elems: in
     """name -> (byte offset, shape, dtype) of the arrays in the shared buffer (64-byte aligned), total bytes."""
     arrays = {"actions": ((E * action_elems * _ACTION_ITEMSIZE,), np.uint8), "dtype": ((16,), np.uint8),
               "cmd": ((W,), np.uint8), "status": ((W,), np.uint8), "seq": ((W,), np.int64), "acked": ((W,), np.int64),
+              "count": ((1,), np.int64), "target": ((1,), np.int64),
               "obs": ((E, *obs_shape), raw_dtype), "reset_obs": ((E, *obs_shape), raw_dtype),
               "reward": ((E,), np.float64), "terminated": ((E,), np.bool_), "truncated": ((E,), np.bool_)}
     layout, off = {}, 0
@@ -302,7 +304,7 @@ def _acquire(sem, spin_s: float) -> bool:
 
 
 def _env_worker(w: int, conn, go, done, lo: int, hi: int, make_args: bytes, raw, layout: dict, action_shape: tuple,
-                spin_s: float) -> None:
+                spin_s: float, lock) -> None:
     """Worker w: builds sub-envs [lo, hi) and serves the training process until "close", a closed pipe or the
     death of its parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle (it stops the workers)
@@ -329,6 +331,7 @@ def _env_worker(w: int, conn, go, done, lo: int, hi: int, make_args: bytes, raw,
             terminated, truncated = views["terminated"][lo:hi], views["truncated"][lo:hi]
             cmd, status, code_field = views["cmd"][w:w + 1], views["status"][w:w + 1], views["dtype"]
             seq, acked = views["seq"][w:w + 1], views["acked"][w:w + 1]
+            count, target = views["count"], views["target"]
             full_shape = (layout["obs"][1][0], *action_shape)
             actions_as: dict[bytes, np.ndarray] = {}
             steps, resets = [e.step for e in envs], [e.reset for e in envs]
@@ -336,8 +339,21 @@ def _env_worker(w: int, conn, go, done, lo: int, hi: int, make_args: bytes, raw,
         except BaseException:
             reply = pickle.dumps((0, "error", traceback.format_exc()))
             envs = []
+        def finish(s: int) -> None:
+            """Command s done. With ``lock``, ``done`` is the group's: only the last worker to finish posts it."""
+            if lock is None:
+                acked[0] = s
+                done.release()
+                return
+            with lock:
+                acked[0] = s
+                n = int(count[0]) + 1
+                count[0] = n
+            if n == target[0]:
+                done.release()
+
+        finish(0)  # counted before the reply is read: the training process's next command starts a new count
         conn.send_bytes(reply)
-        done.release()
         if not envs:
             return
         from time import perf_counter
@@ -363,8 +379,7 @@ def _env_worker(w: int, conn, go, done, lo: int, hi: int, make_args: bytes, raw,
                     status[0] = _ERROR
                 busy += perf_counter() - t0
                 nsteps += 1
-                acked[0] = s
-                done.release()
+                finish(s)
                 continue
             try:
                 message = conn.recv_bytes()
@@ -395,8 +410,7 @@ def _env_worker(w: int, conn, go, done, lo: int, hi: int, make_args: bytes, raw,
             except BaseException:
                 reply = pickle.dumps((s, "error", traceback.format_exc()))
             conn.send_bytes(reply)
-            acked[0] = s
-            done.release()
+            finish(s)
     except (BrokenPipeError, EOFError):
         return
     finally:
@@ -490,6 +504,12 @@ class _EnvWorkers:
         self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.conns, self.gos, self.cmd)
         # SIGINT blocked while starting: a spawned worker inherits the mask through exec, so a Ctrl-C in the
         # terminal can never reach it before it ignores SIGINT; here it is delivered once unblocked
+        # one wake-up of this process per step: the workers count themselves done under a lock and the last one
+        # posts the group's semaphore (instead of up to W wake-ups, one per worker's own semaphore)
+        self.lock = ctx.Lock() if _ONE_WAKEUP else None
+        self.all_done = ctx.Semaphore(0) if _ONE_WAKEUP else None
+        self.count, self.target = self.views["count"], self.views["target"]
+        self.count[0], self.target[0] = 0, W
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             with _bare_main():
@@ -501,10 +521,11 @@ class _EnvWorkers:
     def _start(self, ctx, W: int, make_args: bytes, layout: dict, action_shape: tuple) -> None:
         for w in range(W):
             parent_end, child_end = ctx.Pipe()
-            go, done = ctx.Semaphore(0), ctx.Semaphore(0)
+            go = ctx.Semaphore(0)
+            done = self.all_done if self.lock is not None else ctx.Semaphore(0)
             p = ctx.Process(target=_env_worker, name=f"esper-env-worker-{w}", daemon=True,
                             args=(w, child_end, go, done, self.bounds[w], self.bounds[w + 1], make_args, self._raw,
-                                  layout, action_shape, self.spin_s))
+                                  layout, action_shape, self.spin_s, self.lock))
             self.conns.append(parent_end)
             self.gos.append(go)
             self.go_release.append(go.release)
@@ -559,14 +580,15 @@ class _EnvWorkers:
         import time
 
         timeout = self.timeout if timeout is None else timeout
-        done, acked = self.dones[w], self.acked
+        done, acked = self.all_done or self.dones[w], self.acked
         while acked[w] < s:
             if _acquire(done, self.spin_s):
                 continue
             deadline = time.monotonic() + timeout
-            while not done.acquire(True, 0.05):
-                if not self.procs[w].is_alive():
-                    self._fail(w, f"died while {doing} ({self._exit(w)})")
+            while not done.acquire(True, 0.05) and acked[w] < s:  # a lost wake-up costs 50 ms, never a hang
+                for v, p in enumerate(self.procs):  # any worker: with one group semaphore, w may wait on another
+                    if not p.is_alive():
+                        self._fail(v, f"died while {doing} ({self._exit(v)})")
                 if time.monotonic() > deadline:
                     self._fail(w, f"gave no reply within {timeout:g} s while {doing} (hung? worker_timeout "
                                   f"sets the limit)")
@@ -591,6 +613,15 @@ class _EnvWorkers:
                     self._wait(w, self.sent[w], "finishing an interrupted call")
         self._busy = True
 
+    def _expect(self, n: int) -> None:
+        """The next command goes to n workers (the count the last of them posts the group semaphore at)."""
+        if self.lock is None:
+            return
+        if not self.lock.acquire(True, self.timeout):
+            self._fail(0, f"(or another worker) held the group lock for {self.timeout:g} s")
+        self.count[0], self.target[0] = 0, n
+        self.lock.release()
+
     def _post(self, w: int, kind: int, s: int) -> None:
         self.sent[w], self.sent_kind[w] = s, kind
         self.go_release[w]()
@@ -599,6 +630,7 @@ class _EnvWorkers:
         self._ready()
         self._last += 1
         s = self._last
+        self._expect(len(per_worker))
         for w, message in per_worker.items():
             data = pickle.dumps(message)
             try:
@@ -636,6 +668,7 @@ class _EnvWorkers:
         self.cmd[:] = _STEP
         self.seq[:] = s
         W = len(self.gos)
+        self._expect(W)
         self.sent, self.sent_kind = [s] * W, [_STEP] * W
         for release in self.go_release:
             release()
