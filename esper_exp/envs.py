@@ -254,7 +254,11 @@ _STEP, _MESSAGE = 0, 1
 _OK, _ERROR = 0, 1
 _ACTION_ITEMSIZE = 16  # bytes reserved per action element in shared memory: any numeric numpy dtype fits
 _START_METHODS = ("spawn", "forkserver")
-_ONE_WAKEUP = True
+# False: one "done" semaphore per worker (the training process may wake up W times per step). True: the workers
+# count themselves done under a lock and the last one posts the group's semaphore (one wake-up). Measured on the
+# 16-core H100 box, K=60 HalfCheetah (experiments/env_workers/ab_wakeup.py, README there): no better at W=4 and 8,
+# worse at W=15 (93k vs 101k env steps/s; the workers then contend for the lock), so off.
+_ONE_WAKEUP = False
 _START_TIMEOUT = 300.0  # s: a worker's start (a fresh interpreter importing gymnasium and building its envs)
 
 
@@ -504,8 +508,7 @@ class _EnvWorkers:
         self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.conns, self.gos, self.cmd)
         # SIGINT blocked while starting: a spawned worker inherits the mask through exec, so a Ctrl-C in the
         # terminal can never reach it before it ignores SIGINT; here it is delivered once unblocked
-        # one wake-up of this process per step: the workers count themselves done under a lock and the last one
-        # posts the group's semaphore (instead of up to W wake-ups, one per worker's own semaphore)
+        # _ONE_WAKEUP: one wake-up of this process per step (see there)
         self.lock = ctx.Lock() if _ONE_WAKEUP else None
         self.all_done = ctx.Semaphore(0) if _ONE_WAKEUP else None
         self.count, self.target = self.views["count"], self.views["target"]

@@ -580,3 +580,26 @@ def test_workers_ignore_ctrl_c_and_exit_with_their_parent(tmp_path, how):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_group_semaphore_variant_bitwise(monkeypatch):
+    """The measured-and-rejected wake-up variant (envs._ONE_WAKEUP) stays correct, with a worker's death noticed."""
+    import esper_exp.envs as envs_mod
+
+    monkeypatch.setattr(envs_mod, "_ONE_WAKEUP", True)
+    inproc = GroupEnvs("CartPole-v1", [1, 2, 3], 1, 0.99, **CARTPOLE_KW)
+    pooled = GroupEnvs("CartPole-v1", [1, 2, 3], 1, 0.99, workers=2, **CARTPOLE_KW)
+    rng = np.random.default_rng(3)
+    try:
+        assert pooled._workers.lock is not None
+        assert_bitwise(pooled.reset(), inproc.reset(), "reset")
+        for t in range(100):
+            actions = random_actions(rng, inproc.env_action_space, (3, 1))
+            assert_same_step(pooled.step(actions), inproc.step(actions), f"step {t}")
+        assert_same_state(pooled.state_dict(1), inproc.state_dict(1))
+        os.kill(pooled._workers.procs[1].pid, signal.SIGKILL)
+        with pytest.raises(EnvWorkerError, match=r"env worker 1 .* died while stepping \(killed by SIGKILL\)"):
+            pooled.step(random_actions(rng, inproc.env_action_space, (3, 1)))
+    finally:
+        pooled.close()
+        inproc.close()

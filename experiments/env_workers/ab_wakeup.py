@@ -30,6 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     K = args.members
     groups = {}
+    default = envs_mod._ONE_WAKEUP
     try:
         for W in args.workers:
             for one in (False, True):
@@ -38,7 +39,7 @@ def main() -> None:
                                        normalize_obs=True, normalize_reward=True)
                 g.reset()
                 groups[(W, one)] = g
-        envs_mod._ONE_WAKEUP = True
+        envs_mod._ONE_WAKEUP = default
         actions = np.random.default_rng(0).standard_normal((64, K, 1, 6)).astype(np.float32)
         walls = {key: [] for key in groups}
         for g in groups.values():
