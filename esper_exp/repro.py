@@ -5,7 +5,9 @@
     esper-repro <run dir> --device cpu                   # re-run a CUDA run on CPU (a different computation)
 
 The re-run uses the resolved config stored in run.json ("config"), with wandb disabled and no progress bar
-(neither changes what is computed), in a temporary directory. metrics.jsonl is compared line by line, ignoring
+(neither changes what is computed), in a temporary directory. A CUDA run that was a member of a group is re-run
+with its whole group in the stored layout and CUDA-graph mode (on CUDA a member's numbers depend on its group;
+the other members' run.json files must be found, where run.json names them or beside the run). metrics.jsonl is compared line by line, ignoring
 the wall-clock fields; then episodes.jsonl. Prints ``identical`` or the first update and metric where the runs
 diverge (both values), then the fingerprint differences (python/torch/numpy/gymnasium/mujoco versions, device,
 git sha) that may explain a divergence. Exit code: 0 identical, 1 diverges, 2 bad input (one line, no traceback).
@@ -70,7 +72,9 @@ def first_divergence(stored: list[dict], rerun: list[dict], ignore=WALL_CLOCK, w
 def fingerprint(info: dict) -> dict[str, Any]:
     versions = info.get("versions") or {}
     fp = {k: versions.get(k) for k in FINGERPRINT_VERSIONS}
-    fp.update(device=info.get("device"), git_sha=info.get("git_sha"))
+    cuda = info.get("cuda") or {}
+    fp.update(device=info.get("device"), git_sha=info.get("git_sha"), cuda_graphs=info.get("cuda_graphs"),
+              **{f"cuda_{k}": cuda.get(k) for k in ("gpu", "driver", "cuda_runtime", "cublas") if k in cuda})
     return fp
 
 
@@ -103,23 +107,79 @@ def load_stored(run_dir: Path) -> dict:
     return info
 
 
-def rerun(config: dict, out_dir: Path, device: str | None) -> tuple[str, dict]:
-    from omegaconf import OmegaConf
+def group_layout(run_dir: Path, stored: dict, device: str | None) -> tuple[list[dict], int] | None:
+    """The stored configs of a CUDA run's whole group, in member order, and this run's index; None when the run
+    alone reproduces it (a CPU run: a member computes bitwise what it computes alone; or a group of one).
 
-    from esper_exp.config import ConfigError
-    from esper_exp.tracking import read_run_json
-    from esper_exp.train import run
+    On CUDA a member's numbers depend on its group's layout (batched-GEMM kernels), so its group is re-run as it
+    was: same members, same order. Member directories are found where run.json's ``group.members`` names them, or
+    beside this run (``<cell>/seed=<k>`` siblings, e.g. after the sweep was copied elsewhere)."""
+    group = stored.get("group") or {}
+    on_cuda = str(device if device is not None else stored.get("device") or "").startswith("cuda")
+    if not on_cuda or int(group.get("size", 1)) <= 1:
+        return None
+    configs = []
+    for i, name in enumerate(group.get("members") or []):
+        if i == group.get("member_index"):
+            configs.append(stored["config"])
+            continue
+        candidates = [Path(name), run_dir.parent / Path(name).name, run_dir.parent.parent / Path(name).parent.name /
+                      Path(name).name]
+        found = next((c / "run.json" for c in candidates if (c / "run.json").exists()), None)
+        if found is None:
+            raise BadInput(f"this CUDA run was member {group.get('member_index')} of a group of {group.get('size')}: "
+                           f"its numbers depend on that group, but member {i} ({name}) is not found; re-run needs "
+                           "every member's run.json")
+        try:
+            configs.append(read_json(found)["config"])
+        except (BadRunFile, KeyError, TypeError):
+            raise BadInput(f"{found} holds no stored config (key 'config')") from None
+    if len(configs) != int(group["size"]):
+        raise BadInput(f"{run_dir}/run.json: group lists {len(configs)} members, size {group['size']}")
+    return configs, int(group["member_index"])
 
+
+def _prepared(config: dict, device: str | None) -> dict:
     config = json.loads(json.dumps(config))
     config.setdefault("tracking", {}).setdefault("wandb", {})["mode"] = "disabled"
     config["tracking"]["progress"] = "off"
     if device is not None:
         config["device"] = device
+    return config
+
+
+def rerun(config: dict, out_dir: Path, device: str | None, group: tuple[list[dict], int] | None = None,
+          cuda_graphs: bool | None = None) -> tuple[str, dict, Path]:
+    """Re-run ``config`` in ``out_dir`` (alone), or its whole ``group`` in ``out_dir/member-<i>`` with the same
+    CUDA-graph mode as stored; returns (status, run.json, run dir) of the run being reproduced."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from esper_exp.config import ConfigError
+    from esper_exp.tracking import read_run_json
+    from esper_exp.train import run, run_group
+
+    previous = os.environ.get("ESPER_CUDA_GRAPHS")
+    if cuda_graphs is not None:
+        os.environ["ESPER_CUDA_GRAPHS"] = "1" if cuda_graphs else "0"
     try:
-        status = run(OmegaConf.create(config), out_dir)
+        if group is None:
+            status, target = run(OmegaConf.create(_prepared(config, device)), out_dir), out_dir
+        else:
+            configs, k = group
+            jobs = [(OmegaConf.create(_prepared(c, device)), out_dir / f"member-{i}") for i, c in enumerate(configs)]
+            print(f"CUDA run: re-running its group of {len(jobs)} in the stored layout (member {k})", flush=True)
+            status, target = run_group(jobs, job_nums=[0] * len(jobs), strict=True)[k], jobs[k][1]
     except ConfigError as e:
         raise BadInput(f"the stored config does not run here: {e}") from None
-    return status, read_run_json(out_dir) or {}
+    finally:
+        if cuda_graphs is not None:
+            if previous is None:
+                os.environ.pop("ESPER_CUDA_GRAPHS", None)
+            else:
+                os.environ["ESPER_CUDA_GRAPHS"] = previous
+    return status, read_run_json(target) or {}, target
 
 
 def compare(run_dir: Path, new_dir: Path, stored: dict, new: dict) -> tuple[bool, list[str]]:
@@ -167,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             new_dir = Path(tempfile.mkdtemp(prefix="esper-repro-"))
         print(f"re-running {args.run_dir} (cell {stored.get('cell')}, seed {stored.get('seed')}) in {new_dir}",
               flush=True)
-        status, new = rerun(stored["config"], new_dir, args.device)
-        same, lines = compare(args.run_dir, new_dir, stored, new)
+        group = group_layout(args.run_dir, stored, args.device)
+        status, new, target = rerun(stored["config"], new_dir, args.device, group, stored.get("cuda_graphs"))
+        same, lines = compare(args.run_dir, target, stored, new)
         keep = args.keep or not same
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)

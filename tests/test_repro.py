@@ -82,7 +82,7 @@ def test_repro_removes_its_temp_dir_when_the_re_run_crashes(train_run, tmp_path,
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
 
-    def crash(config, out_dir, device):
+    def crash(config, out_dir, device, *group):
         (out_dir / "metrics.jsonl").write_text("")
         raise RuntimeError("boom")
 
@@ -90,3 +90,41 @@ def test_repro_removes_its_temp_dir_when_the_re_run_crashes(train_run, tmp_path,
     with pytest.raises(RuntimeError):
         main([str(run_dir)])
     assert not list(tmp.iterdir())
+
+
+def test_a_cuda_group_member_is_re_run_with_its_whole_group(tmp_path, monkeypatch):
+    # on CUDA a member's numbers depend on its group, so esper-repro re-runs the group in the stored layout and
+    # graph mode; CPU members are re-run alone (they compute bitwise what they compute alone)
+    import pytest
+    from conftest import make_cfg
+
+    from esper_exp import repro
+    from esper_exp.train import run_group
+
+    jobs = [(make_cfg(*TINY, f"seed={s}"), tmp_path / "sweep" / "cell" / f"seed={s}") for s in (1, 2, 3)]
+    assert run_group(jobs) == ["completed"] * 3
+    stored = repro.load_stored(jobs[1][1])
+    assert repro.group_layout(jobs[1][1], stored, None) is None  # a CPU run: alone
+    assert repro.group_layout(jobs[1][1], stored, "cpu") is None
+    configs, k = repro.group_layout(jobs[1][1], stored, "cuda")
+    assert k == 1 and [c["seed"] for c in configs] == [1, 2, 3]
+    # the sweep moved elsewhere: members found beside the run
+    moved = tmp_path / "moved"
+    (tmp_path / "sweep").rename(moved)
+    configs, k = repro.group_layout(moved / "cell" / "seed=2", stored, "cuda")
+    assert [c["seed"] for c in configs] == [1, 2, 3]
+    # a missing member is one clear error
+    import shutil
+
+    shutil.rmtree(moved / "cell" / "seed=3")
+    with pytest.raises(repro.BadInput, match="member 2"):
+        repro.group_layout(moved / "cell" / "seed=2", stored, "cuda")
+    # the group re-run (here on CPU, forced through the group path) reproduces the member, with the graph flag restored
+    monkeypatch.setenv("ESPER_CUDA_GRAPHS", "1")
+    members = [repro.load_stored(moved / "cell" / "seed=1")["config"], stored["config"], {**stored["config"], "seed": 3}]
+    status, info, target = repro.rerun(stored["config"], tmp_path / "re", None, (members, 1), cuda_graphs=False)
+    assert status == "completed" and target == tmp_path / "re" / "member-1"
+    assert repro.compare(moved / "cell" / "seed=2", target, stored, info)[0]
+    import os
+
+    assert os.environ["ESPER_CUDA_GRAPHS"] == "1"
