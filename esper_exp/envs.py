@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import threading
 import traceback
 import weakref
 from dataclasses import dataclass
@@ -340,7 +339,7 @@ def _env_worker(w: int, conn, go, done, lo: int, hi: int, make_args: bytes, raw,
             actions_as: dict[bytes, np.ndarray] = {}
             steps, resets = [e.step for e in envs], [e.reset for e in envs]
             reply = pickle.dumps((0, "ok", len(list(_layers(envs[0])))))
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - whatever it is, the training process gets its traceback
             reply = pickle.dumps((0, "error", traceback.format_exc()))
             envs = []
         def finish(s: int) -> None:
@@ -378,7 +377,7 @@ def _env_worker(w: int, conn, go, done, lo: int, hi: int, make_args: bytes, raw,
                         if terminated[j] or truncated[j]:
                             reset_obs[j], _ = resets[j]()
                     status[0] = _OK
-                except BaseException:
+                except BaseException:  # noqa: BLE001 - the training process raises it (EnvWorkerError)
                     conn.send_bytes(pickle.dumps((s, "error", traceback.format_exc())))
                     status[0] = _ERROR
                 busy += perf_counter() - t0
@@ -411,7 +410,7 @@ def _env_worker(w: int, conn, go, done, lo: int, hi: int, make_args: bytes, raw,
                 else:
                     raise ValueError(f"unknown env worker command {command!r}")
                 reply = pickle.dumps((s, "ok", result))
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - the training process raises it (EnvWorkerError)
                 reply = pickle.dumps((s, "error", traceback.format_exc()))
             conn.send_bytes(reply)
             finish(s)
@@ -421,7 +420,7 @@ def _env_worker(w: int, conn, go, done, lo: int, hi: int, make_args: bytes, raw,
         for env in envs:
             try:
                 env.close()
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 - exiting anyway; a failing close must not hide why
                 pass
 
 
@@ -519,7 +518,8 @@ class _EnvWorkers:
                 self._start(ctx, W, make_args, layout, action_shape)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self.layers = [self._wait(w, 0, "starting", max(self.timeout, _START_TIMEOUT)) for w in range(W)][0]
+        layers = [self._wait(w, 0, "starting", max(self.timeout, _START_TIMEOUT)) for w in range(W)]
+        self.layers = layers[0]  # wrapper layers of a sub-env (load_state_dict checks checkpoints against it)
 
     def _start(self, ctx, W: int, make_args: bytes, layout: dict, action_shape: tuple) -> None:
         for w in range(W):
@@ -796,12 +796,12 @@ class GroupEnvs:
             spec = gym.registry[env_id]
             try:  # the spec, not the id: an env registered only in this process is still found by the workers
                 make_args = pickle.dumps((spec, max_episode_steps, kwargs))
-            except Exception:
+            except Exception:  # noqa: BLE001 - e.g. an entry point that is a lambda: fall back to the id
                 make_args = None
             if make_args is None:
                 try:
                     make_args = pickle.dumps((env_id, max_episode_steps, kwargs))
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - any pickling error: one line saying so
                     raise ValueError(f"{env_id}: env kwargs cannot be sent to env worker processes: {e}") from None
             self._workers = _EnvWorkers(self.num_workers, env_id, make_args, E, self.num_envs, self.obs_shape,
                                         self._raw_dtype, self.action_shape, worker_timeout, start_method, spin_us)

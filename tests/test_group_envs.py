@@ -8,6 +8,14 @@ seed + i per sub-env and its action space seeded the same.
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import gymnasium as gym
 import mujoco
@@ -16,7 +24,7 @@ import pytest
 import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from esper_exp.envs import GroupEnvs, GroupStep
+from esper_exp.envs import EnvWorkerError, GroupEnvs, GroupStep
 
 
 # ------------------------------------------------------------------------------------------------ reference
@@ -327,19 +335,8 @@ def test_spaces_and_settotalmass_warning_silenced(capfd):
 
 # ------------------------------------------------------------------------------------------------ env workers
 # GroupEnvs(workers=W): the raw envs stepped in W worker processes, bitwise the in-process loop (workers=0).
-import multiprocessing  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from esper_exp.envs import EnvWorkerError  # noqa: E402
-
-HALFCHEETAH_KW = dict(max_episode_steps=50, clip_action=True, normalize_obs=True, normalize_reward=True)
-CARTPOLE_KW = dict(max_episode_steps=30)
+HALFCHEETAH_KW = {"max_episode_steps": 50, "clip_action": True, "normalize_obs": True, "normalize_reward": True}
+CARTPOLE_KW = {"max_episode_steps": 30}
 
 
 def assert_same_state(a, b, where="state"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import esper_exp.envs as envs_mod  # noqa: E402
+import esper_exp.envs as envs_mod
 
 
 def main() -> None:

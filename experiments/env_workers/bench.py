@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # runnable from a checkout without installing
-from esper_exp.envs import GroupEnvs, _quiet_settotalmass  # noqa: E402
+from esper_exp.envs import GroupEnvs, _quiet_settotalmass
 
 
 def cpu_model() -> str:
@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
                     probe = gym.make(args.env)
                 box = isinstance(probe.action_space, gym.spaces.Box)
                 probe.close()
-                wrappers = dict(clip_action=box, normalize_obs=True, normalize_reward=True)
+                wrappers = {"clip_action": box, "normalize_obs": True, "normalize_reward": True}
             g = GroupEnvs(args.env, list(range(1, K + 1)), N, 0.99, workers=W, start_method=args.start_method,
                           spin_us=args.spin_us, **wrappers)
             g.reset()
@@ -137,7 +137,7 @@ def main(argv=None) -> dict:
         r["speedup_vs_first"] = r["median_env_steps_per_s"] / rows[0]["median_env_steps_per_s"]
 
     result = {
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([os.path.relpath(sys.argv[0]) if argv is None else "bench.py", *(argv or sys.argv[1:])]),
         "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(),
                     "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
