@@ -247,7 +247,7 @@ def _rms_update(mean: np.ndarray, var: np.ndarray, count: np.ndarray, x: np.ndar
 # posts its ``done``. Any other command (reset with seeds, get/set sub-env state, close) is a pickled message through
 # the worker's pipe (command MESSAGE), answered through the pipe before ``done``; so is the traceback of a step that
 # raised (status ERROR). Semaphores because they are cheap: a blocking semaphore round-trip between two processes
-# costs ~5 us on the dev VM, a pipe's 50-70 us. Both sides may spin (``spin_us``) before blocking.
+# costs ~5 us on the dev VM, a pipe's 50-70 us. Both sides may spin before sleeping (``spin_us``, ``worker_spin_us``).
 
 _STEP, _MESSAGE = 0, 1
 _OK, _ERROR = 0, 1
@@ -476,14 +476,15 @@ class _EnvWorkers:
     """The training process's side of W env workers: shared arrays, semaphores and pipes, liveness and timeouts."""
 
     def __init__(self, num_workers: int, env_id: str, make_args: bytes, E: int, num_envs: int, obs_shape: tuple,
-                 raw_dtype, action_shape: tuple, timeout: float, start_method: str, spin_us: float | None):
+                 raw_dtype, action_shape: tuple, timeout: float, start_method: str, spin_us: float,
+                 worker_spin_us: float):
         import multiprocessing as mp
 
         W = num_workers
         self.env_id, self.E, self.num_envs, self.timeout = env_id, E, num_envs, float(timeout)
         self.bounds = [w * E // W for w in range(W + 1)]
         self.action_shape = action_shape
-        self.spin_s = float(spin_us) * 1e-6
+        self.spin_s, self.worker_spin_s = float(spin_us) * 1e-6, float(worker_spin_us) * 1e-6
         layout, nbytes = _shared_layout(E, W, obs_shape, raw_dtype, int(np.prod(action_shape, dtype=np.int64)))
         ctx = mp.get_context(start_method)
         self._raw = ctx.RawArray("B", nbytes)
@@ -528,7 +529,7 @@ class _EnvWorkers:
             done = self.all_done if self.lock is not None else ctx.Semaphore(0)
             p = ctx.Process(target=_env_worker, name=f"esper-env-worker-{w}", daemon=True,
                             args=(w, child_end, go, done, self.bounds[w], self.bounds[w + 1], make_args, self._raw,
-                                  layout, action_shape, self.spin_s, self.lock))
+                                  layout, action_shape, self.worker_spin_s, self.lock))
             self.conns.append(parent_end)
             self.gos.append(go)
             self.go_release.append(go.release)
@@ -585,7 +586,7 @@ class _EnvWorkers:
         timeout = self.timeout if timeout is None else timeout
         done, acked = self.all_done or self.dones[w], self.acked
         while acked[w] < s:
-            if _acquire(done, self.spin_s):
+            if done.acquire(False):
                 continue
             deadline = time.monotonic() + timeout
             while not done.acquire(True, 0.05) and acked[w] < s:  # a lost wake-up costs 50 ms, never a hang
@@ -676,9 +677,17 @@ class _EnvWorkers:
         for release in self.go_release:
             release()
         acked, status = self.acked, self.status
-        for w in range(W):
+        if self.spin_s > 0.0:  # poll the acknowledgements (no system call) before sleeping on the semaphores
+            from time import perf_counter
+
+            end = perf_counter() + self.spin_s
+            while acked.min() < s and perf_counter() < end:
+                pass
+        for w, done in enumerate(self.dones):
             if acked[w] < s or status[w] == _ERROR:
                 self._wait(w, s)
+            else:  # done already: take its post now (no system call), or the semaphore's count would grow
+                done.acquire(False)
         self._busy = False
 
     def reset(self, seeds: list[int]) -> None:
@@ -729,15 +738,16 @@ class GroupEnvs:
     that of ``workers=0`` and checkpoints move freely between the two. A worker that dies, raises or gives no reply
     within ``worker_timeout`` seconds raises ``EnvWorkerError`` here (with its traceback); ``close()`` stops the
     workers (they also exit when this process dies, and ignore Ctrl-C). With workers, ``envs`` is empty.
-    ``spin_us``: how long this process and the workers poll their semaphore before blocking on it (0: block at once;
-    spinning saves the few microseconds of a wake-up but burns a core meanwhile: only where cores are spare).
+    ``spin_us``: how long this process polls the workers' acknowledgements before sleeping on their semaphores;
+    ``worker_spin_us``: how long a worker polls its semaphore after a step before sleeping on it (0: sleep at once;
+    spinning saves a wake-up but burns a core meanwhile: only where cores are spare).
     """
 
     def __init__(self, env_id: str, seeds: list[int], num_envs: int, gamma: float, *, clip_action: bool = False,
                  normalize_obs: bool = False, normalize_reward: bool = False, clip_obs: float = 10.0,
                  clip_reward: float = 10.0, max_episode_steps: int | None = None, kwargs: dict | None = None,
                  workers: int = 0, start_method: str = "spawn", worker_timeout: float = 60.0,
-                 spin_us: float = 0.0):
+                 spin_us: float = 0.0, worker_spin_us: float = 0.0):
         if env_id not in gym.registry:
             raise ValueError(f"unknown gymnasium env id {env_id!r}; see gymnasium.registry for the allowed ids")
         if len(seeds) < 1 or num_envs < 1:
@@ -804,7 +814,8 @@ class GroupEnvs:
                 except Exception as e:  # noqa: BLE001 - any pickling error: one line saying so
                     raise ValueError(f"{env_id}: env kwargs cannot be sent to env worker processes: {e}") from None
             self._workers = _EnvWorkers(self.num_workers, env_id, make_args, E, self.num_envs, self.obs_shape,
-                                        self._raw_dtype, self.action_shape, worker_timeout, start_method, spin_us)
+                                        self._raw_dtype, self.action_shape, worker_timeout, start_method, spin_us,
+                                        worker_spin_us)
 
         # RecordEpisodeStatistics
         self.episode_returns = np.zeros(E, dtype=np.float64)

@@ -494,7 +494,7 @@ def test_worker_error_and_hang_give_one_clear_exception():
         start = time.monotonic()
         with pytest.raises(EnvWorkerError, match=r"env worker 0 .* gave no reply within 1 s while stepping"):
             hung.step(np.zeros((2, 1), dtype=np.int64))
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 10
         assert live_children(pids) == []  # a stopped worker is killed too
     finally:
         hung.close()
@@ -535,10 +535,10 @@ _CHILD = textwrap.dedent("""
     if __name__ == "__main__":
         group = GroupEnvs("CartPole-v1", [1, 2], 1, 0.99, workers=2, max_episode_steps=30)
         group.reset()
-        print(*[p.pid for p in group._workers.procs], flush=True)
-        if sys.argv[1] == "die":
-            os._exit(0)  # no close(), no atexit: the workers must notice on their own
         try:
+            print(*[p.pid for p in group._workers.procs], flush=True)
+            if sys.argv[1] == "die":
+                os._exit(0)  # no close(), no atexit: the workers must notice on their own
             while True:
                 group.step(np.ones((2, 1), dtype=np.int64))
         except KeyboardInterrupt:

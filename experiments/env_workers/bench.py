@@ -62,7 +62,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=7, help="timed blocks per worker count (interleaved)")
     ap.add_argument("--warmup", type=int, default=50, help="untimed group steps per worker count before timing")
     ap.add_argument("--start-method", default="spawn", choices=["spawn", "forkserver"])
-    ap.add_argument("--spin-us", type=float, default=0.0, help="GroupEnvs spin_us (0: block on semaphores at once)")
+    ap.add_argument("--spin-us", type=float, default=0.0, help="GroupEnvs spin_us (0: sleep on semaphores at once)")
+    ap.add_argument("--worker-spin-us", type=float, default=0.0, help="GroupEnvs worker_spin_us")
     ap.add_argument("--no-wrappers", action="store_true", help="raw envs only (no clip/normalisation)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -81,7 +82,7 @@ def main(argv=None) -> dict:
                 probe.close()
                 wrappers = {"clip_action": box, "normalize_obs": True, "normalize_reward": True}
             g = GroupEnvs(args.env, list(range(1, K + 1)), N, 0.99, workers=W, start_method=args.start_method,
-                          spin_us=args.spin_us, **wrappers)
+                          spin_us=args.spin_us, worker_spin_us=args.worker_spin_us, **wrappers)
             g.reset()
             build_s[W] = time.perf_counter() - t
             groups[W] = g
@@ -145,7 +146,8 @@ def main(argv=None) -> dict:
         "versions": versions(),
         "setting": {"env": args.env, "members": K, "num_envs": N, "sub_envs": E, "wrappers": wrappers,
                     "steps_per_block": args.steps, "repeats": args.repeats, "warmup": args.warmup,
-                    "start_method": args.start_method, "spin_us": args.spin_us, "actions": "random, float32 N(0,1) (Box) / uniform (Discrete)"},
+                    "start_method": args.start_method, "spin_us": args.spin_us, "worker_spin_us": args.worker_spin_us,
+                    "actions": "random, float32 N(0,1) (Box) / uniform (Discrete)"},
         "results": rows,
     }
     print(f"{args.env}: {K} members x {N} env(s) = {E} sub-envs, wrappers {wrappers}; {args.repeats} interleaved "
