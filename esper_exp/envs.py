@@ -506,13 +506,13 @@ class _EnvWorkers:
         self.sent_kind = [_MESSAGE] * W
         self.failed: str | None = None
         self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.conns, self.gos, self.cmd)
-        # SIGINT blocked while starting: a spawned worker inherits the mask through exec, so a Ctrl-C in the
-        # terminal can never reach it before it ignores SIGINT; here it is delivered once unblocked
         # _ONE_WAKEUP: one wake-up of this process per step (see there)
         self.lock = ctx.Lock() if _ONE_WAKEUP else None
         self.all_done = ctx.Semaphore(0) if _ONE_WAKEUP else None
         self.count, self.target = self.views["count"], self.views["target"]
         self.count[0], self.target[0] = 0, W
+        # SIGINT blocked while starting: a spawned worker inherits the mask through exec, so a Ctrl-C in the
+        # terminal can never reach it before it ignores SIGINT; here it is delivered once unblocked
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             with _bare_main():
