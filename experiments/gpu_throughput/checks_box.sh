@@ -1,0 +1,39 @@
+#!/bin/bash
+# Issue 12 items 4-5 and the one-process ceiling, in ONE device call (<= ~9 min). Carries .wheelhouse/issue12 and
+# .wheelhouse/pytest.
+#   1. the GPU test suite: pytest tests/test_cuda.py tests/test_cuda_graphs.py (CUDA runs, bf16 on CUDA, drift
+#      controls, deterministic rerun + esper-repro of a group member);
+#   2. one process, one group of K=60 HalfCheetah seeds (exact/fp32), env_workers 0 and 15, alone on the GPU;
+#   3. two processes of K=30 (env_workers 7 each) at once: what a second process on the same GPU costs.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; PY=${PY:-python3}; ROOT=${ROOT:-/tmp/gc}; UPD=${UPD:-4}
+GR=$PWD/experiments/cuda_eager/group_run.py
+exec > >(tee "$OUT/log.txt") 2>&1
+date -u; nproc; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+$PY -m pip install -q --no-deps --no-index --prefix /tmp/pfx --break-system-packages .wheelhouse/issue12/*.whl \
+  .wheelhouse/pytest/*.whl || exit 1
+SP=$(ls -d /tmp/pfx/lib/python3*/site-packages /tmp/pfx/local/lib/python3*/*-packages 2>/dev/null | head -1)
+export PYTHONPATH=$PWD:$SP WANDB_MODE=disabled
+rm -rf "$ROOT"; mkdir -p "$ROOT"
+echo "== 1. GPU suite"
+s=$(date +%s)
+timeout 300 $PY -m pytest tests/test_cuda.py tests/test_cuda_graphs.py -q -p no:cacheprovider -rs 2>&1 | tail -25
+echo "suite wall_s=$(( $(date +%s) - s ))"
+summ() { $PY experiments/gpu_throughput/timing_summary.py "$@"; }
+echo "== 2. one process, K=60"
+for W in 0 15; do
+  timeout 120 $PY $GR --k 60 --device cuda --updates $UPD --env halfcheetah --out $ROOT/k60_w$W env_workers=$W \
+    > $ROOT/k60_w$W.log 2>&1 || tail -3 $ROOT/k60_w$W.log
+  summ $ROOT/k60_w$W
+done
+echo "== 3. two processes of K=30 at once"
+for i in 1 2; do
+  timeout 150 $PY $GR --k 30 --device cuda --updates $UPD --env halfcheetah --out $ROOT/k30_p$i env_workers=7 \
+    $([ $i = 2 ] && echo model.gelu=tanh) > $ROOT/k30_p$i.log 2>&1 &
+done
+wait
+summ $ROOT/k30_p1 $ROOT/k30_p2
+for f in $ROOT/*.log; do echo "--- $f"; tail -2 $f | cut -c1-300; done > $OUT/logs_tail.txt
+cp $ROOT/*/timing.json $OUT/ 2>/dev/null; for d in $ROOT/*/; do cp $d/timing.json $OUT/timing_$(basename $d).json 2>/dev/null; done
+date -u

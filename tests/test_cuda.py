@@ -1,0 +1,80 @@
+"""The GPU suite (issue 12, item 5): ``pytest -m cuda`` on a machine with a CUDA GPU; every test here is skipped
+elsewhere. Tiny HalfCheetah / CartPole runs: CUDA single run and group complete with the pinned numerics recorded,
+a bf16 member's seed MLP computes in bf16 on CUDA, every drift control runs on CUDA, and a deterministic CUDA run
+repeats bitwise (esper-repro re-runs its group and says identical)."""
+
+import pytest
+import torch
+
+from conftest import make_cfg, read_jsonl, without_wall_clock
+from esper_exp.tracking import read_run_json
+from esper_exp.train import run, run_group
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+CHEETAH = ("env=halfcheetah", "ppo.total_timesteps=768", "ppo.num_steps=64", "ppo.num_minibatches=4",
+           "ppo.update_epochs=2", "env.max_episode_steps=100", "model.alpha.ramp_updates=2")
+CARTPOLE = ("env=cartpole", "ppo.total_timesteps=512", "ppo.num_steps=64", "model.alpha.ramp_updates=2")
+
+
+def _group(tmp_path, overrides, seeds=(1, 2, 3), name="group"):
+    jobs = [(make_cfg(*overrides, f"seed={s}"), tmp_path / name / f"seed={s}") for s in seeds]
+    return run_group(jobs), [d for _, d in jobs]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "auto"])
+def test_a_single_cuda_run_completes_with_its_numerics_recorded(tmp_path, device):
+    assert run(make_cfg(*CHEETAH, f"device={device}"), tmp_path / "run") == "completed"
+    info = read_run_json(tmp_path / "run")
+    assert info["device"].startswith("cuda:0") and info["cuda_graphs"] is True
+    flags = info["cuda"]["flags"]
+    assert flags["matmul_allow_tf32"] is False and info["cuda"]["gpu"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_a_cuda_group_completes_and_its_members_are_different_runs(tmp_path, precision):
+    statuses, dirs = _group(tmp_path, (*CHEETAH, "device=cuda", f"precision={precision}"))
+    assert statuses == ["completed"] * 3
+    group = read_run_json(dirs[1])["group"]
+    assert group["size"] == 3 and group["member_index"] == 1
+    last = [read_jsonl(d / "metrics.jsonl")[-1]["value_loss"] for d in dirs]
+    assert len(set(last)) == 3
+
+
+def test_a_bf16_member_computes_its_seed_mlp_in_bf16_on_cuda():
+    from esper_exp.runtime import prepare
+    from esper_exp.train import build_ppo
+
+    cfg = make_cfg(*CHEETAH, "precision=bf16", "device=cuda")
+    device = torch.device("cuda:0")
+    prepare(1, device, True, 1)
+    ppo = build_ppo(cfg, [1, 2], device)[0]
+    seen = []
+    hook = ppo.policy.trunk.seed.fc1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.no_grad():
+        ppo.policy.heads(ppo.next_obs, ppo.numerics)
+    hook.remove()
+    ppo.close()
+    assert seen == [torch.bfloat16]
+
+
+@pytest.mark.parametrize("perturb", ["ulp", "large", "persistent", "duplicate"])
+def test_every_drift_control_runs_on_cuda(tmp_path, perturb):
+    status = run(make_cfg(*CARTPOLE, "device=cuda", f"drift.perturb={perturb}", "drift.probe_every=2",
+                          "drift.snapshot_every=2", "drift.probe_set_size=32"), tmp_path / "run")
+    assert status == "completed"
+    assert read_jsonl(tmp_path / "run" / "probe.jsonl") and read_jsonl(tmp_path / "run" / "snapshots.jsonl")
+
+
+def test_a_deterministic_cuda_group_repeats_bitwise_and_esper_repro_says_identical(tmp_path, capsys):
+    from esper_exp.repro import main
+
+    overrides = (*CHEETAH, "device=cuda", "precision=bf16", "deterministic=true")
+    _, first = _group(tmp_path, overrides, name="a")
+    _, second = _group(tmp_path, overrides, name="b")
+    for a, b in zip(first, second):
+        assert without_wall_clock(read_jsonl(a / "metrics.jsonl")) == without_wall_clock(read_jsonl(b / "metrics.jsonl"))
+        assert read_jsonl(a / "episodes.jsonl") == read_jsonl(b / "episodes.jsonl")
+    assert main([str(first[1])]) == 0
+    out = capsys.readouterr().out
+    assert "re-running its group of 3" in out and "identical" in out
