@@ -495,6 +495,7 @@ class _EnvWorkers:
         self.seq, self.acked = self.views["seq"], self.views["acked"]
         self._last = 0
         self._busy = False  # a call is under way (still True after an interrupted one: the next call catches up)
+        self._posting = False  # handing out commands (still True after an interrupt there: the group is unusable)
         self._code = b""
         self._actions_as: dict[np.dtype, np.ndarray] = {}
         self.procs: list = []
@@ -606,11 +607,20 @@ class _EnvWorkers:
         return payload
 
     def _ready(self) -> None:
-        """Refuse after a failure; wait for commands left unfinished by an interrupted call (KeyboardInterrupt)."""
+        """Refuse after a failure; wait for commands left unfinished by an interrupted call (KeyboardInterrupt).
+
+        A call interrupted while it was handing its commands to the workers (``_posting``: a few microseconds
+        per step) cannot tell which worker got its command: the group is then unusable (close it); a call
+        interrupted while waiting for the workers (nearly always) is caught up here."""
         if self.failed is not None:
             raise EnvWorkerError(f"GroupEnvs unusable after an earlier failure: {self.failed}")
         if not self.procs:
             raise RuntimeError("GroupEnvs is closed")
+        if self._posting:
+            self.failed = (f"{self.env_id} env workers: a call was interrupted while it handed the workers their "
+                           f"commands; which of them got theirs is unknown")
+            _shutdown(self.procs, self.conns, self.gos, self.cmd, grace=1.0)
+            raise EnvWorkerError(self.failed)
         if self._busy:  # the previous call did not return
             for w in range(len(self.procs)):
                 if self.acked[w] < self.sent[w] or (self.sent_kind[w] == _STEP and self.status[w] == _ERROR):
@@ -626,12 +636,9 @@ class _EnvWorkers:
         self.count[0], self.target[0] = 0, n
         self.lock.release()
 
-    def _post(self, w: int, kind: int, s: int) -> None:
-        self.sent[w], self.sent_kind[w] = s, kind
-        self.go_release[w]()
-
     def _call(self, per_worker: dict[int, tuple], doing: str) -> dict[int, object]:
         self._ready()
+        self._posting = True
         self._last += 1
         s = self._last
         self._expect(len(per_worker))
@@ -645,7 +652,9 @@ class _EnvWorkers:
             if not sent:  # outside the except: one exception, not a chain
                 self._fail(w, f"cannot be reached ({self._exit(w)})")
             self.cmd[w], self.seq[w] = _MESSAGE, s
-            self._post(w, _MESSAGE, s)
+            self.sent[w], self.sent_kind[w] = s, _MESSAGE
+            self.go_release[w]()
+        self._posting = False
         replies = {w: self._wait(w, s, doing) for w in per_worker}
         self._busy = False
         return replies
@@ -667,6 +676,7 @@ class _EnvWorkers:
             self._code_field[:] = 0
             self._code_field[:len(code)] = np.frombuffer(code, dtype=np.uint8)
             self._code = code
+        self._posting = True
         self._last += 1
         s = self._last
         self.cmd[:] = _STEP
@@ -676,6 +686,7 @@ class _EnvWorkers:
         self.sent, self.sent_kind = [s] * W, [_STEP] * W
         for release in self.go_release:
             release()
+        self._posting = False
         acked, status = self.acked, self.status
         if self.spin_s > 0.0:  # poll the acknowledgements (no system call) before sleeping on the semaphores
             from time import perf_counter

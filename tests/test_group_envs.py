@@ -530,7 +530,7 @@ def test_construction_errors_unchanged_with_workers():
 _CHILD = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    from esper_exp.envs import GroupEnvs
+    from esper_exp.envs import EnvWorkerError, GroupEnvs
 
     if __name__ == "__main__":
         group = GroupEnvs("CartPole-v1", [1, 2], 1, 0.99, workers=2, max_episode_steps=30)
@@ -542,7 +542,10 @@ _CHILD = textwrap.dedent("""
             while True:
                 group.step(np.ones((2, 1), dtype=np.int64))
         except KeyboardInterrupt:
-            group.step(np.ones((2, 1), dtype=np.int64))  # the workers ignored the Ctrl-C: still serving
+            try:  # the workers ignored the Ctrl-C: still serving (the interrupted call is caught up)
+                group.step(np.ones((2, 1), dtype=np.int64))
+            except EnvWorkerError as e:  # unless it landed in the microseconds of handing out the commands
+                assert "interrupted while it handed" in str(e), e
             print("interrupted", flush=True)
         group.close()
 """)
@@ -597,6 +600,43 @@ def test_group_semaphore_variant_bitwise(monkeypatch):
         os.kill(pooled._workers.procs[1].pid, signal.SIGKILL)
         with pytest.raises(EnvWorkerError, match=r"env worker 1 .* died while stepping \(killed by SIGKILL\)"):
             pooled.step(random_actions(rng, inproc.env_action_space, (3, 1)))
+    finally:
+        pooled.close()
+        inproc.close()
+
+
+def test_interrupted_calls():
+    """A KeyboardInterrupt while waiting for the workers is caught up by the next call (bitwise as if not
+    interrupted); one while handing out the commands leaves the group unusable, with a clear error."""
+    inproc = GroupEnvs("CartPole-v1", [1, 2], 1, 0.99, **CARTPOLE_KW)
+    pooled = GroupEnvs("CartPole-v1", [1, 2], 1, 0.99, workers=2, **CARTPOLE_KW)
+    rng = np.random.default_rng(4)
+    try:
+        inproc.reset()
+        pooled.reset()
+        workers = pooled._workers
+        wait = workers._wait
+
+        def interrupted_wait(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        actions = random_actions(rng, inproc.env_action_space, (2, 1))
+        workers._wait = interrupted_wait
+        with pytest.raises(KeyboardInterrupt):
+            pooled.step(actions)  # the workers stepped; nobody waited for them; the wrappers saw nothing
+        workers._wait = wait
+        for e, env in enumerate(inproc.envs):  # the same in-process: the raw envs step (SAME_STEP), not the wrappers
+            _, _, terminated, truncated, _ = env.step(actions.reshape(2)[e])
+            if terminated or truncated:
+                env.reset()
+        for t in range(50):  # the next calls catch up, and nothing is counted twice
+            actions = random_actions(rng, inproc.env_action_space, (2, 1))
+            assert_same_step(pooled.step(actions), inproc.step(actions), f"step {t}")
+        assert_same_state(pooled.state_dict(1), inproc.state_dict(1))
+        workers._posting = True  # as if interrupted between handing out two commands
+        with pytest.raises(EnvWorkerError, match="interrupted while it handed the workers their commands"):
+            pooled.step(actions)
+        assert multiprocessing.active_children() == []
     finally:
         pooled.close()
         inproc.close()
