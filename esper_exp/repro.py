@@ -115,7 +115,8 @@ def group_layout(run_dir: Path, stored: dict, device: str | None) -> tuple[list[
     was: same members, same order. Member directories are found where run.json's ``group.members`` names them, or
     beside this run (``<cell>/seed=<k>`` siblings, e.g. after the sweep was copied elsewhere)."""
     group = stored.get("group") or {}
-    on_cuda = str(device if device is not None else stored.get("device") or "").startswith("cuda")
+    on_cuda = str(device).startswith("cuda") if device is not None else bool(stored.get("cuda"))  # run.json's
+    # "device" names the hardware (the GPU model); a CUDA run is one with a "cuda" block
     if not on_cuda or int(group.get("size", 1)) <= 1:
         return None
     configs = []

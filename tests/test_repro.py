@@ -105,6 +105,7 @@ def test_a_cuda_group_member_is_re_run_with_its_whole_group(tmp_path, monkeypatc
     assert run_group(jobs) == ["completed"] * 3
     stored = repro.load_stored(jobs[1][1])
     assert repro.group_layout(jobs[1][1], stored, None) is None  # a CPU run: alone
+    assert repro.group_layout(jobs[1][1], {**stored, "cuda": {"gpu": "H100"}}, None) is not None  # a CUDA run
     assert repro.group_layout(jobs[1][1], stored, "cpu") is None
     configs, k = repro.group_layout(jobs[1][1], stored, "cuda")
     assert k == 1 and [c["seed"] for c in configs] == [1, 2, 3]
