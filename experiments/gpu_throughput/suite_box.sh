@@ -10,7 +10,7 @@ $PY -m pip install -q --no-deps --no-index --prefix /tmp/pfx --break-system-pack
   .wheelhouse/pytest/*.whl || exit 1
 SP=$(ls -d /tmp/pfx/lib/python3*/site-packages /tmp/pfx/local/lib/python3*/*-packages 2>/dev/null | head -1)
 export PYTHONPATH=$PWD:$SP WANDB_MODE=disabled
-timeout 240 $PY -m pytest tests/test_cuda.py tests/test_cuda_graphs.py -q -p no:cacheprovider -rs -x --tb=short \
+timeout 240 $PY -m pytest tests/test_cuda.py tests/test_cuda_graphs.py -q -p no:cacheprovider -rs --tb=short \
   2>&1 | grep -v -E "Warning|warn" > $ROOT.suite.txt; grep -E "passed|failed|Error|error|assert" $ROOT.suite.txt | head -40
 cp $ROOT.suite.txt $OUT/suite.txt
 mkdir -p $ROOT
