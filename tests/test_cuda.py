@@ -26,7 +26,7 @@ def _group(tmp_path, overrides, seeds=(1, 2, 3), name="group"):
 def test_a_single_cuda_run_completes_with_its_numerics_recorded(tmp_path, device):
     assert run(make_cfg(*CHEETAH, f"device={device}"), tmp_path / "run") == "completed"
     info = read_run_json(tmp_path / "run")
-    assert info["device"].startswith("cuda:0") and info["cuda_graphs"] is True
+    assert info["cuda"]["gpu"] == info["device"] and info["cuda"]["gpu_index"] == 0 and info["cuda_graphs"] is True
     flags = info["cuda"]["flags"]
     assert flags["matmul_allow_tf32"] is False and info["cuda"]["gpu"]
 
