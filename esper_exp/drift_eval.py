@@ -122,8 +122,7 @@ def evaluate_sweep(sweep_dir: Path, reference: str = "exact/fp32", log=print) ->
                                         f"{reference}/seed={r['seed']}", sha))
                 if new:
                     with open(Path(r["dir"]) / "snapshots.jsonl", "a") as f:
-                        for rec in new:
-                            f.write(dumps(rec) + "\n")
+                        f.writelines(dumps(rec) + "\n" for rec in new)
                 counts["written"] += len(new)
             finally:
                 lock.release()

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_CARTPOLE, make_cfg, read_jsonl, without_wall_clock
+
 from esper_exp import probe as P
 from esper_exp.numerics import Numerics, gelu_perturbation, hash_sign
 from esper_exp.runtime import prepare
