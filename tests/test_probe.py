@@ -216,3 +216,17 @@ def test_applied_update_probe_on_the_cuda_graph_path_code_uncaptured(precision):
     assert all(g > 0 for k in range(2) for g, a in zip(steps[k]["gelu_diff_norm"], steps[k]["applied_norm"]) if a)
     assert "_call" not in ppo.__dict__ and "update" not in ppo.__dict__  # the hooks are gone afterwards
     ppo.close()
+
+
+def test_an_interrupted_and_resumed_run_writes_the_same_drift_records(tmp_path, monkeypatch):
+    from conftest import interrupt_after_update
+    from esper_exp.train import run
+
+    overrides = (*TINY_CARTPOLE, *RAMP, *PROBED, "tracking.checkpoint_every=2")
+    whole = tmp_path / "whole"
+    assert run(make_cfg(*overrides), whole) == "completed"
+    cut = tmp_path / "cut"
+    interrupt_after_update(monkeypatch, overrides, cut, 3)  # checkpoint at update 2; update 3 is redone
+    assert run(make_cfg(*overrides), cut) == "completed"
+    for name in ("snapshots.jsonl", "probe.jsonl"):
+        assert read_jsonl(cut / name) == read_jsonl(whole / name), name

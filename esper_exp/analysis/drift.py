@@ -12,6 +12,10 @@ Sweep mode: every cell against the reference cell of the rule stored in the runs
 seed, verdicts per third against the noise-floor controls (drift_verdicts), the applied-update probe; writes
 drift.md + figures + CSV/JSON. Exit status 3 when a determinism control failed.
 
+Schema-2 snapshots are paired on the reference run's on-policy states: run ``python -m esper_exp.drift_eval
+SWEEP_DIR --reference CELL`` (trainer side: it evaluates every run's saved weights on those states) before sweep
+mode; runs that share no state set at a common update are refused with that command.
+
 Modules: drift_metrics (files and distances; the record schema the trainer writes is in its docstring),
 drift_verdicts (per-third verdicts), drift_report (output). Files only; never imports the trainer.
 """
