@@ -230,7 +230,7 @@ class PPO:
     # ---------------------------------------------------------------- rollout
     def collect_rollout(self, on_episode: Callable[[int, int, float, int, int], None], timers: dict) -> None:
         """``on_episode(member, global_step, return, length, env_index)`` for every episode a live member ends."""
-        buf, gamma, N = self.buf, self.hp.gamma, self.num_envs
+        buf, N = self.buf, self.num_envs
         shape = (self.num_steps, self.members, N)
         rewards = np.zeros(shape, dtype=np.float32)
         episode_ends = np.zeros(shape, dtype=bool)
@@ -238,6 +238,14 @@ class PPO:
         t0 = time.perf_counter()  # the whole rollout's action noise, per member, before it (ActorCritic.draw_noise)
         noise = self.policy.draw_noise(self.action_rngs, self.num_steps, N, self.device)
         timers["inference"] += time.perf_counter() - t0
+        with torch.inference_mode(not self.cuda_graphs):  # eager: no autograd bookkeeping at all in the rollout
+            self._rollout_steps(buf, noise, rewards, episode_ends, dead, on_episode, timers)
+        buf.rewards.copy_(torch.from_numpy(rewards))
+        buf.episode_ends.copy_(torch.from_numpy(episode_ends))
+
+    def _rollout_steps(self, buf, noise, rewards, episode_ends, dead, on_episode, timers) -> None:
+        """The rollout's T steps: act, step the envs, bootstrap truncations, record episodes."""
+        gamma, N = self.hp.gamma, self.num_envs
         for t in range(self.num_steps):
             t0 = time.perf_counter()
             buf.obs[t] = self.next_obs
@@ -246,8 +254,7 @@ class PPO:
                 self._st.noise.copy_(noise[t])
                 action, logprob, value = self._call("act", self._act_step)
             else:
-                with torch.no_grad():
-                    action, logprob, value = self.policy.act(self.next_obs, self.numerics, noise[t])
+                action, logprob, value = self.policy.act(self.next_obs, self.numerics, noise[t])
             buf.actions[t], buf.logprobs[t], buf.values[t] = action, logprob, value
             action_np = action.cpu().numpy()
             if dead.any():  # a failed member's actions may be NaN; its envs only idle along
@@ -273,8 +280,6 @@ class PPO:
                     on_episode(k, self.global_step[k], ret, length, env_index)
             timers["inference"] += (t1 - t0) + (time.perf_counter() - t2)
             timers["env"] += t2 - t1
-        buf.rewards.copy_(torch.from_numpy(rewards))
-        buf.episode_ends.copy_(torch.from_numpy(episode_ends))
 
     # ---------------------------------------------------------------- update
     def _clipped_grads(self, mb: Minibatch, stepping: torch.Tensor):
