@@ -17,6 +17,7 @@ seed k draws the same weights and noise in every GELU x precision cell and in ev
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -81,6 +82,7 @@ class ActorCritic(nn.Module):
         # alpha is state, not a parameter: one fp32 value per member, set once per PPO update.
         self.register_buffer("alpha", torch.zeros(K))
         self.register_buffer("_head_pad", torch.zeros(1, out_dim - 1, width), persistent=False)  # see heads()
+        self._frozen: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see frozen()
 
     def set_alpha(self, values: Sequence[float]) -> None:
         self.alpha.copy_(torch.as_tensor(list(values), dtype=torch.float32))
@@ -94,14 +96,31 @@ class ActorCritic(nn.Module):
         as a member of any group (a batch of one picks another kernel, experiments/grouped_throughput), with no
         zero twin, and the heads cost one kernel instead of two."""
         K = self.members
+        weight, bias, alpha = self._frozen or self._stacked()
+        with numerics.autocast():
+            features = self.trunk(torch.cat([obs, obs]), alpha, numerics)
+            out = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2)).float()
+        return out[K:], out[:K, :, 0]
+
+    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(both heads' weight [2K, out, width], bias [2K, out], alpha for the 2K trunk rows [2K]) from the parameters."""
+        K = self.members
         critic, actor = self.critic_head, self.actor_head
         pad_w = self._head_pad.expand(K, -1, -1)
         weight = torch.cat([torch.cat([critic.weight, pad_w], 1), actor.weight])
         bias = torch.cat([torch.cat([critic.bias, pad_w[:, :, 0]], 1), actor.bias])
-        with numerics.autocast():
-            features = self.trunk(torch.cat([obs, obs]), torch.cat([self.alpha, self.alpha]), numerics)
-            out = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2)).float()
-        return out[K:], out[:K, :, 0]
+        return weight, bias, torch.cat([self.alpha, self.alpha])
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """A block in which parameters and alpha do not change (an eager rollout): what :meth:`heads` stacks from them
+        is built once on entry instead of at every forward. Not for CUDA-graph capture (a graph must read the live
+        parameters at each replay)."""
+        self._frozen = self._stacked()
+        try:
+            yield self
+        finally:
+            self._frozen = None
 
     def actor_out(self, obs: torch.Tensor, numerics: Numerics) -> torch.Tensor:
         return self.heads(obs, numerics)[0]

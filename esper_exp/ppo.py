@@ -238,8 +238,11 @@ class PPO:
         t0 = time.perf_counter()  # the whole rollout's action noise, per member, before it (ActorCritic.draw_noise)
         noise = self.policy.draw_noise(self.action_rngs, self.num_steps, N, self.device)
         timers["inference"] += time.perf_counter() - t0
-        with torch.inference_mode(not self.cuda_graphs):  # eager: no autograd bookkeeping at all in the rollout
+        if self.cuda_graphs:
             self._rollout_steps(buf, noise, rewards, episode_ends, dead, on_episode, timers)
+        else:  # eager: no autograd bookkeeping at all, and the policy's stacked heads built once per rollout
+            with torch.inference_mode(), self.policy.frozen():
+                self._rollout_steps(buf, noise, rewards, episode_ends, dead, on_episode, timers)
         buf.rewards.copy_(torch.from_numpy(rewards))
         buf.episode_ends.copy_(torch.from_numpy(episode_ends))
 

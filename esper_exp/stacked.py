@@ -107,6 +107,8 @@ class FlatParams:
             r = p.shape[0] // K  # [r*K, ...] -> member-major [K, r*n/r...]: rows k, K+k, ... of member k
             self._views.append(self.data[:, offset:offset + n].view(K, r, n // r).transpose(0, 1))
             offset += n
+        # the parameters as [r, K, n/r] views (their storage never moves: updates are copies into it)
+        self._param_views = [p.data.view(p.shape[0] // K, K, -1) for p in self.params]
         self.pull()
 
     def _member_major(self, t: torch.Tensor) -> torch.Tensor:
@@ -124,8 +126,7 @@ class FlatParams:
 
     @torch.no_grad()
     def scatter(self) -> None:
-        K = self.members
-        torch._foreach_copy_([p.data.view(p.shape[0] // K, K, -1) for p in self.params], self._views)
+        torch._foreach_copy_(self._param_views, self._views)
 
     def zero_grad(self) -> None:
         for p in self.params:
