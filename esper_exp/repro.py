@@ -7,8 +7,8 @@
 The re-run uses the resolved config stored in run.json ("config"), with wandb disabled and no progress bar
 (neither changes what is computed), in a temporary directory. A CUDA run that was a member of a group is re-run
 with its whole group in the stored layout and CUDA-graph mode (on CUDA a member's numbers depend on its group;
-the other members' run.json files must be found, where run.json names them or beside the run). metrics.jsonl is compared line by line, ignoring
-the wall-clock fields; then episodes.jsonl. Prints ``identical`` or the first update and metric where the runs
+the other members' run.json files must be found, where run.json names them or beside the run). metrics.jsonl is
+compared line by line, ignoring the wall-clock fields; then episodes.jsonl. Prints ``identical`` or the first update and metric where the runs
 diverge (both values), then the fingerprint differences (python/torch/numpy/gymnasium/mujoco versions, device,
 git sha) that may explain a divergence. Exit code: 0 identical, 1 diverges, 2 bad input (one line, no traceback).
 """
