@@ -333,3 +333,17 @@ def test_real_runs_not_yet_paired_by_drift_eval_are_refused_with_the_command(rea
         D.run_pair(unpaired, dirs["ref"])
     assert eval_main([str(tmp_path / "nothing")]) == 2
     assert "no run directories" in capsys.readouterr().err
+
+
+def test_a_damaged_run_is_left_out_loudly_and_the_sweep_exits_1(tmp_path, capsys):
+    for s in range(5):
+        for gelu, kw in (("exact", {}), ("tanh", {"level": ctrl_level, "noise_key": 1})):
+            d = run_path(tmp_path, "cartpole", gelu, "fp32", s)
+            write_run(d, gelu=gelu, seed=s, total_timesteps=30_720)
+            write_drift_files(d, seed=s, **kw)
+    assert D.main(["--sweep", str(tmp_path), "--out", str(tmp_path / "d0"), "--reps", "200"]) == 0
+    metrics = run_path(tmp_path, "cartpole", "tanh", "fp32", 2) / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:-40])  # cut mid-line, as a crash while writing would
+    capsys.readouterr()
+    assert D.main(["--sweep", str(tmp_path), "--out", str(tmp_path / "d1"), "--reps", "200"]) == D.EXIT_DAMAGED
+    assert "DAMAGED RUN EXCLUDED" in capsys.readouterr().err

@@ -10,7 +10,8 @@ form a determinism control: if they differ, that is reported loudly and the exit
 
 Sweep mode: every cell against the reference cell of the rule stored in the runs (exact/fp32 by default), seed by
 seed, verdicts per third against the noise-floor controls (drift_verdicts), the applied-update probe; writes
-drift.md + figures + CSV/JSON. Exit status 3 when a determinism control failed.
+drift.md + figures + CSV/JSON. Exit status 3 when a determinism control failed, else 1 when a damaged run (cut
+or bad lines, missing updates) was left out, as esper-report.
 
 Schema-2 snapshots are paired on the reference run's on-policy states: run ``python -m esper_exp.drift_eval
 SWEEP_DIR --reference CELL`` (trainer side: it evaluates every run's saved weights on those states) before sweep
@@ -38,6 +39,7 @@ from .output import write_csv as _write_csv
 from .rule import DEFAULT_RULE, rule_from_runs
 
 EXIT_NOT_DETERMINISTIC = 3
+EXIT_DAMAGED = 1  # a damaged run was left out (as esper-report)
 DEFAULTS = DR.DEFAULTS
 
 
@@ -95,6 +97,8 @@ def run_sweep(sweep_dir, control=None, out=None, reference=None, **opts) -> tupl
     out = Path(out) if out is not None else root / "drift"
     out.mkdir(parents=True, exist_ok=True)
     results = DR.analyse(sweep, reference, control, o)
+    for res in results:  # damaged runs (cut lines, missing updates) are left out; each env says which
+        res["damaged"] = [r.damage for r in sweep.damaged if r.env == res["env"]]
     DR.write_files(results, out, reference, o)
     lines = DR.section_lines(results, out, reference, o, heading="#")
     (out / "drift.md").write_text("\n".join([f"# esper-drift: {root}", ""] + lines[2:]), encoding="utf-8")
@@ -122,7 +126,9 @@ def main(argv=None) -> int:
                     if not d["identical"]:
                         print(d["verdict"], file=sys.stderr)
             print(f"esper-drift: wrote {out / 'drift.md'}")
-            return EXIT_NOT_DETERMINISTIC if DR.any_determinism_failure(results) else 0
+            if DR.any_determinism_failure(results):
+                return EXIT_NOT_DETERMINISTIC
+            return EXIT_DAMAGED if any(r["damaged"] for r in results) else 0
         if len(args.runs) != 2:
             raise AnalysisError("give two run directories (RUN_A RUN_B) or --sweep DIR")
         p = run_pair(args.runs[0], args.runs[1], args.out, args.return_window)
