@@ -152,8 +152,17 @@ class Tracker:
             if before:
                 self.info["cuda_before_resume"] = before
         self._write()
+        self.note(f"{'resumed at update ' + str(resume_at[0]) if resumed else 'started'}: {self.cell} seed "
+                  f"{config['seed']} on {self.info['device']} (host {self.info['host']}, pid {self.info['pid']}, group "
+                  f"member {self.info['group']['member_index'] + 1} of {self.info['group']['size']})")
         self.wandb = None
         self._start_wandb(config, previous.get("wandb_id"))
+
+    def note(self, line: str) -> None:
+        """One timestamped line in <run dir>/train.log, the run's own log (appended across resumed attempts): when it
+        started or resumed, where, and how it ended."""
+        with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
+            f.write(f"[{now()}] {line}\n")
 
     def _start_wandb(self, config: dict, resume_id: str | None = None) -> None:
         """One wandb run per run directory: a resumed run continues its own wandb run (same id). Several trackers
@@ -213,6 +222,8 @@ class Tracker:
                 f.flush()
                 f.close()
         self._write()
+        self.note(f"{status} at update {self.info['update']} (global_step {self.info['global_step']})"
+                  + (f": {reason}" if reason else ""))
         if self.wandb is not None:
             self.wandb.summary["status"] = status
             self.wandb.finish(exit_code=0 if status == "completed" else 1)

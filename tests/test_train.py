@@ -199,3 +199,18 @@ def test_sigterm_while_the_group_is_built_leaves_status_interrupted(tmp_path, mo
         train.run(make_cfg(*TINY_CARTPOLE), tmp_path / "early")
     info = read_run_json(tmp_path / "early")
     assert info["status"] == "interrupted" and info["reason"] == "SIGTERM"
+
+
+def test_train_log_says_when_and_where_each_attempt_ran_and_how_it_ended(tmp_path, monkeypatch):
+    from conftest import interrupt_after_update, make_cfg
+
+    from esper_exp.train import run
+
+    run_dir = tmp_path / "run"
+    interrupt_after_update(monkeypatch, (*TINY_CARTPOLE, "tracking.checkpoint_every=2"), run_dir, 3)
+    assert run(make_cfg(*TINY_CARTPOLE, "tracking.checkpoint_every=2"), run_dir) == "completed"
+    lines = (run_dir / "train.log").read_text().splitlines()
+    assert len(lines) == 4, lines
+    assert "started: cartpole/exact/fp32 seed 1 on cpu" in lines[0] and "group member 1 of 1" in lines[0]
+    assert "interrupted at update 3" in lines[1]
+    assert "resumed at update 2" in lines[2] and "completed at update 8 (global_step 2048)" in lines[3]
