@@ -103,9 +103,16 @@ def group_key(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_PRELOCKED: dict[Path, RunLock] = {}  # run dirs this process locked in precheck(), before Hydra wrote anything
+
+
 def lock_run_dir(run_dir: Path) -> RunLock:
     """Create ``run_dir`` and take its exclusive lock (one owner per run directory; see runformat.RunLock).
-    ConfigError (one line) when another live process holds it or the directory cannot be created or locked."""
+    ConfigError (one line) when another live process holds it or the directory cannot be created or locked. A lock
+    this process already took in precheck() is handed over."""
+    held = _PRELOCKED.pop(Path(run_dir).resolve(), None)
+    if held is not None:
+        return held
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(run_dir).acquire()
@@ -582,6 +589,13 @@ def precheck(argv: list[str]) -> None:
             problem = _check_run_dir(run_dir, OmegaConf.to_container(task, resolve=True))
             if problem and not multirun:
                 raise _Refused(problem)
+            if not multirun and "${now:" not in str(OmegaConf.to_container(h.run, resolve=False).get("dir")):
+                # a fixed run dir (hydra.run.dir=...): lock it now, so that a second command started at the same
+                # moment is refused before its Hydra writes .hydra/ there (a ${now:...} dir is this command's own)
+                try:
+                    _PRELOCKED[run_dir.resolve()] = lock_run_dir(run_dir)
+                except ConfigError as e:
+                    raise _Refused(str(e)) from None
             if problem:
                 conflicts.append(problem)
         if conflicts:

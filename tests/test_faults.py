@@ -264,3 +264,22 @@ def test_an_unfinished_run_of_another_config_is_kept_and_the_restart_said_so(tmp
     err = capsys.readouterr().err
     assert "held an unfinished run of another config" in err and "attempts/" in err
     assert read_run_json(run_dir / "attempts" / "0")["status"] == "interrupted"
+
+
+def test_a_fixed_run_dir_is_locked_before_hydra_writes_so_a_simultaneous_second_command_leaves_no_trace(tmp_path):
+    # the window between the pre-check and the run's lock: this process passes the pre-check (and so holds the lock)
+    # but has not let Hydra write yet; a second command on the same run dir is refused and writes nothing there
+    from esper_exp import train
+    from esper_exp.runformat import lock_holder
+
+    out = tmp_path / "run"
+    argv = ["env=cartpole", "ppo.total_timesteps=512", "tracking.wandb.mode=disabled", f"hydra.run.dir={out}"]
+    train.precheck(argv)
+    try:
+        assert lock_holder(out) and str(os.getpid()) in lock_holder(out)
+        second = _train(*argv)
+        assert second.returncode == 2 and "in use by another process" in second.stderr, second.stderr
+        assert not (out / ".hydra").exists() and not (out / "train.log").exists()
+    finally:
+        train._PRELOCKED.pop(out.resolve()).release()
+    assert lock_holder(out) is None
