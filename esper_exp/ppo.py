@@ -302,13 +302,12 @@ class PPO:
             bad, overflow = stepping & ~(finite_loss & finite_grad), torch.zeros_like(stepping)
         return loss, parts, grad_norm, bad, overflow
 
-    def update(self, advantages: torch.Tensor, returns: torch.Tensor, probe=None) -> tuple[dict, dict]:
-        """Epochs of clipped-surrogate minibatch updates for every live member. ``probe(minibatch)``, when given, runs
-        once on the first minibatch before any parameter changes (the drift shadow probe).
+    def update(self, advantages: torch.Tensor, returns: torch.Tensor) -> tuple[dict, dict]:
+        """Epochs of clipped-surrogate minibatch updates for every live member.
 
         Returns (per-member stats as [K] tensors, per-member failure info as [K] tensors)."""
         if self.cuda_graphs:
-            return self._update_graphed(advantages, returns, probe)
+            return self._update_graphed(advantages, returns)
         p, b, K, B = self.hp, self.buf, self.members, self.batch_size
         flat = lambda x: x.transpose(0, 1).reshape(K, B, *x.shape[3:])  # noqa: E731  [T,K,N,...] -> [K,T*N,...]
         batch = Minibatch(flat(b.obs), flat(b.actions), flat(b.logprobs), flat(b.values), flat(advantages),
@@ -328,8 +327,6 @@ class PPO:
             kl_sum = z()
             for j in range(n_mb):
                 mb = batch.index(perms[epoch][:, j * self.minibatch_size:(j + 1) * self.minibatch_size])
-                if probe is not None and epoch == 0 and j == 0:
-                    probe(mb)
                 loss, parts, grad_norm, bad, overflow = self._clipped_grads(mb, stepping)
                 if bad.any():  # a host read, free on CPU (this loop reads the step mask anyway)
                     fail.update(_first_failure(fail, bad, epoch, loss, grad_norm, parts))
@@ -351,11 +348,11 @@ class PPO:
         return stats, fail
 
     # ---------------------------------------------------------------- loop
-    def run_update(self, on_episode, probe: Callable[[Minibatch], None] | None = None) -> UpdateResult:
+    def run_update(self, on_episode) -> UpdateResult:
         """One PPO iteration for every live member: LR anneal, alpha, rollout, GAE, update.
 
-        Returns each live member's metrics record, or its failure reason if it went non-finite. ``probe(minibatch)``
-        runs on the first minibatch of this update before any parameter changes (the drift shadow probe)."""
+        Returns each live member's metrics record, or its failure reason if it went non-finite. (The drift probe hooks
+        into :meth:`update` and the minibatch step from outside: esper_exp/probe.py.)"""
         p = self.hp
         timers = {"env": 0.0, "inference": 0.0}
         live = [k for k in range(self.members) if self.live[k]]
@@ -378,7 +375,7 @@ class PPO:
                                               p.gamma, p.gae_lambda)
         timers["inference"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        stats, fail = self.update(advantages, returns, probe)
+        stats, fail = self.update(advantages, returns)
         if self.cuda_graphs:
             self._sync()
         timers["update"] = time.perf_counter() - t0
@@ -480,7 +477,7 @@ class PPO:
         S.counts.add_(stepping)
         S.kl_sum.add_(kept[_KL_ROW])
 
-    def _update_graphed(self, advantages: torch.Tensor, returns: torch.Tensor, probe=None) -> tuple[dict, dict]:
+    def _update_graphed(self, advantages: torch.Tensor, returns: torch.Tensor) -> tuple[dict, dict]:
         """:meth:`update` on CUDA with the minibatch step as one graph and no host read inside the loop."""
         p, b, K, B, S = self.hp, self.buf, self.members, self.batch_size, self._st
         mbs, n_mb = self.minibatch_size, self.batch_size // self.minibatch_size
@@ -505,8 +502,6 @@ class PPO:
             S.epoch.fill_(epoch)
             for j in range(n_mb):
                 S.idx.copy_(S.perms[epoch][:, j * mbs:(j + 1) * mbs])
-                if probe is not None and epoch == 0 and j == 0:
-                    probe(S.batch.index(S.idx))
                 self._call("minibatch", self._minibatch_step)
             if p.target_kl is not None:
                 S.stepping &= ~(S.kl_sum / n_mb > p.target_kl)

@@ -115,9 +115,9 @@ class AppliedUpdateProbe:
         self.steps = {k: {"epoch": [], "minibatch": [], "applied_norm": [], "gelu_diff_norm": [],
                           "dtype_diff_norm": [], "noise_diff_norm": []} for k in range(ppo.members)}
 
-        def update(advantages, returns, probe=None):
+        def update(advantages, returns):
             self._begin(advantages, returns)
-            return cls.update(ppo, advantages, returns, probe)
+            return cls.update(ppo, advantages, returns)
 
         def clipped_grads(mb, stepping):
             self._probe_step(mb, stepping)

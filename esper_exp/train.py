@@ -293,7 +293,7 @@ def _train_group(members: list[_Member], job_num: int | None) -> None:
                 m.window.returns.extend(m.resume["episode_window"])
             if perturbations[k]:
                 m.tracker.info["perturbation"] = perturbations[k]
-            m.tracker.info["cuda_graphs"] = ppo.cuda_graphs  # part of a CUDA run's identity (graphed Adam: other rounding)
+            m.tracker.info["cuda_graphs"] = ppo.cuda_graphs  # part of a CUDA run's identity (graphed Adam rounds apart)
         _loop(members, ppo, cfg, device, stop)
     except KeyboardInterrupt as e:
         for m in members:
