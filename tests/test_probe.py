@@ -59,10 +59,11 @@ def _ppo(*overrides, seeds=(1, 2)):
     return build_ppo(cfg, list(seeds), torch.device("cpu"))
 
 
-def _steps_with_actual(ppo, probe):
-    """Run one probed update, recording the norm of each actual Adam step per member."""
+def _record_adam_steps(ppo, method: str = "step") -> dict[int, list[float]]:
+    """Wrap ``ppo.optimizer.<method>`` (an instance attribute: ``del`` undoes it) to record the norm of each actual
+    Adam step per member."""
     actual = {k: [] for k in range(ppo.members)}
-    step = ppo.optimizer.step
+    step = getattr(ppo.optimizer, method)
 
     def recording(mask):
         before = ppo.flat.data.clone()
@@ -71,7 +72,13 @@ def _steps_with_actual(ppo, probe):
             if mask[k]:
                 actual[k].append(float((ppo.flat.data[k] - before[k]).double().norm()))
 
-    ppo.optimizer.step = recording
+    setattr(ppo.optimizer, method, recording)
+    return actual
+
+
+def _steps_with_actual(ppo, probe):
+    """Run one probed update, recording the norm of each actual Adam step per member."""
+    actual = _record_adam_steps(ppo)
     try:
         result, steps = probe.run_update(lambda *a: None)
     finally:
@@ -196,17 +203,7 @@ def test_applied_update_probe_on_the_cuda_graph_path_code_uncaptured(precision):
     ppo.optimizer = MemberAdam(ppo.flat, lr=ppo.hp.learning_rate, eps=ppo.hp.adam_eps, on_device=True)
     ppo._init_static()
     ppo.run_update(lambda *a: None)
-    actual = {k: [] for k in range(ppo.members)}
-    step = ppo.optimizer.step_masked
-
-    def recording(mask):
-        before = ppo.flat.data.clone()
-        step(mask)
-        for k in range(ppo.members):
-            if mask[k]:
-                actual[k].append(float((ppo.flat.data[k] - before[k]).double().norm()))
-
-    ppo.optimizer.step_masked = recording
+    actual = _record_adam_steps(ppo, "step_masked")
     _, steps = P.AppliedUpdateProbe(ppo, other_gelu=ppo.numerics, fp32=ppo.numerics).run_update(lambda *a: None)
     for k in range(2):
         st = steps[k]
