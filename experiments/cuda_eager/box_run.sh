@@ -24,14 +24,7 @@ exec > >(tee "$OUT/log.txt") 2>&1
 date -u; nproc; lscpu | grep -m1 "Model name"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
 $PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
-SP=""
-if ! $PY -c "import gymnasium, hydra, mujoco" 2>/dev/null; then
-  s=$(date +%s)
-  $PY -m pip install -q --no-deps --no-index --prefix /tmp/pfx --break-system-packages "$WH"/*.whl || exit 1
-  SP=$(ls -d /tmp/pfx/lib/python3*/site-packages /tmp/pfx/local/lib/python3*/*-packages 2>/dev/null | head -1)
-  echo "installed $(ls "$WH" | wc -l) wheels into $SP in $(( $(date +%s) - s )) s"
-fi
-export PYTHONPATH=$PWD${SP:+:$SP} WANDB_MODE=disabled
+source "$PWD/experiments/box_install.sh"; WHEELS="$WH/*.whl" box_install || exit 1
 rm -rf "$ROOT"; mkdir -p "$ROOT/logs"
 PIN=0; command -v taskset >/dev/null && [ "$(nproc)" -ge 16 ] && PIN=1
 # job NAME TIMEOUT CORES CMD...: log to $ROOT/logs/NAME.log, one line with rc and wall time

@@ -18,12 +18,7 @@ left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 exec > >(tee "$OUT/log.txt") 2>&1
 date -u; nproc; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"
-SP=""
-if ! $PY -c "import gymnasium, hydra, mujoco" 2>/dev/null; then
-  $PY -m pip install -q --no-deps --no-index --prefix /tmp/pfx --break-system-packages "$WH"/*.whl || exit 1
-  SP=$(ls -d /tmp/pfx/lib/python3*/site-packages /tmp/pfx/local/lib/python3*/*-packages 2>/dev/null | head -1)
-fi
-export PYTHONPATH=$PWD${SP:+:$SP} WANDB_MODE=disabled
+source "$PWD/experiments/box_install.sh"; WHEELS="$WH/*.whl" box_install || exit 1
 rm -rf "$ROOT"; mkdir -p "$ROOT/logs"
 job() { local name=$1 t=$2 s; shift 2; s=$(date +%s); timeout "$t" "$@" > "$ROOT/logs/$name.log" 2>&1
   echo "job $name rc=$? wall_s=$(( $(date +%s) - s ))"; }

@@ -11,10 +11,8 @@ GR=$PWD/experiments/cuda_eager/group_run.py
 exec > >(tee "$OUT/log.txt") 2>&1
 date -u; nproc; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-$PY -m pip install -q --no-deps --no-index --prefix /tmp/pfx --break-system-packages .wheelhouse/issue12/*.whl \
-  .wheelhouse/pytest/*.whl || exit 1
-SP=$(ls -d /tmp/pfx/lib/python3*/site-packages /tmp/pfx/local/lib/python3*/*-packages 2>/dev/null | head -1)
-export PYTHONPATH=$PWD:$SP WANDB_MODE=disabled
+source "$PWD/experiments/box_install.sh"
+NEED="gymnasium, hydra, mujoco, pytest" WHEELS="$PWD/.wheelhouse/issue12/*.whl $PWD/.wheelhouse/pytest/*.whl" box_install || exit 1
 rm -rf "$ROOT"; mkdir -p "$ROOT"
 echo "== 1. GPU suite"
 s=$(date +%s)

@@ -9,12 +9,7 @@ WS=${WS:-0 2 4}; CONC_W=${CONC_W:-2 3}; K=${K:-10}
 WH=${WH:-$PWD/.wheelhouse/issue12}; GR=$PWD/experiments/cuda_eager/group_run.py
 exec > >(tee "$OUT/log.txt") 2>&1
 date -u; nproc; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
-SP=""
-if ! $PY -c "import gymnasium, hydra, mujoco" 2>/dev/null; then
-  $PY -m pip install -q --no-deps --no-index --prefix /tmp/pfx --break-system-packages "$WH"/*.whl || exit 1
-  SP=$(ls -d /tmp/pfx/lib/python3*/site-packages /tmp/pfx/local/lib/python3*/*-packages 2>/dev/null | head -1)
-fi
-export PYTHONPATH=$PWD${SP:+:$SP} WANDB_MODE=disabled
+source "$PWD/experiments/box_install.sh"; WHEELS="$WH/*.whl" box_install || exit 1
 rm -rf "$ROOT"; mkdir -p "$ROOT"
 summ() { $PY - "$@" <<'PYEOF'
 import json, sys

@@ -5,10 +5,8 @@ set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; PY=${PY:-python3}; ROOT=/tmp/gs
 exec > >(tee "$OUT/log.txt") 2>&1
 date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
-$PY -m pip install -q --no-deps --no-index --prefix /tmp/pfx --break-system-packages .wheelhouse/issue12/*.whl \
-  .wheelhouse/pytest/*.whl || exit 1
-SP=$(ls -d /tmp/pfx/lib/python3*/site-packages /tmp/pfx/local/lib/python3*/*-packages 2>/dev/null | head -1)
-export PYTHONPATH=$PWD:$SP WANDB_MODE=disabled
+source "$PWD/experiments/box_install.sh"
+NEED="gymnasium, hydra, mujoco, pytest" WHEELS="$PWD/.wheelhouse/issue12/*.whl $PWD/.wheelhouse/pytest/*.whl" box_install || exit 1
 timeout -s ABRT 200 $PY -X faulthandler -m pytest tests/test_cuda.py tests/test_cuda_graphs.py -v -p no:cacheprovider \
   -rs --tb=short -W ignore::DeprecationWarning > $OUT/suite.txt 2>&1
 echo "suite rc=$?"; grep -E "PASSED|FAILED|ERROR|passed|failed|Timeout|Fatal|File " $OUT/suite.txt | cut -c1-160 | head -60

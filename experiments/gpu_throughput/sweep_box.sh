@@ -12,12 +12,7 @@ exec > >(tee "$OUT/log.txt") 2>&1
 date -u; nproc; nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader 2>/dev/null
 mkdir -p "$BOX"; [ -f "$BOX/calls" ] && echo "previous calls on this box: $(cat "$BOX/calls")" || echo "fresh box"
 echo $(( $(cat "$BOX/calls" 2>/dev/null || echo 0) + 1 )) > "$BOX/calls"
-SP=$(ls -d "$BOX"/pfx/lib/python3*/site-packages "$BOX"/pfx/local/lib/python3*/*-packages 2>/dev/null | head -1)
-if [ -z "$SP" ] && ! $PY -c "import gymnasium, hydra, mujoco" 2>/dev/null; then
-  $PY -m pip install -q --no-deps --no-index --prefix "$BOX/pfx" --break-system-packages "$WH"/*.whl || exit 1
-  SP=$(ls -d "$BOX"/pfx/lib/python3*/site-packages "$BOX"/pfx/local/lib/python3*/*-packages 2>/dev/null | head -1)
-fi
-export PYTHONPATH=$PWD:$SP WANDB_MODE=disabled
+source "$PWD/experiments/box_install.sh"; PFX="$BOX/pfx" WHEELS="$WH/*.whl" box_install || exit 1
 $PY experiments/gpu_throughput/progress.py "$SWEEP" "$BOX/progress_before.json" > /dev/null 2>&1 || true
 s=$(date +%s.%N)
 timeout -s TERM -k 60 "$LIMIT" $PY -m esper_exp.train -m experiment=gelu_amp env=halfcheetah "seed=$SEEDS" \
