@@ -95,3 +95,69 @@ def gelu_perturbation(x: torch.Tensor) -> torch.Tensor:
     backward pass is perturbed by the tanh-vs-exact size of the derivative too."""
     xf = x.float()
     return hash_sign(x) * (F.gelu(xf, approximate="tanh") - F.gelu(xf)).abs()
+
+
+@dataclass(frozen=True)
+class MemberNumerics:
+    """Per-member numerics of a *mixed* group (members of several GELU x precision cells in one process, one GPU):
+    ``members[k]`` is member k's :class:`Numerics`. A group whose members share one Numerics passes that Numerics
+    itself; everything that takes a Numerics takes a MemberNumerics too (policy forwards, the PPO loss).
+
+    The policy computes a mixed group as :attr:`segments`: runs of consecutive members with equal numerics, each
+    computed exactly as a group of that cell alone would be (its own autocast region, its own GELU), so a member's
+    numbers do not depend on which other cells share its process (CPU: bitwise, tests/test_group.py)."""
+
+    members: tuple[Numerics, ...]
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError("MemberNumerics needs at least one member")
+        if len({n.device_type for n in self.members}) != 1:
+            raise ValueError("the members of a group run on one device type")
+
+    @property
+    def segments(self) -> tuple[tuple[int, int, Numerics], ...]:
+        """(start, stop, numerics) of every run of consecutive members with equal numerics, in member order."""
+        out, start = [], 0
+        for k in range(1, len(self.members) + 1):
+            if k == len(self.members) or self.members[k] != self.members[start]:
+                out.append((start, k, self.members[start]))
+                start = k
+        return tuple(out)
+
+    @property
+    def device_type(self) -> str:
+        return self.members[0].device_type
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        return any(n.needs_grad_scaler for n in self.members)
+
+    @property
+    def grad_scaled(self) -> list[bool]:
+        """Per member: does it train with a (dynamic) fp16 loss scale."""
+        return [n.needs_grad_scaler for n in self.members]
+
+    def replace(self, **changes) -> MemberNumerics:
+        return MemberNumerics(tuple(n.replace(**changes) for n in self.members))
+
+    def reference(self) -> MemberNumerics:
+        return MemberNumerics(tuple(n.reference() for n in self.members))
+
+    @property
+    def label(self) -> str:
+        return "mixed: " + ", ".join(f"{n.label} x{b - a}" for a, b, n in self.segments)
+
+
+def member_segments(numerics: Numerics | MemberNumerics, members: int) -> tuple[tuple[int, int, Numerics], ...]:
+    """The (start, stop, numerics) runs a forward over ``members`` members computes: one for a plain Numerics."""
+    if isinstance(numerics, MemberNumerics):
+        if len(numerics.members) != members:
+            raise ValueError(f"numerics for {len(numerics.members)} members, the group has {members}")
+        return numerics.segments
+    return ((0, members, numerics),)
+
+
+def grad_scaled(numerics: Numerics | MemberNumerics, members: int) -> list[bool]:
+    """Per member: trains with an fp16 loss scale."""
+    return [n.needs_grad_scaler for a, b, n in member_segments(numerics, members) for _ in range(a, b)]

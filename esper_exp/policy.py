@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from esper_exp.blend import blend_add
-from esper_exp.numerics import Numerics
+from esper_exp.numerics import MemberNumerics, Numerics, member_segments
 from esper_exp.seeds import make_seed
 from esper_exp.stacked import StackedLinear, orthogonal_init
 
@@ -83,24 +83,64 @@ class ActorCritic(nn.Module):
         self.register_buffer("alpha", torch.zeros(K))
         self.register_buffer("_head_pad", torch.zeros(1, out_dim - 1, width), persistent=False)  # see heads()
         self._frozen: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see frozen()
+        self._frozen_segments: dict | None = None  # a mixed group's per-segment trunk parameters, inside frozen()
+        self._rows_cache: dict = {}
 
     def set_alpha(self, values: Sequence[float]) -> None:
         self.alpha.copy_(torch.as_tensor(list(values), dtype=torch.float32))
 
-    def heads(self, obs: torch.Tensor, numerics: Numerics) -> tuple[torch.Tensor, torch.Tensor]:
+    def heads(self, obs: torch.Tensor, numerics: Numerics | MemberNumerics) -> tuple[torch.Tensor, torch.Tensor]:
         """(actor output [K, B, out], value [K, B]), fp32: logits (discrete) or action means (continuous).
 
         Both heads are one batched product over the 2K trunk outputs: the critic's [K, 1, width] weight is padded with
         zero rows to the actor's out_dim and stacked on the actor's ([2K, out, width]), and the value is column 0 of
         the critic rows. The batch is then 2K >= 2 for every K, so a lone member (K = 1) runs the same CPU GEMM kernel
         as a member of any group (a batch of one picks another kernel, experiments/grouped_throughput), with no
-        zero twin, and the heads cost one kernel instead of two."""
+        zero twin, and the heads cost one kernel instead of two.
+
+        A mixed group (``numerics`` a :class:`MemberNumerics` of several cells) is computed segment by segment (runs of
+        members with equal numerics): each segment's critic and actor rows are gathered into contiguous copies of the
+        parameters and run under that segment's own autocast and GELU, exactly as a group of that cell alone, and
+        the outputs are put back in member order."""
         K = self.members
         weight, bias, alpha = self._frozen or self._stacked()
-        with numerics.autocast():
-            features = self.trunk(torch.cat([obs, obs]), alpha, numerics)
-            out = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2)).float()
-        return out[K:], out[:K, :, 0]
+        segments = member_segments(numerics, K)
+        if len(segments) == 1:
+            n = segments[0][2]
+            with n.autocast():
+                features = self.trunk(torch.cat([obs, obs]), alpha, n)
+                out = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2)).float()
+            return out[K:], out[:K, :, 0]
+        actor, value = [], []
+        for a, b, n in segments:
+            m, rows = b - a, self._segment_rows(a, b, obs.device)
+            params = self._segment_params(a, b, rows)
+            with n.autocast():
+                features = torch.func.functional_call(self.trunk, params, (torch.cat([obs[a:b], obs[a:b]]), alpha[rows],
+                                                                           n))
+                out = torch.baddbmm(bias[rows].unsqueeze(1), features, weight[rows].transpose(1, 2)).float()
+            actor.append(out[m:])
+            value.append(out[:m, :, 0])
+        return torch.cat(actor), torch.cat(value)
+
+    def _segment_rows(self, a: int, b: int, device: torch.device) -> torch.Tensor:
+        """The trunk rows of members [a, b): their critic rows, then their actor rows (a group of b - a's layout)."""
+        key = (a, b, device)
+        if key not in self._rows_cache:
+            K = self.members
+            with torch.inference_mode(False):  # a normal tensor even when first built in an inference-mode rollout
+                self._rows_cache[key] = torch.cat([torch.arange(a, b), torch.arange(K + a, K + b)]).to(device)
+        return self._rows_cache[key]
+
+    def _segment_params(self, a: int, b: int, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Contiguous copies of the trunk parameters' rows ``rows`` (differentiable; cached inside :meth:`frozen`)."""
+        cache = self._frozen_segments
+        if cache is not None and (a, b) in cache:
+            return cache[(a, b)]
+        params = {name: p.index_select(0, rows) for name, p in self.trunk.named_parameters()}
+        if cache is not None:
+            cache[(a, b)] = params
+        return params
 
     def _stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(both heads' weight [2K, out, width], bias [2K, out], alpha for the 2K trunk rows [2K]) from the parameters."""
@@ -116,16 +156,16 @@ class ActorCritic(nn.Module):
         """A block in which parameters and alpha do not change (an eager rollout): what :meth:`heads` stacks from them
         is built once on entry instead of at every forward. Not for CUDA-graph capture (a graph must read the live
         parameters at each replay)."""
-        self._frozen = self._stacked()
+        self._frozen, self._frozen_segments = self._stacked(), {}
         try:
             yield self
         finally:
-            self._frozen = None
+            self._frozen = self._frozen_segments = None
 
-    def actor_out(self, obs: torch.Tensor, numerics: Numerics) -> torch.Tensor:
+    def actor_out(self, obs: torch.Tensor, numerics: Numerics | MemberNumerics) -> torch.Tensor:
         return self.heads(obs, numerics)[0]
 
-    def value(self, obs: torch.Tensor, numerics: Numerics) -> torch.Tensor:
+    def value(self, obs: torch.Tensor, numerics: Numerics | MemberNumerics) -> torch.Tensor:
         return self.heads(obs, numerics)[1]
 
     def draw_noise(self, generators: Sequence[torch.Generator], steps: int, num_envs: int,
@@ -138,7 +178,7 @@ class ActorCritic(nn.Module):
         shape = (steps, num_envs, 1 if self.discrete else self.actor_head.out_dim)
         return torch.stack([draw(shape, generator=g, device=device) for g in generators], dim=1)
 
-    def act(self, obs: torch.Tensor, numerics: Numerics, noise: torch.Tensor):
+    def act(self, obs: torch.Tensor, numerics: Numerics | MemberNumerics, noise: torch.Tensor):
         """Sample actions for a rollout step (obs [K, N, d], noise [K, N, 1] or [K, N, a], one step of
         :meth:`draw_noise`): returns (action, log_prob, value). Draws nothing, so it can be graph-captured."""
         out, value = self.heads(obs, numerics)
@@ -152,7 +192,7 @@ class ActorCritic(nn.Module):
             logp = (-0.5 * noise.square() - self.actor_logstd - _LOG_SQRT_2PI).sum(-1)
         return action, logp, value
 
-    def evaluate(self, obs: torch.Tensor, action: torch.Tensor, numerics: Numerics):
+    def evaluate(self, obs: torch.Tensor, action: torch.Tensor, numerics: Numerics | MemberNumerics):
         """Log-prob and entropy of given actions, and values ([K, B] each): returns (log_prob, entropy, value)."""
         out, value = self.heads(obs, numerics)
         if self.discrete:

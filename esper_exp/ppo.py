@@ -44,7 +44,7 @@ import torch
 
 from esper_exp.blend import AlphaSchedule
 from esper_exp.envs import GroupEnvs
-from esper_exp.numerics import Numerics
+from esper_exp.numerics import MemberNumerics, Numerics, grad_scaled
 from esper_exp.policy import ActorCritic
 from esper_exp.stacked import (
     FlatParams,
@@ -136,7 +136,7 @@ def _member_rows(K: int, device: torch.device) -> torch.Tensor:
     return torch.arange(K, device=device).unsqueeze(1)  # [K, 1]: row k picks member k's samples
 
 
-def ppo_loss(evaluate, mb: Minibatch, p, numerics: Numerics) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_loss(evaluate, mb: Minibatch, p, numerics: Numerics | MemberNumerics) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's loss on one minibatch, per member: clipped surrogate + c_v * (clipped) value loss - c_e * entropy.
 
     ``evaluate(obs, actions, numerics)`` runs the policy under ``numerics``; the loss maths is fp32.
@@ -185,7 +185,7 @@ class UpdateResult:
 class PPO:
     """Everything a group's PPO state consists of; :meth:`run_update` runs one iteration for every live member."""
 
-    def __init__(self, envs: GroupEnvs, policy: ActorCritic, numerics: Numerics, alphas: Sequence[AlphaSchedule],
+    def __init__(self, envs: GroupEnvs, policy: ActorCritic, numerics: Numerics | MemberNumerics, alphas: Sequence[AlphaSchedule],
                  hp, seeds: Sequence[int], device: torch.device, cuda_graphs: bool = False):
         if cuda_graphs and torch.device(device).type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, not {device}")
@@ -207,7 +207,7 @@ class PPO:
         self.graph_capture = True  # False: the CUDA-graph path's code run eagerly, uncaptured (checks)
         self._graphs: dict[str, tuple] = {}
         self.optimizer = MemberAdam(self.flat, lr=hp.learning_rate, eps=hp.adam_eps, on_device=cuda_graphs)
-        self.scaler = MemberGradScaler(K, device, enabled=numerics.needs_grad_scaler)
+        self.scaler = MemberGradScaler(K, device, enabled=grad_scaled(numerics, K))
         self.action_rngs = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
         self.minibatch_rngs = [np.random.default_rng(s) for s in self.seeds]
         self.update_idx = [0] * K
@@ -296,8 +296,10 @@ class PPO:
         self.scaler.unscale_(self.flat.grad)
         grad_norm = clip_grad_norm_per_member(self.flat.grad, self.hp.max_grad_norm)
         finite_loss, finite_grad = torch.isfinite(loss), torch.isfinite(grad_norm)
-        if self.scaler.enabled:
-            bad, overflow = stepping & ~finite_loss, stepping & finite_loss & ~finite_grad
+        if self.scaler.enabled:  # a loss-scaled (fp16) member skips a step with non-finite gradients; others fail
+            scaled = self.scaler.scaled
+            bad = stepping & ~(finite_loss & (finite_grad | scaled))
+            overflow = stepping & scaled & finite_loss & ~finite_grad
         else:
             bad, overflow = stepping & ~(finite_loss & finite_grad), torch.zeros_like(stepping)
         return loss, parts, grad_norm, bad, overflow
@@ -400,7 +402,7 @@ class PPO:
                       "nonfinite_grad_steps": self.nonfinite_grad_steps[k],
                       "time_env": timers["env"], "time_inference": timers["inference"],
                       "time_update": timers["update"]}
-            if scale is not None:
+            if scale is not None and self.scaler.scaled_members[k]:
                 record["loss_scale"] = scale[k]
             result.records[k] = record
         return result

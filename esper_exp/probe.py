@@ -105,6 +105,9 @@ class AppliedUpdateProbe:
                              "second, disjoint minibatch)")
         self.ppo = ppo
         n = ppo.numerics
+        if not isinstance(n, Numerics):
+            raise ValueError(f"drift.probe_every needs a group of one GELU x precision cell, this group is {n.label} "
+                             "(a sweep mixes cells in a group with hydra.launcher.mix_cells=true: set it false)")
         self.run_numerics = n
         self.other_gelu = other_gelu or n.replace(gelu="tanh" if n.gelu == "exact" else "exact")
         self.fp32 = fp32 or (None if n.precision == "fp32" else n.replace(precision="fp32"))

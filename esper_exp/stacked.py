@@ -145,13 +145,20 @@ class MemberGradScaler:
     """torch.amp.GradScaler's dynamic loss scaling with one scale per member (fp16 only; disabled otherwise).
 
     Same constants and rule as torch's: init 2**16, x0.5 on an overflow (that member's step is skipped), x2 after
-    2000 successful steps in a row."""
+    2000 successful steps in a row. ``enabled`` is one flag for the group or one per member (a mixed group: only its
+    fp16 members scale; the others keep a scale of exactly 1, which multiplies and divides nothing)."""
 
-    def __init__(self, members: int, device: torch.device, enabled: bool, init_scale: float = 2.0**16,
-                 growth_factor: float = 2.0, backoff_factor: float = 0.5, growth_interval: int = 2000):
-        self.enabled = enabled
+    def __init__(self, members: int, device: torch.device, enabled: bool | Sequence[bool],
+                 init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
+                 growth_interval: int = 2000):
+        per_member = [bool(enabled)] * members if isinstance(enabled, bool) else [bool(e) for e in enabled]
+        if len(per_member) != members:
+            raise ValueError(f"{len(per_member)} loss-scale flags for {members} members")
+        self.enabled = any(per_member)
+        self.scaled_members = per_member
+        self.scaled = torch.tensor(per_member, dtype=torch.bool, device=device)
         self.growth_factor, self.backoff_factor, self.growth_interval = growth_factor, backoff_factor, growth_interval
-        self.scale = torch.full((members,), init_scale if enabled else 1.0, dtype=torch.float32, device=device)
+        self.scale = torch.tensor([init_scale if e else 1.0 for e in per_member], dtype=torch.float32, device=device)
         self.growth_tracker = torch.zeros(members, dtype=torch.int32, device=device)
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
@@ -168,7 +175,7 @@ class MemberGradScaler:
         they were masked out) keep their scale and tracker."""
         if not self.enabled:
             return
-        took_part = stepped | found_inf
+        took_part = (stepped | found_inf) & self.scaled
         grown = self.growth_tracker + 1
         grow = grown >= self.growth_interval
         new_scale = torch.where(found_inf, self.scale * self.backoff_factor,

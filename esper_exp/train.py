@@ -90,16 +90,29 @@ def _resume_state(run_dir: Path, previous: dict | None, config: dict) -> dict | 
 
 
 GROUP_EXCLUDE = ("seed", "tracking", "sweep_name")  # what members of one group may differ in
+CELL_KEYS = (("model", "gelu"), ("precision", "name"))  # and, in a mixed group, these (the GELU x precision cell)
 
 
-def group_key(cfg: DictConfig) -> str:
+def mixable(cfg: DictConfig) -> bool:
+    """Can this job train in a mixed group (members of several GELU x precision cells in one process)? Not with
+    model.compile or gradient checkpointing (their forward is not the segmented one) nor with the applied-update
+    probe (it compares one cell's numerics with another's)."""
+    return not cfg.model.compile and not cfg.model.checkpointing and not cfg.drift.probe_every
+
+
+def group_key(cfg: DictConfig, mix_cells: bool = False) -> str:
     """Jobs with equal keys can train as members of one group (one process, stacked weights): their configs
-    differ only in the seed and bookkeeping. Used by the grouped launcher to form groups."""
+    differ only in the seed and bookkeeping, and with ``mix_cells`` (for :func:`mixable` jobs) in the GELU x
+    precision cell too. Used by the grouped launcher to form groups."""
     import hashlib
     import json
 
     config = OmegaConf.to_container(cfg, resolve=True)
     ident = {k: v for k, v in config.items() if k not in GROUP_EXCLUDE}
+    if mix_cells and mixable(cfg):
+        for section, key in CELL_KEYS:
+            ident[section] = {k: v for k, v in ident[section].items() if k != key}
+        ident["mixed"] = True  # a mixable job never shares a key with an unmixed one
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -205,10 +218,10 @@ def _run_members(members: list[_Member], job_nums: list[int] | None, strict: boo
             statuses[i] = "config_error"
     todo = [i for i, s in enumerate(statuses) if s is None]
     if todo:
-        keys = {group_key(members[i].cfg) for i in todo}
+        keys = {group_key(members[i].cfg, mix_cells=True) for i in todo}
         if len(keys) > 1:
-            raise ValueError(f"run_group: the jobs' configs differ beyond seed/tracking ({len(keys)} group keys); "
-                             "form groups with esper_exp.train.group_key")
+            raise ValueError(f"run_group: the jobs' configs differ beyond seed/tracking and (for mixable jobs) GELU x "
+                             f"precision ({len(keys)} group keys); form groups with esper_exp.train.group_key")
         try:
             _train_group([members[i] for i in todo], None if job_nums is None else job_nums[todo[0]])
         except ConfigError:
@@ -222,15 +235,16 @@ def _run_members(members: list[_Member], job_nums: list[int] | None, strict: boo
     return [s or "failed" for s in statuses]
 
 
-def build_ppo(cfg: DictConfig, seeds: list[int], device):
+def build_ppo(cfg: DictConfig, seeds: list[int], device, cells: list[tuple[str, str]] | None = None):
     """The parts of a group, built from its (shared) config: envs, policy (one member per seed), numerics, alpha
-    schedules -> PPO. Returns (ppo, perturbations applied per member)."""
+    schedules -> PPO. ``cells``: each member's (model.gelu, precision.name) in a mixed group (default: the config's
+    for all). Returns (ppo, perturbations applied per member)."""
     import torch
 
     from esper_exp.blend import AlphaSchedule
     from esper_exp.config import PPOConfig
     from esper_exp.envs import GroupEnvs
-    from esper_exp.numerics import Numerics
+    from esper_exp.numerics import MemberNumerics, Numerics
     from esper_exp.policy import ActorCritic, obs_dim_of
     from esper_exp.ppo import PPO
     from esper_exp.probe import perturb
@@ -249,7 +263,10 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device):
     policy = policy.to(device)
     if mc.compile:
         policy.trunk.compile()
-    numerics = Numerics(mc.gelu, cfg.precision.name, device.type, perturb=cfg.drift.perturb == "persistent")
+    cells = cells or [(mc.gelu, cfg.precision.name)] * len(seeds)
+    per_member = tuple(Numerics(gelu, precision, device.type, perturb=cfg.drift.perturb == "persistent")
+                       for gelu, precision in cells)
+    numerics = per_member[0] if len(set(per_member)) == 1 else MemberNumerics(per_member)
     ppo = PPO(envs, policy, numerics, [AlphaSchedule(**mc.alpha) for _ in seeds], p, seeds, device,
               cuda_graphs=use_cuda_graphs(cfg, device))
     return ppo, perturbations
@@ -286,7 +303,8 @@ def _train_group(members: list[_Member], job_num: int | None) -> None:
     stop = StopRequest()  # from here on SIGTERM / Ctrl-C stop the group cleanly (also while it is being built)
     try:
         stop.__enter__()
-        ppo, perturbations = build_ppo(cfg, seeds, device)
+        ppo, perturbations = build_ppo(cfg, seeds, device,
+                                       [(m.cfg.model.gelu, m.cfg.precision.name) for m in members])
         for k, m in enumerate(members):
             if m.resume is not None:
                 ppo.load_member_state(k, m.resume["ppo"])
@@ -364,7 +382,8 @@ def _loop(members: list[_Member], ppo, cfg: DictConfig, device, stop: StopReques
     every = cfg.tracking.checkpoint_every
     show = cfg.tracking.progress == "on" or (cfg.tracking.progress == "auto" and sys.stderr.isatty())
     start, start_steps = time.perf_counter(), list(ppo.global_step)
-    desc = members[0].tracker.cell + (f" x{K} seeds" if K > 1 else "")
+    cells = sorted({m.tracker.cell for m in members})
+    desc = (cells[0] if len(cells) == 1 else f"{len(cells)} cells") + (f" x{K} runs" if K > 1 else "")
     if stop.signal:  # asked to stop while the group was being built: nothing new to save
         raise KeyboardInterrupt(stop.signal)
     with tqdm(total=ppo.num_updates * ppo.batch_size * K, initial=sum(ppo.global_step),

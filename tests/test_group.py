@@ -184,3 +184,21 @@ def test_env_workers_change_nothing_and_a_run_resumes_across_worker_counts(tmp_p
     assert run(make_cfg(*overrides, "seed=2", "env_workers=0"), run_dir) == "completed"
     assert read_run_json(run_dir)["resumed_at"]  # from its update-2 checkpoint, not started over
     _same_run(run_dir, reference)
+
+
+@pytest.mark.parametrize("space", ["discrete", "continuous"])
+def test_a_mixed_group_member_equals_the_same_run_trained_alone(tmp_path, space):
+    """Members of several GELU x precision cells in one group (the GPU sweep's layout, hydra.launcher.mix_cells):
+    each computes its own cell's numerics, bitwise what it computes alone (fp16 members with their loss scale,
+    the others with none)."""
+    base = DISCRETE if space == "discrete" else CONTINUOUS
+    cells = [("exact", "fp32"), ("exact", "fp32"), ("tanh", "bf16"), ("exact", "fp16"), ("tanh", "fp16")]
+    jobs = [(make_cfg(*base, f"model.gelu={g}", f"precision={p}", f"seed={s}"), tmp_path / "mixed" / f"{g}-{p}-{s}")
+            for s, (g, p) in zip((1, 2, 1, 3, 3), cells)]
+    assert run_group(jobs) == ["completed"] * 5
+    for cfg, run_dir in jobs:
+        assert read_run_json(run_dir)["group"]["size"] == 5
+        overrides = (*base, f"model.gelu={cfg.model.gelu}", f"precision={cfg.precision.name}")
+        _same_run(run_dir, _alone(tmp_path, overrides, cfg.seed, name=f"alone-{run_dir.name}"))
+    scaled = ["loss_scale" in read_jsonl(d / "metrics.jsonl")[0] for _, d in jobs]
+    assert scaled == [False, False, False, True, True]
