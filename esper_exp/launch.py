@@ -23,6 +23,7 @@ requires to live under ``hydra_plugins``); this module holds the logic and impor
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -66,28 +67,47 @@ POLL_S = 0.2
 # group formation
 
 
-def form_groups(keys: Sequence[str], max_members: int) -> list[list[int]]:
+def form_groups(keys: Sequence[str], max_members: int | Sequence[int],
+                order: Sequence[Any] | None = None) -> list[list[int]]:
     """Indices of jobs grouped by equal key, each group split into chunks of at most ``max_members``.
 
-    Groups come in the order of their first job and keep the jobs' order inside; a key's jobs are split into
-    the fewest chunks that fit, with sizes differing by at most one (12 jobs, max 10 -> 6 + 6, not 10 + 2), so
-    the chunks of one group finish at about the same time.
+    Groups come in the order of their first job and keep the jobs' order inside (or the order of ``order[i]``, ties
+    in job order: a mixed group's members sorted by cell, so each cell is one contiguous segment); a key's jobs are
+    split into the fewest chunks that fit, with sizes differing by at most one (12 jobs, max 10 -> 6 + 6, not
+    10 + 2), so the chunks of one group finish at about the same time. ``max_members`` is one limit or one per job
+    (a key's limit is its first job's).
     """
-    if max_members < 1:
-        raise ValueError(f"max_members must be >= 1, got {max_members}")
+    limits = [max_members] * len(keys) if isinstance(max_members, int) else list(max_members)
+    if any(m < 1 for m in limits):
+        raise ValueError(f"max_members must be >= 1, got {min(limits)}")
     by_key: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
         by_key.setdefault(key, []).append(i)
     groups: list[list[int]] = []
     for members in by_key.values():
-        n_chunks = -(-len(members) // max_members)
+        if order is not None:
+            members = sorted(members, key=lambda i: (order[i], i))
+        limit = limits[members[0]]
+        n_chunks = -(-len(members) // limit)
         size, extra = divmod(len(members), n_chunks)
         start = 0
         for c in range(n_chunks):
             end = start + size + (c < extra)
             groups.append(members[start:end])
             start = end
-    return sorted(groups, key=lambda g: g[0])
+    return sorted(groups, key=lambda g: min(g))
+
+
+@functools.cache
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def on_cuda(device: str) -> bool:
+    """Does a job with this ``device`` setting train on a GPU (``auto`` asks torch)?"""
+    return device.startswith("cuda") or (device == "auto" and _cuda_devices() > 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -371,12 +391,20 @@ class GroupedLaunch:
     """The launcher's logic; ``hydra_plugins.esper_grouped_launcher.GroupedLauncher`` (Hydra only instantiates
     launcher classes defined under ``hydra_plugins``) delegates to it."""
 
-    def __init__(self, backend: str = "local", n_jobs: int = -1, max_members: int = 10, **submitit_params: Any):
+    def __init__(self, backend: str = "local", n_jobs: int = -1, max_members: Any = "auto", mix_cells: Any = "auto",
+                 **submitit_params: Any):
         if backend not in BACKENDS:
             raise ValueError(f"hydra.launcher.backend={backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
+        if max_members != "auto" and (isinstance(max_members, bool) or not str(max_members).isdigit()
+                                      or int(max_members) < 1):
+            raise ValueError(f"hydra.launcher.max_members={max_members!r} is not allowed; allowed: auto or an "
+                             "integer >= 1")
+        if mix_cells not in ("auto", True, False):
+            raise ValueError(f"hydra.launcher.mix_cells={mix_cells!r} is not allowed; allowed: auto, true, false")
         self.backend = backend
         self.n_jobs = int(n_jobs)
-        self.max_members = int(max_members)
+        self.max_members = max_members if max_members == "auto" else int(max_members)
+        self.mix_cells = mix_cells
         self.submitit_params = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                                 for k, v in submitit_params.items()}
         self.config: DictConfig | None = None
@@ -413,23 +441,41 @@ class GroupedLaunch:
             HydraConfig.instance().cfg = saved
         return configs
 
-    @staticmethod
-    def group_keys(configs: list[DictConfig]) -> list[str]:
+    def group_keys(self, configs: list[DictConfig]) -> tuple[list[str], list[int], list[Any]]:
+        """Per job: its group key, its group's size limit and its sort key inside the group (see form_groups).
+
+        ``mix_cells`` (auto: for jobs on CUDA) lets the GELU x precision cells of otherwise equal jobs share a group
+        (esper_exp.train.group_key), members sorted by cell; ``max_members`` auto: 10 on CPU, and on CUDA every job
+        of a key in one group per visible GPU (all members of a GPU in one process: several training processes on
+        one GPU time-slice it, experiments/gpu_throughput)."""
         from esper_exp.train import group_key
 
         saved = HydraConfig.instance().cfg
-        keys = []
+        keys, limits, order = [], [], []
         try:
             for i, cfg in enumerate(configs):
                 HydraConfig.instance().set_config(cfg)
                 try:
-                    keys.append(group_key(_task_config(cfg)))
+                    task = _task_config(cfg)
+                    cuda = on_cuda(str(task.device))
+                    mix = self.mix_cells is True or (self.mix_cells == "auto" and cuda)
+                    keys.append(group_key(task, mix_cells=mix))
+                    order.append((str(task.model.gelu), str(task.precision.name)) if mix else ())
                 except Exception as e:  # unresolvable config: its own group; run_group reports the error
                     log.warning(f"job #{cfg.hydra.job.num}: cannot compute its group key ({e}); it runs alone")
                     keys.append(f"error-{i}")
+                    order.append(())
+                    cuda = False
+                limits.append(0 if self.max_members == "auto" and cuda else
+                              10 if self.max_members == "auto" else self.max_members)
         finally:
             HydraConfig.instance().cfg = saved
-        return keys
+        per_key: dict[str, int] = {}
+        for key in keys:
+            per_key[key] = per_key.get(key, 0) + 1
+        gpus = max(1, _cuda_devices()) if 0 in limits else 1
+        limits = [m or -(-per_key[k] // gpus) for k, m in zip(keys, limits)]
+        return keys, limits, order
 
     # -- launching ------------------------------------------------------------------------------------------------
 
@@ -441,13 +487,15 @@ class GroupedLaunch:
         sweep_dir.mkdir(parents=True, exist_ok=True)
 
         configs = self.compose(job_overrides, initial_job_idx)
-        members = form_groups(self.group_keys(configs), self.max_members)
+        keys, limits, order = self.group_keys(configs)
+        members = form_groups(keys, limits, order)
         singleton_state = Singleton.get_state()
         groups = [_Group(GroupSpec(g, [configs[i] for i in idx], [int(configs[i].hydra.job.num) for i in idx],
                                    self.hydra_context, self.task_function, singleton_state,
                                    job_id_from_submitit=self.backend != "local"))
                   for g, idx in enumerate(members)]
-        log.info(f"Grouped launcher ({self.backend}, n_jobs={self.n_jobs}, max_members={self.max_members}): "
+        log.info(f"Grouped launcher ({self.backend}, n_jobs={self.n_jobs}, max_members={self.max_members}, "
+                 f"mix_cells={self.mix_cells}): "
                  f"{len(configs)} jobs in {len(groups)} groups, sweep output dir: {sweep_dir}")
         for g, idx in enumerate(members):
             log.info(f"\tgroup {g}: " + ", ".join(f"#{initial_job_idx + i}" for i in idx))

@@ -118,7 +118,34 @@ def test_group_keys_of_composed_jobs(tmp_path):
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfgs = [compose("train", overrides=[*o, *TINY], return_hydra_config=True)
                 for o in (["seed=1"], ["seed=2"], ["seed=1", "precision=bf16"], ["seed=3"])]
-    assert form_groups(GroupedLaunch.group_keys(cfgs), 10) == [[0, 1, 3], [2]]
+    keys, limits, order = GroupedLaunch().group_keys(cfgs)
+    assert limits == [10] * 4 and form_groups(keys, limits, order) == [[0, 1, 3], [2]]  # CPU: one cell per group
+    # mix_cells: the cells share a group, its members sorted by cell (each cell one contiguous segment)
+    assert form_groups(*GroupedLaunch(mix_cells=True).group_keys(cfgs)) == [[2, 0, 1, 3]]
+    assert form_groups(*GroupedLaunch(mix_cells=True, max_members=2).group_keys(cfgs)) == [[2, 0], [1, 3]]
+
+
+def test_on_cuda_jobs_mix_cells_in_one_group_per_gpu():
+    """auto (the default): jobs on CUDA mix cells and form one group per visible GPU (here none: one group); the
+    applied-update probe, model.compile and checkpointing keep a job out of mixed groups."""
+    from hydra import compose, initialize_config_dir
+
+    from esper_exp.launch import GroupedLaunch
+    from esper_exp.train import CONFIG_DIR
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfgs = [compose("train", overrides=[*o, *TINY, "device=cuda"], return_hydra_config=True)
+                for o in [[f"seed={s}", f"precision={p}", f"model.gelu={g}"] for s in range(1, 13)
+                          for p in ("fp32", "bf16") for g in ("tanh", "exact")]
+                + [["seed=1", "drift.probe_every=2"], ["seed=2", "drift.probe_every=2"]]]
+    groups = form_groups(*GroupedLaunch().group_keys(cfgs))
+    assert [len(g) for g in groups] == [48, 2]
+    cells = [(cfgs[i].model.gelu, cfgs[i].precision.name) for i in groups[0]]
+    assert cells == sorted(cells) and len(set(cells)) == 4  # segments: bf16 exact, bf16 tanh, fp32 exact, fp32 tanh
+    with pytest.raises(ValueError, match="mix_cells='sometimes' is not allowed; allowed: auto, true, false"):
+        GroupedLaunch(mix_cells="sometimes")
+    with pytest.raises(ValueError, match="max_members=0 is not allowed; allowed: auto or an integer >= 1"):
+        GroupedLaunch(max_members=0)
 
 
 def _lines(path: Path) -> int:

@@ -24,8 +24,10 @@ class GroupedLauncherConf:
     # groups running at once (slurm: the job array's parallelism); -1: os.cpu_count() locally, all groups on Slurm
     n_jobs: int = -1
     # jobs with equal esper_exp.train.group_key (configs differing only in seed/tracking/sweep_name) share a
-    # process, at most this many per group
-    max_members: int = 10
+    # process, at most this many per group; auto: 10 on CPU, on CUDA all of them in one group per visible GPU
+    max_members: Any = "auto"
+    # let jobs that differ only in GELU x precision share a group (a mixed group); auto: on for jobs on CUDA
+    mix_cells: Any = "auto"
 
     # submitit, both backends
     submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
