@@ -78,3 +78,23 @@ def test_a_deterministic_cuda_group_repeats_bitwise_and_esper_repro_says_identic
     assert main([str(first[1])]) == 0
     out = capsys.readouterr().out
     assert "re-running its group of 3" in out and "identical" in out
+
+
+def test_a_mixed_cuda_group_completes_and_repeats_bitwise(tmp_path):
+    """A mixed group (the GPU sweep's layout: several GELU x precision cells in one process, CUDA graphs):
+    every member completes in its own cell, only fp16 members carry a loss scale, and the group trained twice
+    gives the same bits (deterministic algorithms)."""
+    cells = [("exact", "fp32", 1), ("tanh", "bf16", 1), ("exact", "fp16", 2), ("tanh", "fp16", 2)]
+
+    def train(name):
+        jobs = [(make_cfg(*CHEETAH, "device=cuda", "deterministic=true", f"model.gelu={g}", f"precision={p}",
+                          f"seed={s}"), tmp_path / name / f"{g}-{p}-{s}") for g, p, s in cells]
+        assert run_group(jobs) == ["completed"] * 4
+        return [d for _, d in jobs]
+
+    first, second = train("a"), train("b")
+    for a, b in zip(first, second):
+        assert without_wall_clock(read_jsonl(a / "metrics.jsonl")) == without_wall_clock(read_jsonl(b / "metrics.jsonl"))
+        assert read_run_json(a)["cuda_graphs"] is True and read_run_json(a)["group"]["size"] == 4
+    assert ["loss_scale" in read_jsonl(d / "metrics.jsonl")[0] for d in first] == [False, False, True, True]
+    assert len({read_jsonl(d / "metrics.jsonl")[-1]["value_loss"] for d in first}) == 4

@@ -27,15 +27,21 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=3)
     ap.add_argument("--env", default="halfcheetah")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--cells", default="", help="a mixed group: comma-separated gelu/precision cells, K/len(cells) "
+                    "seeds each (member k: cell k // (K/len), seed k % (K/len) + 1), e.g. exact/fp32,tanh/bf16")
     ap.add_argument("overrides", nargs="*", help="more config overrides, e.g. precision=bf16")
     args = ap.parse_args()
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         base = compose("train", overrides=[f"env={args.env}"])
         batch = base.env.num_envs * base.ppo.num_steps
+        cells = [c.split("/") for c in args.cells.split(",")] if args.cells else [[]]
+        per = args.k // len(cells)
+        member = [(c, s) for c in cells for s in range(1, per + 1)]
         cfgs = [compose("train", overrides=[
             f"env={args.env}", f"seed={s}", f"device={args.device}", f"ppo.total_timesteps={batch * args.updates}",
-            "tracking.wandb.mode=disabled", "tracking.progress=off", "tracking.checkpoint_every=0", *args.overrides])
-            for s in range(1, args.k + 1)]
+            "tracking.wandb.mode=disabled", "tracking.progress=off", "tracking.checkpoint_every=0",
+            *([f"model.gelu={c[0]}", f"precision={c[1]}"] if c else []), *args.overrides])
+            for c, s in member]
     t0 = time.perf_counter()
     statuses = run_group([(c, args.out / f"seed={i + 1}") for i, c in enumerate(cfgs)])
     wall = time.perf_counter() - t0

@@ -1,0 +1,29 @@
+#!/bin/bash
+# One device call: the GPU suite (incl. the mixed-group test), then one process of K=60 HalfCheetah members with 15 env
+# workers, pure (one cell) and mixed (the sweep's 6 GELU x precision cells, 10 seeds each), UPD updates each.
+# Carries .wheelhouse/issue12 and .wheelhouse/pytest.   OUT=... bash experiments/gpu_throughput/mixed_box.sh
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; PY=${PY:-python3}; ROOT=${ROOT:-/tmp/gm}; UPD=${UPD:-4}; W=${W:-15}
+SUITE=${SUITE:-1}; VARIANTS=${VARIANTS:-pure mixed}
+GR=$PWD/experiments/cuda_eager/group_run.py
+CELLS=exact/fp32,tanh/fp32,exact/bf16,tanh/bf16,exact/fp16,tanh/fp16
+exec > >(tee "$OUT/mixed_log.txt") 2>&1
+date -u; nproc; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+source "$PWD/experiments/box_install.sh"
+NEED="gymnasium, hydra, mujoco, pytest" WHEELS="$PWD/.wheelhouse/issue12/*.whl $PWD/.wheelhouse/pytest/*.whl" box_install || exit 1
+rm -rf "$ROOT"; mkdir -p "$ROOT"
+if [ "$SUITE" = 1 ]; then
+  echo "== GPU suite"; s=$(date +%s)
+  timeout 240 $PY -m pytest tests/test_cuda.py tests/test_cuda_graphs.py -q -p no:cacheprovider -rs 2>&1 | tail -15
+  echo "suite wall_s=$(( $(date +%s) - s ))"
+fi
+for v in $VARIANTS; do
+  echo "== K=60 $v, env_workers=$W"
+  extra=""; [ "$v" = mixed ] && extra="--cells $CELLS"
+  timeout 200 $PY $GR --k 60 --device cuda --updates $UPD --env halfcheetah --out $ROOT/$v $extra env_workers=$W \
+    > $ROOT/$v.log 2>&1 || tail -5 $ROOT/$v.log
+  $PY experiments/gpu_throughput/timing_summary.py $ROOT/$v
+  cp $ROOT/$v/timing.json $OUT/timing_$v.json 2>/dev/null
+done
+date -u
