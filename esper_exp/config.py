@@ -149,6 +149,7 @@ class TrainConfig:
     deterministic: bool = True
     torch_threads: int = 1  # 0: leave torch's default
     env_workers: int = 0  # env worker processes per training process (0: envs stepped in it); bitwise the same run
+    env_spin_us: int = 0  # with env workers: how long both sides poll before sleeping (only where cores are spare)
     sweep_name: str = "default"
 
 
@@ -313,5 +314,8 @@ def validate(cfg) -> None:
     if cfg.env_workers < 0:
         raise ConfigError(f"env_workers={cfg.env_workers} is not allowed; allowed: 0 (envs in the training process) or "
                           "more (that many worker processes)")
+    if cfg.env_spin_us < 0:
+        raise ConfigError(f"env_spin_us={cfg.env_spin_us} is not allowed; allowed: 0 (sleep at once) or more "
+                          "(microseconds to poll before sleeping)")
     if cfg.torch_threads < 0:
         raise ConfigError(f"torch_threads={cfg.torch_threads} is not allowed; allowed: 0 (torch default) or more")

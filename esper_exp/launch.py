@@ -460,7 +460,8 @@ class GroupedLaunch:
                     cuda = on_cuda(str(task.device))
                     mix = self.mix_cells is True or (self.mix_cells == "auto" and cuda)
                     keys.append(group_key(task, mix_cells=mix))
-                    order.append((str(task.model.gelu), str(task.precision.name)) if mix else ())
+                    # by precision first: a mixed group computes one segment per precision (esper_exp/numerics.py)
+                    order.append((str(task.precision.name), str(task.model.gelu)) if mix else ())
                 except Exception as e:  # unresolvable config: its own group; run_group reports the error
                     log.warning(f"job #{cfg.hydra.job.num}: cannot compute its group key ({e}); it runs alone")
                     keys.append(f"error-{i}")

@@ -103,9 +103,10 @@ class MemberNumerics:
     ``members[k]`` is member k's :class:`Numerics`. A group whose members share one Numerics passes that Numerics
     itself; everything that takes a Numerics takes a MemberNumerics too (policy forwards, the PPO loss).
 
-    The policy computes a mixed group as :attr:`segments`: runs of consecutive members with equal numerics, each
-    computed exactly as a group of that cell alone would be (its own autocast region, its own GELU), so a member's
-    numbers do not depend on which other cells share its process (CPU: bitwise, tests/test_group.py)."""
+    The policy computes a mixed group as :attr:`segments`: runs of consecutive members with the same precision (and
+    perturbation), each under its own autocast region exactly as a group of that precision alone; inside a segment
+    each member's GELU variant is picked per row (:class:`RowGelu`: both variants computed, one kept, elementwise), so
+    a member's numbers do not depend on which other cells share its process (CPU: bitwise, tests/test_group.py)."""
 
     members: tuple[Numerics, ...]
 
@@ -117,11 +118,17 @@ class MemberNumerics:
 
     @property
     def segments(self) -> tuple[tuple[int, int, Numerics], ...]:
-        """(start, stop, numerics) of every run of consecutive members with equal numerics, in member order."""
-        out, start = [], 0
-        for k in range(1, len(self.members) + 1):
-            if k == len(self.members) or self.members[k] != self.members[start]:
-                out.append((start, k, self.members[start]))
+        """(start, stop, numerics) of every run of consecutive members with equal precision and perturbation, in
+        member order: a plain Numerics where the run shares one GELU variant, else a :class:`RowGelu`."""
+        out, start, ms = [], 0, self.members
+        for k in range(1, len(ms) + 1):
+            if k == len(ms) or ms[k].replace(gelu="exact") != ms[start].replace(gelu="exact"):
+                run = ms[start:k]
+                if len({n.gelu for n in run}) == 1:
+                    out.append((start, k, run[0]))
+                else:
+                    out.append((start, k, RowGelu(run[0].gelu, run[0].precision, run[0].device_type, run[0].perturb,
+                                                  tanh=tuple(n.gelu == "tanh" for n in run))))
                 start = k
         return tuple(out)
 
@@ -161,3 +168,36 @@ def member_segments(numerics: Numerics | MemberNumerics, members: int) -> tuple[
 def grad_scaled(numerics: Numerics | MemberNumerics, members: int) -> list[bool]:
     """Per member: trains with an fp16 loss scale."""
     return [n.needs_grad_scaler for a, b, n in member_segments(numerics, members) for _ in range(a, b)]
+
+
+@dataclass(frozen=True)
+class RowGelu(Numerics):
+    """A mixed group's segment whose members share a precision but not a GELU variant: ``tanh[j]`` says whether its
+    member j uses approximate='tanh'. :meth:`apply_gelu` on the segment's trunk rows (its members' critic rows,
+    then their actor rows: 2 x len(tanh)) computes both variants and keeps each row's own, elementwise (on CPU
+    bitwise what that member's variant gives alone)."""
+
+    tanh: tuple[bool, ...] = ()
+
+    def apply_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.where(_row_mask(self.tanh, x.device, x.dim()), F.gelu(x, approximate="tanh"), F.gelu(x))
+        if self.perturb:
+            y = y + gelu_perturbation(x).to(y.dtype)
+        return y
+
+    @property
+    def label(self) -> str:
+        return f"{sum(self.tanh)} tanh + {len(self.tanh) - sum(self.tanh)} exact/{self.precision}"
+
+
+_ROW_MASKS: dict = {}
+
+
+def _row_mask(tanh: tuple[bool, ...], device: torch.device, dim: int) -> torch.Tensor:
+    """[2m, 1, ...] bool: the rows of a segment's trunk (critic rows, then actor rows) that use tanh. Cached per
+    device: built once, before any CUDA-graph capture (the warm-up runs), and never as an inference tensor."""
+    key = (tanh, str(device), dim)
+    if key not in _ROW_MASKS:
+        with torch.inference_mode(False):
+            _ROW_MASKS[key] = torch.tensor(tanh * 2, device=device).view(-1, *([1] * (dim - 1)))
+    return _ROW_MASKS[key]

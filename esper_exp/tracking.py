@@ -27,7 +27,7 @@ from esper_exp.runformat import (
     write_json_atomic,
 )
 
-IDENTITY_EXCLUDE = ("tracking", "sweep_name", "env_workers")  # keys that do not change what a run computes
+IDENTITY_EXCLUDE = ("tracking", "sweep_name", "env_workers", "env_spin_us")  # keys that do not change what a run computes
 
 
 def now() -> str:

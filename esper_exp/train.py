@@ -254,7 +254,8 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device, cells: list[tuple[str, 
     envs = GroupEnvs(e.id, seeds, e.num_envs, p.gamma, clip_action=e.clip_action, normalize_obs=e.normalize_obs,
                      normalize_reward=e.normalize_reward, clip_obs=e.clip_obs, clip_reward=e.clip_reward,
                      max_episode_steps=e.max_episode_steps, kwargs=dict(e.kwargs),
-                     workers=int(cfg.get("env_workers", 0)))
+                     workers=int(cfg.get("env_workers", 0)), spin_us=int(cfg.get("env_spin_us", 0)),
+                     worker_spin_us=int(cfg.get("env_spin_us", 0)))
     generators = [torch.Generator().manual_seed(s) for s in seeds]  # initial weights: member k's own seed
     policy = ActorCritic(obs_dim_of(envs.single_observation_space), envs.single_action_space, generators,
                          width=mc.width, depth=mc.depth, blueprint=mc.blueprint, checkpointing=mc.checkpointing,

@@ -179,7 +179,7 @@ def test_env_workers_change_nothing_and_a_run_resumes_across_worker_counts(tmp_p
     overrides = (*CONTINUOUS, "tracking.checkpoint_every=2")
     reference = _alone(tmp_path, overrides, 2)
     run_dir = tmp_path / "workers" / "seed=2"
-    interrupt_after_update(monkeypatch, (*overrides, "seed=2", "env_workers=2"), run_dir, 3)
+    interrupt_after_update(monkeypatch, (*overrides, "seed=2", "env_workers=2", "env_spin_us=50"), run_dir, 3)
     assert read_run_json(run_dir)["status"] == "interrupted"
     assert run(make_cfg(*overrides, "seed=2", "env_workers=0"), run_dir) == "completed"
     assert read_run_json(run_dir)["resumed_at"]  # from its update-2 checkpoint, not started over

@@ -141,7 +141,8 @@ def test_on_cuda_jobs_mix_cells_in_one_group_per_gpu():
     groups = form_groups(*GroupedLaunch().group_keys(cfgs))
     assert [len(g) for g in groups] == [48, 2]
     cells = [(cfgs[i].model.gelu, cfgs[i].precision.name) for i in groups[0]]
-    assert cells == sorted(cells) and len(set(cells)) == 4  # segments: bf16 exact, bf16 tanh, fp32 exact, fp32 tanh
+    # by precision, then GELU: bf16 exact, bf16 tanh, fp32 exact, fp32 tanh (one segment per precision)
+    assert cells == sorted(cells, key=lambda c: (c[1], c[0])) and len(set(cells)) == 4
     with pytest.raises(ValueError, match="mix_cells='sometimes' is not allowed; allowed: auto, true, false"):
         GroupedLaunch(mix_cells="sometimes")
     with pytest.raises(ValueError, match="max_members=0 is not allowed; allowed: auto or an integer >= 1"):
