@@ -61,8 +61,11 @@ class ActorCritic(nn.Module):
     backward. ``member_params(k)`` names member k's own parameters (critic.*, actor.*, heads, log-std)."""
 
     def __init__(self, obs_dim: int, action_space, generators: Sequence[torch.Generator], width: int = 64,
-                 depth: int = 2, blueprint: str = "mlp", checkpointing: bool = False, blend_cast: str = "always"):
-        """One member per generator (seeded with the member's seed): member k's weights come from generators[k]."""
+                 depth: int = 2, blueprint: str = "mlp", checkpointing: bool = False, blend_cast: str = "always",
+                 segments: Sequence[int] | None = None):
+        """One member per generator (seeded with the member's seed): member k's weights come from generators[k].
+        ``segments``: a mixed group's segment sizes (members per precision, in member order; default one segment),
+        each with its own trunk module (see :meth:`heads`)."""
         super().__init__()
         import gymnasium as gym
 
@@ -73,8 +76,14 @@ class ActorCritic(nn.Module):
         else:
             raise ValueError(f"unsupported action space {action_space}; allowed: Discrete, 1-D Box")
         self.members = K = len(generators)
-        self.trunk = Trunk(2 * K, obs_dim, width, depth, blueprint, checkpointing, blend_cast,
-                           list(generators) * 2)
+        sizes = list(segments) if segments is not None else [K]
+        if sum(sizes) != K or min(sizes) < 1:
+            raise ValueError(f"segments {sizes} do not split {K} members")
+        starts = np.cumsum([0, *sizes]).tolist()
+        self.bounds = [(a, b) for a, b in zip(starts[:-1], starts[1:])]
+        gens = list(generators)
+        self.trunks = nn.ModuleList(Trunk(2 * (b - a), obs_dim, width, depth, blueprint, checkpointing, blend_cast,
+                                          gens[a:b] * 2) for a, b in self.bounds)
         self.critic_head = StackedLinear(K, width, 1, orthogonal_init(1.0), generators)
         self.actor_head = StackedLinear(K, width, out_dim, orthogonal_init(0.01), generators)
         if not self.discrete:
@@ -82,9 +91,14 @@ class ActorCritic(nn.Module):
         # alpha is state, not a parameter: one fp32 value per member, set once per PPO update.
         self.register_buffer("alpha", torch.zeros(K))
         self.register_buffer("_head_pad", torch.zeros(1, out_dim - 1, width), persistent=False)  # see heads()
-        self._frozen: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see frozen()
-        self._frozen_segments: dict | None = None  # a mixed group's per-segment trunk parameters, inside frozen()
-        self._rows_cache: dict = {}
+        self._frozen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # see frozen()
+
+    @property
+    def trunk(self) -> Trunk:
+        """The trunk of a policy of one segment (every group but a mixed one)."""
+        if len(self.trunks) != 1:
+            raise AttributeError(f"a mixed group's policy has {len(self.trunks)} trunks (policy.trunks)")
+        return self.trunks[0]
 
     def set_alpha(self, values: Sequence[float]) -> None:
         self.alpha.copy_(torch.as_tensor(list(values), dtype=torch.float32))
@@ -98,69 +112,62 @@ class ActorCritic(nn.Module):
         as a member of any group (a batch of one picks another kernel, experiments/grouped_throughput), with no
         zero twin, and the heads cost one kernel instead of two.
 
-        A mixed group (``numerics`` a :class:`MemberNumerics` of several cells) is computed segment by segment (runs of
-        members with equal numerics): each segment's critic and actor rows are gathered into contiguous copies of the
-        parameters and run under that segment's own autocast and GELU, exactly as a group of that cell alone, and
-        the outputs are put back in member order."""
+        A mixed group (several precisions, ``numerics`` a :class:`MemberNumerics`) has one trunk module per segment
+        (members sharing a precision; see :meth:`~esper_exp.numerics.MemberNumerics.segments`): each segment is
+        computed under its own autocast exactly as a group of those members alone (GELU picked per member), and the
+        outputs are concatenated in member order."""
         K = self.members
-        weight, bias, alpha = self._frozen or self._stacked()
-        segments = member_segments(numerics, K)
-        if len(segments) == 1:
-            n = segments[0][2]
-            with n.autocast():
-                features = self.trunk(torch.cat([obs, obs]), alpha, n)
-                out = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2)).float()
-            return out[K:], out[:K, :, 0]
+        stacked = self._frozen or self._stacked()
         actor, value = [], []
-        for a, b, n in segments:
-            m, rows = b - a, self._segment_rows(a, b, obs.device)
-            params = self._segment_params(a, b, rows)
+        for (a, b), trunk, (weight, bias, alpha), n in zip(self.bounds, self.trunks, stacked,
+                                                           self._segment_numerics(numerics)):
+            m = b - a
+            x = obs if m == K else obs[a:b]
             with n.autocast():
-                features = torch.func.functional_call(self.trunk, params, (torch.cat([obs[a:b], obs[a:b]]), alpha[rows],
-                                                                           n))
-                out = torch.baddbmm(bias[rows].unsqueeze(1), features, weight[rows].transpose(1, 2)).float()
+                features = trunk(torch.cat([x, x]), alpha, n)
+                out = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2)).float()
             actor.append(out[m:])
             value.append(out[:m, :, 0])
+        if len(actor) == 1:
+            return actor[0], value[0]
         return torch.cat(actor), torch.cat(value)
 
-    def _segment_rows(self, a: int, b: int, device: torch.device) -> torch.Tensor:
-        """The trunk rows of members [a, b): their critic rows, then their actor rows (a group of b - a's layout)."""
-        key = (a, b, device)
-        if key not in self._rows_cache:
-            K = self.members
-            with torch.inference_mode(False):  # a normal tensor even when first built in an inference-mode rollout
-                self._rows_cache[key] = torch.cat([torch.arange(a, b), torch.arange(K + a, K + b)]).to(device)
-        return self._rows_cache[key]
+    def _segment_numerics(self, numerics: Numerics | MemberNumerics) -> list[Numerics]:
+        """The numerics of each trunk segment: a plain Numerics applies to all; a MemberNumerics must give every
+        segment one precision (its GELU may differ per member: a RowGelu)."""
+        if isinstance(numerics, Numerics):
+            return [numerics] * len(self.bounds)
+        if len(numerics.members) != self.members:
+            raise ValueError(f"numerics for {len(numerics.members)} members, the policy has {self.members}")
+        out = []
+        for a, b in self.bounds:
+            inner = MemberNumerics(numerics.members[a:b]).segments
+            if len(inner) != 1:
+                raise ValueError(f"members {a}-{b - 1} share a trunk segment but not a precision: {numerics.label}")
+            out.append(inner[0][2])
+        return out
 
-    def _segment_params(self, a: int, b: int, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Contiguous copies of the trunk parameters' rows ``rows`` (differentiable; cached inside :meth:`frozen`)."""
-        cache = self._frozen_segments
-        if cache is not None and (a, b) in cache:
-            return cache[(a, b)]
-        params = {name: p.index_select(0, rows) for name, p in self.trunk.named_parameters()}
-        if cache is not None:
-            cache[(a, b)] = params
-        return params
-
-    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(both heads' weight [2K, out, width], bias [2K, out], alpha for the 2K trunk rows [2K]) from the parameters."""
-        K = self.members
-        critic, actor = self.critic_head, self.actor_head
-        pad_w = self._head_pad.expand(K, -1, -1)
-        weight = torch.cat([torch.cat([critic.weight, pad_w], 1), actor.weight])
-        bias = torch.cat([torch.cat([critic.bias, pad_w[:, :, 0]], 1), actor.bias])
-        return weight, bias, torch.cat([self.alpha, self.alpha])
+    def _stacked(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per segment (members [a, b), m = b - a): both heads' weight [2m, out, width], bias [2m, out] and alpha for
+        its 2m trunk rows [2m], from the parameters."""
+        critic, actor, out = self.critic_head, self.actor_head, []
+        for a, b in self.bounds:
+            pad_w = self._head_pad.expand(b - a, -1, -1)
+            weight = torch.cat([torch.cat([critic.weight[a:b], pad_w], 1), actor.weight[a:b]])
+            bias = torch.cat([torch.cat([critic.bias[a:b], pad_w[:, :, 0]], 1), actor.bias[a:b]])
+            out.append((weight, bias, torch.cat([self.alpha[a:b], self.alpha[a:b]])))
+        return out
 
     @contextlib.contextmanager
     def frozen(self):
         """A block in which parameters and alpha do not change (an eager rollout): what :meth:`heads` stacks from them
         is built once on entry instead of at every forward. Not for CUDA-graph capture (a graph must read the live
         parameters at each replay)."""
-        self._frozen, self._frozen_segments = self._stacked(), {}
+        self._frozen = self._stacked()
         try:
             yield self
         finally:
-            self._frozen = self._frozen_segments = None
+            self._frozen = None
 
     def actor_out(self, obs: torch.Tensor, numerics: Numerics | MemberNumerics) -> torch.Tensor:
         return self.heads(obs, numerics)[0]
@@ -207,10 +214,26 @@ class ActorCritic(nn.Module):
 
     # ------------------------------------------------------------------ one member's slice
     def _rows(self, name: str, k: int) -> list[tuple[str, int]]:
-        if name.startswith("trunk."):
-            rest = name[len("trunk."):]
-            return [(f"critic.{rest}", k), (f"actor.{rest}", self.members + k)]
+        """(member-level name, row) of member k's rows in the tensor ``name`` (none: another segment's trunk)."""
+        if name.startswith("trunks."):
+            s, rest = name[len("trunks."):].split(".", 1)
+            a, b = self.bounds[int(s)]
+            if not a <= k < b:
+                return []
+            return [(f"critic.{rest}", k - a), (f"actor.{rest}", b - a + k - a)]
         return [(name, k)]
+
+    def flat_layout(self) -> list[tuple[str, torch.Tensor, int, int]]:
+        """(member-level key, parameter, first member, end member) of every parameter, for FlatParams: a segment's
+        trunk parameter holds members [a, b) (critic rows, then actor rows); the others hold all K."""
+        out = []
+        for name, p in self.named_parameters():
+            if name.startswith("trunks."):
+                s, rest = name[len("trunks."):].split(".", 1)
+                out.append((f"trunk.{rest}", p, *self.bounds[int(s)]))
+            else:
+                out.append((name, p, 0, self.members))
+        return out
 
     def member_params(self, k: int) -> list[tuple[str, torch.Tensor]]:
         """Member k's parameters as (name, view) pairs, in a fixed order."""

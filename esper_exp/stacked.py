@@ -90,39 +90,58 @@ class FlatParams:
 
     def __init__(self, module: nn.Module, members: int, align: int = 64):
         """Every parameter's leading dim is r * members (r stacked networks per member, e.g. r = 2 for a critic and
-        an actor trunk computed together): member k owns rows k, K + k, ..."""
-        self.params = list(module.parameters())
-        self.members = K = members
-        for p in self.params:
-            if p.shape[0] % K:
-                raise ValueError(f"parameter of shape {tuple(p.shape)} has no member axis of {K}")
-        sizes = [p.numel() // K for p in self.params]
-        P = -(-sum(sizes) // align) * align
+        an actor trunk computed together): member k owns rows k, K + k, ... A module with ``flat_layout()`` (a mixed
+        group's policy: one trunk per segment) names instead, per parameter, its member-level key and the members
+        [a, b) it holds (member k owns rows k - a, (b - a) + k - a, ...): the tensors of one key share the columns
+        of that key, so every member's row is laid out as in a group of one segment."""
+        K = self.members = members
+        layout = (module.flat_layout() if hasattr(module, "flat_layout")
+                  else [(name, p, 0, K) for name, p in module.named_parameters()])
+        self.params = [p for _, p, _, _ in layout]
+        sizes: dict[str, int] = {}
+        for key, p, a, b in layout:
+            if b <= a or p.shape[0] % (b - a) or sizes.setdefault(key, p.numel() // (b - a)) != p.numel() // (b - a):
+                raise ValueError(f"parameter {key} of shape {tuple(p.shape)} has no member axis of {b - a}")
+        P = -(-sum(sizes.values()) // align) * align
         ref = self.params[0]
         self.data = torch.zeros(K, P, dtype=ref.dtype, device=ref.device)
         self.grad = torch.zeros_like(self.data)
-        self._pad = torch.zeros(K, P - sum(sizes), dtype=ref.dtype, device=ref.device)
-        self._views, offset = [], 0
-        for p, n in zip(self.params, sizes):
-            r = p.shape[0] // K  # [r*K, ...] -> member-major [K, r*n/r...]: rows k, K+k, ... of member k
-            self._views.append(self.data[:, offset:offset + n].view(K, r, n // r).transpose(0, 1))
-            offset += n
-        # the parameters as [r, K, n/r] views (their storage never moves: updates are copies into it)
-        self._param_views = [p.data.view(p.shape[0] // K, K, -1) for p in self.params]
+        self._pad = torch.zeros(K, P - sum(sizes.values()), dtype=ref.dtype, device=ref.device)
+        offsets, offset = {}, 0
+        for key, n in sizes.items():
+            offsets[key], offset = offset, offset + n
+        # per parameter: its rows of data / grad as [r, m, n/r] views, and the parameter itself as the same shape
+        # (its storage never moves: updates are copies into it)
+        self._views, self._grad_views, self._param_views = [], [], []
+        for key, p, a, b in layout:
+            m, n, off = b - a, sizes[key], offsets[key]
+            r = p.shape[0] // m
+            self._views.append(self.data[a:b, off:off + n].view(m, r, n // r).transpose(0, 1))
+            self._grad_views.append(self.grad[a:b, off:off + n].view(m, r, n // r).transpose(0, 1))
+            self._param_views.append(p.data.view(r, m, -1))
         self.pull()
 
     def _member_major(self, t: torch.Tensor) -> torch.Tensor:
+        """A one-segment parameter (or its gradient) [r*K, ...] as [K, r*n]: member k's rows k, K+k, ... in a row."""
         K = self.members
         return t.reshape(t.shape[0] // K, K, -1).transpose(0, 1).reshape(K, -1)
 
     @torch.no_grad()
     def pull(self) -> None:
-        torch.cat([self._member_major(p.detach()) for p in self.params] + [self._pad], dim=1, out=self.data)
+        torch._foreach_copy_(self._views, self._param_views)
 
     @torch.no_grad()
     def gather_grads(self) -> None:
-        torch.cat([self._member_major(torch.zeros_like(p) if p.grad is None else p.grad) for p in self.params]
-                  + [self._pad], dim=1, out=self.grad)
+        grads, views, absent = [], [], []
+        for p, pv, gv in zip(self.params, self._param_views, self._grad_views):
+            if p.grad is None:
+                absent.append(gv)
+            else:
+                grads.append(p.grad.view(pv.shape))
+                views.append(gv)
+        torch._foreach_copy_(views, grads)
+        for gv in absent:
+            gv.zero_()
 
     @torch.no_grad()
     def scatter(self) -> None:

@@ -244,7 +244,7 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device, cells: list[tuple[str, 
     from esper_exp.blend import AlphaSchedule
     from esper_exp.config import PPOConfig
     from esper_exp.envs import GroupEnvs
-    from esper_exp.numerics import MemberNumerics, Numerics
+    from esper_exp.numerics import MemberNumerics, Numerics, member_segments
     from esper_exp.policy import ActorCritic, obs_dim_of
     from esper_exp.ppo import PPO
     from esper_exp.probe import perturb
@@ -256,18 +256,20 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device, cells: list[tuple[str, 
                      max_episode_steps=e.max_episode_steps, kwargs=dict(e.kwargs),
                      workers=int(cfg.get("env_workers", 0)), spin_us=int(cfg.get("env_spin_us", 0)),
                      worker_spin_us=int(cfg.get("env_spin_us", 0)))
-    generators = [torch.Generator().manual_seed(s) for s in seeds]  # initial weights: member k's own seed
-    policy = ActorCritic(obs_dim_of(envs.single_observation_space), envs.single_action_space, generators,
-                         width=mc.width, depth=mc.depth, blueprint=mc.blueprint, checkpointing=mc.checkpointing,
-                         blend_cast=mc.blend_cast)
-    perturbations = perturb(policy, cfg.drift.perturb, seeds)  # before .to(device): the same change on any device
-    policy = policy.to(device)
-    if mc.compile:
-        policy.trunk.compile()
     cells = cells or [(mc.gelu, cfg.precision.name)] * len(seeds)
     per_member = tuple(Numerics(gelu, precision, device.type, perturb=cfg.drift.perturb == "persistent")
                        for gelu, precision in cells)
     numerics = per_member[0] if len(set(per_member)) == 1 else MemberNumerics(per_member)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]  # initial weights: member k's own seed
+    policy = ActorCritic(obs_dim_of(envs.single_observation_space), envs.single_action_space, generators,
+                         width=mc.width, depth=mc.depth, blueprint=mc.blueprint, checkpointing=mc.checkpointing,
+                         blend_cast=mc.blend_cast,
+                         segments=[b - a for a, b, _ in member_segments(numerics, len(seeds))])
+    perturbations = perturb(policy, cfg.drift.perturb, seeds)  # before .to(device): the same change on any device
+    policy = policy.to(device)
+    if mc.compile:
+        for trunk in policy.trunks:
+            trunk.compile()
     ppo = PPO(envs, policy, numerics, [AlphaSchedule(**mc.alpha) for _ in seeds], p, seeds, device,
               cuda_graphs=use_cuda_graphs(cfg, device))
     return ppo, perturbations

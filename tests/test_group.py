@@ -113,11 +113,14 @@ def test_members_resumed_at_different_updates_equal_their_uninterrupted_runs(tmp
         _same_run(run_dir, _alone(tmp_path, overrides, seed))
 
 
-def test_group_rejects_jobs_that_differ_beyond_the_seed(tmp_path):
-    jobs = [(make_cfg(*DISCRETE, "seed=1"), tmp_path / "a"), (make_cfg(*DISCRETE, "seed=2", "precision=bf16"),
-                                                              tmp_path / "b")]
-    with pytest.raises(ValueError, match="group_key"):
-        run_group(jobs)
+def test_group_rejects_jobs_that_differ_beyond_the_seed_and_cell(tmp_path):
+    # a GELU x precision cell may differ (a mixed group), an env or hyper-parameter may not; nor may a cell where
+    # a job cannot be mixed (the applied-update probe)
+    for other in (("ppo.learning_rate=0.001",), ("drift.probe_every=2", "precision=bf16")):
+        jobs = [(make_cfg(*DISCRETE, "seed=1", *other[:1] if len(other) > 1 else ()), tmp_path / "a"),
+                (make_cfg(*DISCRETE, "seed=2", *other), tmp_path / "b")]
+        with pytest.raises(ValueError, match="group_key"):
+            run_group(jobs)
 
 
 # ------------------------------------------------------------------------------------------ member-axis pieces
