@@ -477,12 +477,23 @@ class _EnvWorkers:
 
     def __init__(self, num_workers: int, env_id: str, make_args: bytes, E: int, num_envs: int, obs_shape: tuple,
                  raw_dtype, action_shape: tuple, timeout: float, start_method: str, spin_us: float,
-                 worker_spin_us: float):
+                 worker_spin_us: float, part_rows: list[tuple[int, int]] | None = None):
+        """``part_rows``: the sub-env ranges [lo, hi) stepped separately (GroupEnvs parts); every worker's slice lies
+        in one part, the workers shared out in proportion to the parts' sizes (at least one each)."""
         import multiprocessing as mp
 
         W = num_workers
         self.env_id, self.E, self.num_envs, self.timeout = env_id, E, num_envs, float(timeout)
-        self.bounds = [w * E // W for w in range(W + 1)]
+        part_rows = part_rows or [(0, E)]
+        counts = [max(1, round(W * (hi - lo) / E)) for lo, hi in part_rows]
+        while sum(counts) > W:  # the largest share gives one back
+            counts[counts.index(max(counts))] -= 1
+        while sum(counts) < W:
+            counts[min(range(len(counts)), key=lambda i: counts[i] / (part_rows[i][1] - part_rows[i][0]))] += 1
+        self.bounds, self.part_workers = [0], []
+        for (lo, hi), n in zip(part_rows, counts):
+            self.part_workers.append((len(self.bounds) - 1, len(self.bounds) - 1 + n))
+            self.bounds += [lo + (j + 1) * (hi - lo) // n for j in range(n)]
         self.action_shape = action_shape
         self.spin_s, self.worker_spin_s = float(spin_us) * 1e-6, float(worker_spin_us) * 1e-6
         layout, nbytes = _shared_layout(E, W, obs_shape, raw_dtype, int(np.prod(action_shape, dtype=np.int64)))
@@ -494,7 +505,6 @@ class _EnvWorkers:
         # us up), so a call interrupted anywhere (KeyboardInterrupt) leaves nothing to miscount
         self.seq, self.acked = self.views["seq"], self.views["acked"]
         self._last = 0
-        self._busy = False  # a call is under way (still True after an interrupted one: the next call catches up)
         self._posting = False  # handing out commands (still True after an interrupt there: the group is unusable)
         self._code = b""
         self._actions_as: dict[np.dtype, np.ndarray] = {}
@@ -606,8 +616,9 @@ class _EnvWorkers:
             self._fail(w, f"raised while {doing}:\n{payload.rstrip()}")
         return payload
 
-    def _ready(self) -> None:
-        """Refuse after a failure; wait for commands left unfinished by an interrupted call (KeyboardInterrupt).
+    def _ready(self, workers: range | None = None) -> None:
+        """Refuse after a failure; wait for commands left unfinished (a part still in flight, or a call interrupted by
+        a KeyboardInterrupt) by ``workers`` (default: all).
 
         A call interrupted while it was handing its commands to the workers (``_posting``: a few microseconds
         per step) cannot tell which worker got its command: the group is then unusable (close it); a call
@@ -621,11 +632,9 @@ class _EnvWorkers:
                            f"commands; which of them got theirs is unknown")
             _shutdown(self.procs, self.conns, self.gos, self.cmd, grace=1.0)
             raise EnvWorkerError(self.failed)
-        if self._busy:  # the previous call did not return
-            for w in range(len(self.procs)):
-                if self.acked[w] < self.sent[w] or (self.sent_kind[w] == _STEP and self.status[w] == _ERROR):
-                    self._wait(w, self.sent[w], "finishing an interrupted call")
-        self._busy = True
+        for w in workers if workers is not None else range(len(self.procs)):
+            if self.acked[w] < self.sent[w] or (self.sent_kind[w] == _STEP and self.status[w] == _ERROR):
+                self._wait(w, self.sent[w], "finishing an earlier command")
 
     def _expect(self, n: int) -> None:
         """The next command goes to n workers (the count the last of them posts the group semaphore at)."""
@@ -655,51 +664,56 @@ class _EnvWorkers:
             self.sent[w], self.sent_kind[w] = s, _MESSAGE
             self.go_release[w]()
         self._posting = False
-        replies = {w: self._wait(w, s, doing) for w in per_worker}
-        self._busy = False
-        return replies
+        return {w: self._wait(w, s, doing) for w in per_worker}
 
     # ---------------------------------------------------------------------------------------------- API
-    def step(self, actions: np.ndarray) -> None:
-        """Step every sub-env with actions [E, *action_shape]; results in views obs / reward / terminated /
-        truncated (and reset_obs where an episode ended)."""
-        self._ready()
+    def post(self, actions: np.ndarray, part: int = 0) -> None:
+        """Start stepping the sub-envs of ``part`` (one of the ``part_rows``) with ``actions`` [its rows,
+        *action_shape]; :meth:`wait` for the results (views obs / reward / terminated / truncated, and reset_obs
+        where an episode ended). Other parts may be in flight meanwhile."""
+        w0, w1 = self.part_workers[part]
+        workers = range(w0, w1)
+        self._ready(workers)
+        lo, hi = self.bounds[w0], self.bounds[w1]
         dtype = actions.dtype
         view = self._actions_as.get(dtype)
         if view is None:
             if dtype.hasobject or dtype.itemsize > _ACTION_ITEMSIZE or len(dtype.str) > 16:
                 raise TypeError(f"actions of dtype {dtype} cannot be sent to env workers")
             view = self._actions_as[dtype] = _action_view(self.views, dtype, (self.E, *self.action_shape))
-        view[...] = actions
         code = dtype.str.encode()
-        if code != self._code:
+        if code != self._code:  # the dtype field is shared by every worker: none may be stepping meanwhile
+            self._ready()
             self._code_field[:] = 0
             self._code_field[:len(code)] = np.frombuffer(code, dtype=np.uint8)
             self._code = code
+        view[lo:hi] = actions
         self._posting = True
         self._last += 1
         s = self._last
-        self.cmd[:] = _STEP
-        self.seq[:] = s
-        W = len(self.gos)
-        self._expect(W)
-        self.sent, self.sent_kind = [s] * W, [_STEP] * W
-        for release in self.go_release:
-            release()
+        self.cmd[w0:w1] = _STEP
+        self.seq[w0:w1] = s
+        self._expect(w1 - w0)
+        for w in workers:
+            self.sent[w], self.sent_kind[w] = s, _STEP
+            self.go_release[w]()
         self._posting = False
-        acked, status = self.acked, self.status
+
+    def wait(self, part: int = 0) -> None:
+        """Wait until the sub-envs of ``part`` have stepped (see :meth:`post`)."""
+        w0, w1 = self.part_workers[part]
+        acked, status, s = self.acked, self.status, self.sent[w0]
         if self.spin_s > 0.0:  # poll the acknowledgements (no system call) before sleeping on the semaphores
             from time import perf_counter
 
             end = perf_counter() + self.spin_s
-            while acked.min() < s and perf_counter() < end:
+            while acked[w0:w1].min() < s and perf_counter() < end:
                 pass
-        for w, done in enumerate(self.dones):
+        for w in range(w0, w1):
             if acked[w] < s or status[w] == _ERROR:
                 self._wait(w, s)
             else:  # done already: take its post now (no system call), or the semaphore's count would grow
-                done.acquire(False)
-        self._busy = False
+                self.dones[w].acquire(False)
 
     def reset(self, seeds: list[int]) -> None:
         b = self.bounds
@@ -758,7 +772,7 @@ class GroupEnvs:
                  normalize_obs: bool = False, normalize_reward: bool = False, clip_obs: float = 10.0,
                  clip_reward: float = 10.0, max_episode_steps: int | None = None, kwargs: dict | None = None,
                  workers: int = 0, start_method: str = "spawn", worker_timeout: float = 60.0,
-                 spin_us: float = 0.0, worker_spin_us: float = 0.0):
+                 spin_us: float = 0.0, worker_spin_us: float = 0.0, parts: list[tuple[int, int]] | None = None):
         if env_id not in gym.registry:
             raise ValueError(f"unknown gymnasium env id {env_id!r}; see gymnasium.registry for the allowed ids")
         if len(seeds) < 1 or num_envs < 1:
@@ -813,6 +827,16 @@ class GroupEnvs:
         self._step_fns = [e.step for e in self.envs]
         self._raw_dtype = obs_space.dtype
         self.num_workers = min(int(workers), E)
+        # parts: member ranges stepped separately (step_async / step_wait), so that one part's envs step while the
+        # caller computes another's actions; honoured where each part can have its own workers (or without workers)
+        parts = [(int(a), int(b)) for a, b in parts] if parts else [(0, self.num_members)]
+        if [b for _, b in parts[:-1]] != [a for a, _ in parts[1:]] or parts[0][0] != 0 \
+                or parts[-1][1] != self.num_members or any(b <= a for a, b in parts):
+            raise ValueError(f"parts {parts} do not split the {self.num_members} members into consecutive ranges")
+        if self.num_workers and (self.num_workers < len(parts) or _ONE_WAKEUP):
+            parts = [(0, self.num_members)]
+        self.parts = parts
+        self._pending: dict[int, np.ndarray] = {}  # in-process: a part's actions between step_async and step_wait
         if self.num_workers:
             spec = gym.registry[env_id]
             try:  # the spec, not the id: an env registered only in this process is still found by the workers
@@ -826,7 +850,7 @@ class GroupEnvs:
                     raise ValueError(f"{env_id}: env kwargs cannot be sent to env worker processes: {e}") from None
             self._workers = _EnvWorkers(self.num_workers, env_id, make_args, E, self.num_envs, self.obs_shape,
                                         self._raw_dtype, self.action_shape, worker_timeout, start_method, spin_us,
-                                        worker_spin_us)
+                                        worker_spin_us, [(a * self.num_envs, b * self.num_envs) for a, b in parts])
 
         # RecordEpisodeStatistics
         self.episode_returns = np.zeros(E, dtype=np.float64)
@@ -868,17 +892,22 @@ class GroupEnvs:
         out = out.astype(np.float32)
         return _clip(out, -self.clip_obs, self.clip_obs, out=out)
 
-    def _reward(self, raw: np.ndarray, terminated: np.ndarray) -> np.ndarray:
-        """NormalizeReward (discounted return reset by termination only, never by truncation or reset) + clip."""
+    def _reward(self, raw: np.ndarray, terminated: np.ndarray, rows: slice | None = None) -> np.ndarray:
+        """NormalizeReward (discounted return reset by termination only, never by truncation or reset) + clip, for all
+        sub-envs or the sub-envs ``rows``."""
         if not self.normalize_reward_on:
             return raw
-        discounted = self.discounted_reward * self.gamma
+        r = slice(None) if rows is None else rows
+        discounted = self.discounted_reward[r] * self.gamma
         discounted *= ~terminated  # * (1 - terminated): x * 1 = x, x * 0 = +-0
         discounted += raw
-        self.discounted_reward = discounted
-        self.return_mean, self.return_var, self.return_count = _rms_update(
-            self.return_mean, self.return_var, self.return_count, discounted)
-        den = self.return_var + self.epsilon
+        mean, var, count = _rms_update(self.return_mean[r], self.return_var[r], self.return_count[r], discounted)
+        if rows is None:
+            self.discounted_reward, self.return_mean, self.return_var, self.return_count = discounted, mean, var, count
+        else:
+            self.discounted_reward[r], self.return_mean[r], self.return_var[r], self.return_count[r] = (
+                discounted, mean, var, count)
+        den = var + self.epsilon
         np.sqrt(den, out=den)
         reward = raw / den
         return _clip(reward, -self.clip_reward, self.clip_reward, out=reward)
@@ -906,47 +935,76 @@ class GroupEnvs:
         return self._out(self._observe(raw))
 
     def step(self, actions: np.ndarray) -> GroupStep:
-        K, N = self.num_members, self.num_envs
-        E = K * N
-        actions = np.asarray(actions).reshape(E, *self.action_shape)
+        """Step every member's sub-envs with actions [K, N, ...] (all parts at once)."""
+        if len(self.parts) == 1:
+            self.step_async(actions, 0)
+            return self.step_wait(0)
+        actions = np.asarray(actions).reshape(self.num_members, self.num_envs, *self.action_shape)
+        for i, (a, b) in enumerate(self.parts):
+            self.step_async(actions[a:b], i)
+        steps = [self.step_wait(i) for i in range(len(self.parts))]
+        return GroupStep(*(np.concatenate([getattr(st, f) for st in steps]) for f in
+                           ("obs", "reward", "terminated", "truncated", "final_obs")),
+                         [ep for st in steps for ep in st.episodes])
+
+    def step_async(self, actions: np.ndarray, part: int = 0) -> None:
+        """Start stepping the sub-envs of members ``parts[part]`` with their actions [members, N, ...]; with env
+        workers they step while the caller goes on. :meth:`step_wait` returns the results."""
+        a, b = self.parts[part]
+        actions = np.asarray(actions).reshape((b - a) * self.num_envs, *self.action_shape)
         if self.clip_action:
             actions = _clip(actions, self._low, self._high)
-        if self._workers is not None:  # SAME_STEP: the workers also reset every sub-env that ended (reset_obs)
-            self._workers.step(actions)
-            shared = self._workers.views
-            raw_obs, raw_reward = shared["obs"].copy(), shared["reward"].copy()
-            terminated, truncated = shared["terminated"].copy(), shared["truncated"].copy()
+        if self._workers is not None:
+            self._workers.post(actions, part)
         else:
+            self._pending[part] = np.array(actions, copy=True)
+
+    def step_wait(self, part: int = 0) -> GroupStep:
+        """The step started by :meth:`step_async` for ``parts[part]``: a GroupStep of those members (member
+        indices in ``episodes`` are the group's)."""
+        a, b = self.parts[part]
+        N = self.num_envs
+        lo, hi = a * N, b * N
+        E = hi - lo
+        whole = E == self.num_members * N
+        rows = None if whole else slice(lo, hi)
+        if self._workers is not None:  # SAME_STEP: the workers also reset every sub-env that ended (reset_obs)
+            self._workers.wait(part)
+            shared = self._workers.views
+            raw_obs, raw_reward = shared["obs"][lo:hi].copy(), shared["reward"][lo:hi].copy()
+            terminated, truncated = shared["terminated"][lo:hi].copy(), shared["truncated"][lo:hi].copy()
+        else:
+            actions = self._pending.pop(part)
             raw_obs = np.empty((E, *self.obs_shape), dtype=self._raw_dtype)
             raw_reward = np.empty(E, dtype=np.float64)
             terminated = np.empty(E, dtype=bool)
             truncated = np.empty(E, dtype=bool)
-            for e, step in enumerate(self._step_fns):
-                raw_obs[e], raw_reward[e], terminated[e], truncated[e], _ = step(actions[e])
+            for j, step in enumerate(self._step_fns[lo:hi]):
+                raw_obs[j], raw_reward[j], terminated[j], truncated[j], _ = step(actions[j])
 
-        self.episode_returns += raw_reward  # RecordEpisodeStatistics sees raw rewards
-        self.episode_lengths += 1
-        obs = self._observe(raw_obs)
-        reward = self._reward(raw_reward, terminated)
+        self.episode_returns[lo:hi] += raw_reward  # RecordEpisodeStatistics sees raw rewards
+        self.episode_lengths[lo:hi] += 1
+        obs = self._observe(raw_obs, rows)
+        reward = self._reward(raw_reward, terminated, rows)
 
-        obs = self._out(obs)
+        obs = obs.astype(np.float64, copy=False).reshape(b - a, N, self.obs_dim)
         final_obs = obs.copy()
         episodes: list[tuple[int, int, float, int]] = []
         done = np.flatnonzero(terminated | truncated)
         if done.size:  # SAME_STEP autoreset: record the episode, keep its last obs, reset the sub-env
             if self._workers is not None:
-                reset_raw = self._workers.views["reset_obs"][done]
+                reset_raw = self._workers.views["reset_obs"][lo + done]
             else:
                 reset_raw = np.empty((done.size, *self.obs_shape), dtype=self._raw_dtype)
-            for j, e in enumerate(done.tolist()):
+            for j, e in enumerate((lo + done).tolist()):
                 episodes.append((e // N, e % N, float(self.episode_returns[e]), int(self.episode_lengths[e])))
                 if self._workers is None:
                     reset_raw[j], _ = self.envs[e].reset()
-            self.episode_returns[done] = 0.0
-            self.episode_lengths[done] = 0
-            obs.reshape(E, self.obs_dim)[done] = self._observe(reset_raw, done).reshape(done.size, self.obs_dim)
-        return GroupStep(obs, reward.reshape(K, N), terminated.reshape(K, N), truncated.reshape(K, N), final_obs,
-                         episodes)
+            self.episode_returns[lo + done] = 0.0
+            self.episode_lengths[lo + done] = 0
+            obs.reshape(E, self.obs_dim)[done] = self._observe(reset_raw, lo + done).reshape(done.size, self.obs_dim)
+        return GroupStep(obs, reward.reshape(b - a, N), terminated.reshape(b - a, N), truncated.reshape(b - a, N),
+                         final_obs, episodes)
 
     def normalize_obs(self, raw: np.ndarray, member: int) -> np.ndarray:
         """Raw observations [P, obs_dim] as member's policy sees them now: its sub-env 0's running normalisation,

@@ -103,8 +103,11 @@ class ActorCritic(nn.Module):
     def set_alpha(self, values: Sequence[float]) -> None:
         self.alpha.copy_(torch.as_tensor(list(values), dtype=torch.float32))
 
-    def heads(self, obs: torch.Tensor, numerics: Numerics | MemberNumerics) -> tuple[torch.Tensor, torch.Tensor]:
+    def heads(self, obs: torch.Tensor, numerics: Numerics | MemberNumerics,
+              members: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(actor output [K, B, out], value [K, B]), fp32: logits (discrete) or action means (continuous).
+        ``members=(a, b)``: only members [a, b) (whole trunk segments; ``obs`` holds theirs), e.g. one part of a
+        pipelined rollout.
 
         Both heads are one batched product over the 2K trunk outputs: the critic's [K, 1, width] weight is padded with
         zero rows to the actor's out_dim and stacked on the actor's ([2K, out, width]), and the value is column 0 of
@@ -116,13 +119,17 @@ class ActorCritic(nn.Module):
         (members sharing a precision; see :meth:`~esper_exp.numerics.MemberNumerics.segments`): each segment is
         computed under its own autocast exactly as a group of those members alone (GELU picked per member), and the
         outputs are concatenated in member order."""
-        K = self.members
+        lo, hi = members or (0, self.members)
         stacked = self._frozen or self._stacked()
         actor, value = [], []
         for (a, b), trunk, (weight, bias, alpha), n in zip(self.bounds, self.trunks, stacked,
                                                            self._segment_numerics(numerics)):
+            if a < lo or b > hi:
+                if b > lo and a < hi:
+                    raise ValueError(f"members {lo}-{hi - 1} cut the trunk segment of members {a}-{b - 1}")
+                continue
             m = b - a
-            x = obs if m == K else obs[a:b]
+            x = obs if m == hi - lo else obs[a - lo:b - lo]
             with n.autocast():
                 features = trunk(torch.cat([x, x]), alpha, n)
                 out = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2)).float()
@@ -172,8 +179,9 @@ class ActorCritic(nn.Module):
     def actor_out(self, obs: torch.Tensor, numerics: Numerics | MemberNumerics) -> torch.Tensor:
         return self.heads(obs, numerics)[0]
 
-    def value(self, obs: torch.Tensor, numerics: Numerics | MemberNumerics) -> torch.Tensor:
-        return self.heads(obs, numerics)[1]
+    def value(self, obs: torch.Tensor, numerics: Numerics | MemberNumerics,
+              members: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.heads(obs, numerics, members)[1]
 
     def draw_noise(self, generators: Sequence[torch.Generator], steps: int, num_envs: int,
                    device: torch.device) -> torch.Tensor:
@@ -185,18 +193,19 @@ class ActorCritic(nn.Module):
         shape = (steps, num_envs, 1 if self.discrete else self.actor_head.out_dim)
         return torch.stack([draw(shape, generator=g, device=device) for g in generators], dim=1)
 
-    def act(self, obs: torch.Tensor, numerics: Numerics | MemberNumerics, noise: torch.Tensor):
+    def act(self, obs: torch.Tensor, numerics: Numerics | MemberNumerics, noise: torch.Tensor,
+            members: tuple[int, int] | None = None):
         """Sample actions for a rollout step (obs [K, N, d], noise [K, N, 1] or [K, N, a], one step of
         :meth:`draw_noise`): returns (action, log_prob, value). Draws nothing, so it can be graph-captured."""
-        out, value = self.heads(obs, numerics)
+        out, value = self.heads(obs, numerics, members)
         if self.discrete:
             logp_all = torch.log_softmax(out, dim=-1)
             action = (logp_all.exp().cumsum(-1) < noise).sum(-1).clamp_(max=out.shape[-1] - 1)
             logp = logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
         else:
-            std = self.actor_logstd.exp()
-            action = out + std * noise
-            logp = (-0.5 * noise.square() - self.actor_logstd - _LOG_SQRT_2PI).sum(-1)
+            logstd = self.actor_logstd if members is None else self.actor_logstd[members[0]:members[1]]
+            action = out + logstd.exp() * noise
+            logp = (-0.5 * noise.square() - logstd - _LOG_SQRT_2PI).sum(-1)
         return action, logp, value
 
     def evaluate(self, obs: torch.Tensor, action: torch.Tensor, numerics: Numerics | MemberNumerics):

@@ -247,42 +247,66 @@ class PPO:
         buf.episode_ends.copy_(torch.from_numpy(episode_ends))
 
     def _rollout_steps(self, buf, noise, rewards, episode_ends, dead, on_episode, timers) -> None:
-        """The rollout's T steps: act, step the envs, bootstrap truncations, record episodes."""
-        gamma, N = self.hp.gamma, self.num_envs
-        for t in range(self.num_steps):
-            t0 = time.perf_counter()
-            buf.obs[t] = self.next_obs
-            if self.cuda_graphs:
-                self._st.obs.copy_(self.next_obs)
-                self._st.noise.copy_(noise[t])
-                action, logprob, value = self._call("act", self._act_step)
-            else:
-                action, logprob, value = self.policy.act(self.next_obs, self.numerics, noise[t])
-            buf.actions[t], buf.logprobs[t], buf.values[t] = action, logprob, value
-            action_np = action.cpu().numpy()
-            if dead.any():  # a failed member's actions may be NaN; its envs only idle along
-                action_np[dead] = 0
-            t1 = time.perf_counter()
-            step = self.envs.step(action_np)
-            t2 = time.perf_counter()
-            rewards[t] = step.reward
-            episode_ends[t] = step.terminated | step.truncated
-            # time-limit truncation is not termination: bootstrap from the value of the final observation
-            cut = step.truncated & ~step.terminated
-            if cut.any():
-                final = torch.as_tensor(step.final_obs, dtype=torch.float32, device=self.device)
-                with torch.no_grad():
-                    final_values = self.policy.value(final, self.numerics).cpu().numpy()
-                rewards[t][cut] = bootstrap_truncated(rewards[t][cut], final_values[cut], gamma)
-            self.next_obs = torch.from_numpy(step.obs.astype(np.float32)).to(self.device)
-            for k in range(self.members):
-                if self.live[k]:
-                    self.global_step[k] += N
-            for k, env_index, ret, length in step.episodes:
-                if self.live[k]:
-                    on_episode(k, self.global_step[k], ret, length, env_index)
-            timers["inference"] += (t1 - t0) + (time.perf_counter() - t2)
-            timers["env"] += t2 - t1
+        """The rollout's T steps: act, step the envs, bootstrap truncations, record episodes.
+
+        Pipelined over the envs' parts (``envs.parts``: a mixed group's precision segments, where each has its own
+        env workers): part i's actions for step t + 1 are computed and sent while the other parts' envs step, so
+        env stepping overlaps with the policy. One part (every other group) is the plain loop: act, step, record.
+        A member's numbers do not depend on it (each part is a whole policy segment; the envs are per member)."""
+        T, parts = self.num_steps, self.envs.parts
+        for i in range(len(parts)):
+            self._act_send(i, 0, buf, noise, dead, timers)
+        for t in range(T):
+            for i in range(len(parts)):
+                self._receive(i, t, rewards, episode_ends, on_episode, timers)
+                if t + 1 < T:
+                    self._act_send(i, t + 1, buf, noise, dead, timers)
+
+    def _act_send(self, i: int, t: int, buf, noise, dead, timers) -> None:
+        """Part i's actions at step t (from next_obs), into the rollout buffer, and off to its envs."""
+        t0 = time.perf_counter()
+        a, b = self.envs.parts[i]
+        obs = self.next_obs[a:b]
+        buf.obs[t, a:b] = obs
+        if self.cuda_graphs:
+            st = self._st_parts[i]
+            st.obs.copy_(obs)
+            st.noise.copy_(noise[t, a:b])
+            action, logprob, value = self._call(f"act{i}", functools.partial(self._act_step, i))
+        else:
+            action, logprob, value = self.policy.act(obs, self.numerics, noise[t, a:b], members=(a, b))
+        buf.actions[t, a:b], buf.logprobs[t, a:b], buf.values[t, a:b] = action, logprob, value
+        action_np = action.cpu().numpy()
+        if dead[a:b].any():  # a failed member's actions may be NaN; its envs only idle along
+            action_np[dead[a:b]] = 0
+        self.envs.step_async(action_np, i)
+        timers["inference"] += time.perf_counter() - t0
+
+    def _receive(self, i: int, t: int, rewards, episode_ends, on_episode, timers) -> None:
+        """Part i's env step t: rewards (truncations bootstrapped), episode ends, next observations, episodes."""
+        t0 = time.perf_counter()
+        step = self.envs.step_wait(i)
+        t1 = time.perf_counter()
+        a, b = self.envs.parts[i]
+        N = self.num_envs
+        rewards[t, a:b] = step.reward
+        episode_ends[t, a:b] = step.terminated | step.truncated
+        # time-limit truncation is not termination: bootstrap from the value of the final observation
+        cut = step.truncated & ~step.terminated
+        if cut.any():
+            final = torch.as_tensor(step.final_obs, dtype=torch.float32, device=self.device)
+            with torch.no_grad():
+                final_values = self.policy.value(final, self.numerics, members=(a, b)).cpu().numpy()
+            rewards[t, a:b][cut] = bootstrap_truncated(rewards[t, a:b][cut], final_values[cut], self.hp.gamma)
+        self.next_obs[a:b] = torch.from_numpy(step.obs.astype(np.float32)).to(self.device)
+        for k in range(a, b):
+            if self.live[k]:
+                self.global_step[k] += N
+        for k, env_index, ret, length in step.episodes:
+            if self.live[k]:
+                on_episode(k, self.global_step[k], ret, length, env_index)
+        timers["env"] += t1 - t0
+        timers["inference"] += time.perf_counter() - t1
 
     # ---------------------------------------------------------------- update
     def _clipped_grads(self, mb: Minibatch, stepping: torch.Tensor):
@@ -414,8 +438,10 @@ class PPO:
         mbs, dev = self.minibatch_size, self.device
         z = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
         a = self.action_shape
+        self._st_parts = [SimpleNamespace(obs=z(hi - lo, N, self.obs_dim), noise=z(hi - lo, N, *(a if a else (1,))))
+                          for lo, hi in self.envs.parts]  # the rollout step's inputs, per part
         self._st = SimpleNamespace(
-            obs=z(K, N, self.obs_dim), noise=z(K, N, *(a if a else (1,))), last_value=z(K, N),
+            last_value=z(K, N),
             batch=Minibatch(z(K, B, self.obs_dim), z(K, B, *a), z(K, B), z(K, B), z(K, B), z(K, B)),
             perms=z(E, K, B, dtype=torch.long), idx=z(K, mbs, dtype=torch.long), epoch=z(dtype=torch.long),
             stepping=z(K, dtype=torch.bool), sums=z(len(STAT_KEYS), K), counts=z(K), kl_sum=z(K),
@@ -451,9 +477,10 @@ class PPO:
             out = fn()
         self._graphs[name] = (graph, out)
 
-    def _act_step(self):
+    def _act_step(self, i: int):
+        st = self._st_parts[i]
         with torch.no_grad():
-            return self.policy.act(self._st.obs, self.numerics, self._st.noise)
+            return self.policy.act(st.obs, self.numerics, st.noise, members=self.envs.parts[i])
 
     def _gae(self):
         b, p = self.buf, self.hp

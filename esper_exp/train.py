@@ -95,9 +95,11 @@ CELL_KEYS = (("model", "gelu"), ("precision", "name"))  # and, in a mixed group,
 
 def mixable(cfg: DictConfig) -> bool:
     """Can this job train in a mixed group (members of several GELU x precision cells in one process)? Not with
-    model.compile or gradient checkpointing (their forward is not the segmented one) nor with the applied-update
-    probe (it compares one cell's numerics with another's)."""
-    return not cfg.model.compile and not cfg.model.checkpointing and not cfg.drift.probe_every
+    model.compile or gradient checkpointing (their forward is not the segmented one) nor with the drift
+    instruments (the applied-update probe compares one cell's numerics with another's; the on-policy snapshots
+    record whole env steps, not a pipelined rollout's parts)."""
+    return (not cfg.model.compile and not cfg.model.checkpointing and not cfg.drift.probe_every
+            and not cfg.drift.snapshot_every)
 
 
 def group_key(cfg: DictConfig, mix_cells: bool = False) -> str:
@@ -251,20 +253,21 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device, cells: list[tuple[str, 
 
     e, mc = cfg.env, cfg.model
     p = PPOConfig(**OmegaConf.to_container(cfg.ppo, resolve=True))  # a plain dataclass: read in the hot loop
-    envs = GroupEnvs(e.id, seeds, e.num_envs, p.gamma, clip_action=e.clip_action, normalize_obs=e.normalize_obs,
-                     normalize_reward=e.normalize_reward, clip_obs=e.clip_obs, clip_reward=e.clip_reward,
-                     max_episode_steps=e.max_episode_steps, kwargs=dict(e.kwargs),
-                     workers=int(cfg.get("env_workers", 0)), spin_us=int(cfg.get("env_spin_us", 0)),
-                     worker_spin_us=int(cfg.get("env_spin_us", 0)))
     cells = cells or [(mc.gelu, cfg.precision.name)] * len(seeds)
     per_member = tuple(Numerics(gelu, precision, device.type, perturb=cfg.drift.perturb == "persistent")
                        for gelu, precision in cells)
     numerics = per_member[0] if len(set(per_member)) == 1 else MemberNumerics(per_member)
+    segments = [(a, b) for a, b, _ in member_segments(numerics, len(seeds))]  # a mixed group: one per precision
+    envs = GroupEnvs(e.id, seeds, e.num_envs, p.gamma, clip_action=e.clip_action, normalize_obs=e.normalize_obs,
+                     normalize_reward=e.normalize_reward, clip_obs=e.clip_obs, clip_reward=e.clip_reward,
+                     max_episode_steps=e.max_episode_steps, kwargs=dict(e.kwargs),
+                     workers=int(cfg.get("env_workers", 0)), spin_us=int(cfg.get("env_spin_us", 0)),
+                     worker_spin_us=int(cfg.get("env_spin_us", 0)), parts=segments)
     generators = [torch.Generator().manual_seed(s) for s in seeds]  # initial weights: member k's own seed
     policy = ActorCritic(obs_dim_of(envs.single_observation_space), envs.single_action_space, generators,
                          width=mc.width, depth=mc.depth, blueprint=mc.blueprint, checkpointing=mc.checkpointing,
                          blend_cast=mc.blend_cast,
-                         segments=[b - a for a, b, _ in member_segments(numerics, len(seeds))])
+                         segments=[b - a for a, b in segments])
     perturbations = perturb(policy, cfg.drift.perturb, seeds)  # before .to(device): the same change on any device
     policy = policy.to(device)
     if mc.compile:

@@ -205,3 +205,29 @@ def test_a_mixed_group_member_equals_the_same_run_trained_alone(tmp_path, space)
         _same_run(run_dir, _alone(tmp_path, overrides, cfg.seed, name=f"alone-{run_dir.name}"))
     scaled = ["loss_scale" in read_jsonl(d / "metrics.jsonl")[0] for _, d in jobs]
     assert scaled == [False, False, False, True, True]
+
+
+def test_a_pipelined_rollout_changes_nothing(tmp_path):
+    """A mixed group with env workers steps its precision segments' envs separately (one part's envs step while
+    the next part's actions are computed): each member is still bitwise the run trained alone."""
+    cells = [("exact", "fp32"), ("tanh", "fp32"), ("tanh", "bf16"), ("exact", "bf16")]
+    jobs = [(make_cfg(*CONTINUOUS, f"model.gelu={g}", f"precision={p}", f"seed={s}", "env_workers=2"),
+             tmp_path / "mixed" / f"{g}-{p}-{s}") for s, (g, p) in zip((1, 2, 2, 3), cells)]
+    from esper_exp import envs as envs_module
+
+    seen = []
+    step_wait = envs_module.GroupEnvs.step_wait
+
+    def recording(self, part=0):
+        seen.append((len(self.parts), part))
+        return step_wait(self, part)
+
+    import pytest as _pytest
+
+    with _pytest.MonkeyPatch.context() as mp:
+        mp.setattr(envs_module.GroupEnvs, "step_wait", recording)
+        assert run_group(jobs) == ["completed"] * 4
+    assert {n for n, _ in seen} == {2} and {p for _, p in seen} == {0, 1}  # two parts, stepped apart
+    for cfg, run_dir in jobs:
+        overrides = (*CONTINUOUS, f"model.gelu={cfg.model.gelu}", f"precision={cfg.precision.name}")
+        _same_run(run_dir, _alone(tmp_path, overrides, cfg.seed, name=f"alone-{run_dir.name}"))
