@@ -3,20 +3,34 @@
 # across device calls: call this repeatedly, back to back (the box keeps git-ignored paths of the checkout while it
 # stays warm: the sweep lives in outputs/, the offline install in .box/). Each call runs the sweep command for at
 # most LIMIT seconds, then SIGTERM: every member checkpoints and the next call's identical command resumes it.
-#   LIMIT=500 W=2 NJ=6 bash experiments/gpu_throughput/sweep_box.sh
+# The grouped launcher's defaults on CUDA put all 60 runs in ONE process (mix_cells, max_members auto); W env
+# workers with SPIN us of polling. PRE=1: first the GPU suite and a single run (one run per process) for reference;
+# the sweep is not started if the suite fails.
+#   LIMIT=500 W=15 SPIN=1000 bash experiments/gpu_throughput/sweep_box.sh
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; PY=${PY:-python3}
-LIMIT=${LIMIT:-500}; W=${W:-2}; NJ=${NJ:-6}; SEEDS=${SEEDS:-range(1,11)}; DEV=${DEV:-cuda}; EXTRA=${EXTRA:-}
+LIMIT=${LIMIT:-500}; W=${W:-15}; SPIN=${SPIN:-1000}; NJ=${NJ:-1}; SEEDS=${SEEDS:-range(1,11)}; DEV=${DEV:-cuda}
+EXTRA=${EXTRA:-}; PRE=${PRE:-0}
 WH=${WH:-$PWD/.wheelhouse/issue12}; BOX=$PWD/.box; SWEEP=outputs/sweeps/gelu_amp_halfcheetah
 exec > >(tee "$OUT/log.txt") 2>&1
 date -u; nproc; nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader 2>/dev/null
 mkdir -p "$BOX"; [ -f "$BOX/calls" ] && echo "previous calls on this box: $(cat "$BOX/calls")" || echo "fresh box"
 echo $(( $(cat "$BOX/calls" 2>/dev/null || echo 0) + 1 )) > "$BOX/calls"
-source "$PWD/experiments/box_install.sh"; PFX="$BOX/pfx" WHEELS="$WH/*.whl" box_install || exit 1
+source "$PWD/experiments/box_install.sh"
+NEED="gymnasium, hydra, mujoco, pytest" PFX="$BOX/pfx" WHEELS="$WH/*.whl $PWD/.wheelhouse/pytest/*.whl" box_install || exit 1
+if [ "$PRE" = 1 ]; then
+  echo "== GPU suite"; t=$(date +%s)
+  timeout 200 $PY -m pytest tests/test_cuda.py tests/test_cuda_graphs.py -q -p no:cacheprovider -rs > "$OUT/suite.txt" 2>&1
+  rc=$?; tail -4 "$OUT/suite.txt"; echo "suite rc=$rc wall_s=$(( $(date +%s) - t ))"; [ $rc = 0 ] || exit 1
+  echo "== one run per process (HalfCheetah, exact/fp32, device=cuda, in-process envs)"
+  timeout 120 $PY experiments/cuda_eager/group_run.py --k 1 --device cuda --updates 8 --env halfcheetah \
+    --out /tmp/single > /tmp/single.log 2>&1 || tail -3 /tmp/single.log
+  $PY experiments/gpu_throughput/timing_summary.py /tmp/single; cp /tmp/single/timing.json "$OUT/timing_single.json"
+fi
 $PY experiments/gpu_throughput/progress.py "$SWEEP" "$BOX/progress_before.json" > /dev/null 2>&1 || true
 s=$(date +%s.%N)
 timeout -s TERM -k 60 "$LIMIT" $PY -m esper_exp.train -m experiment=gelu_amp env=halfcheetah "seed=$SEEDS" \
-  hydra/launcher=grouped hydra.launcher.n_jobs=$NJ device=$DEV env_workers=$W \
+  hydra/launcher=grouped hydra.launcher.n_jobs=$NJ device=$DEV env_workers=$W env_spin_us=$SPIN \
   tracking.wandb.mode=disabled tracking.progress=off $EXTRA > "$BOX/sweep_call.log" 2>&1
 echo "sweep rc=$? wall_s=$($PY -c "import time; print(round(time.time() - $s, 1))")"
 tail -25 "$BOX/sweep_call.log" | cut -c1-250
