@@ -204,8 +204,9 @@ class RunLock:
     when taking the lock was left by a process that died holding it (``taken_over`` names it).
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, what: str = "run directory"):
         self.run_dir = Path(run_dir)
+        self.what = what  # how a refusal names the directory ("sweep directory" for a multirun's own directory)
         self.path = self.run_dir / LOCK_NAME
         self._fd: int | None = None
         self.taken_over: str | None = None
@@ -223,7 +224,7 @@ class RunLock:
             text = os.pread(fd, 256, 0).decode(errors="replace")
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunLocked(f"run directory {self.run_dir} is in use by another process "
+                raise RunLocked(f"{self.what} {self.run_dir} is in use by another process "
                                 f"({self._holder(text)}); refusing to write to it") from None
             raise
         previous = os.pread(fd, 256, 0).decode(errors="replace").strip()

@@ -119,22 +119,25 @@ def group_key(cfg: DictConfig, mix_cells: bool = False) -> str:
 
 
 _PRELOCKED: dict[Path, RunLock] = {}  # run dirs this process locked in precheck(), before Hydra wrote anything
+# the sweep directory of this multirun command, locked in precheck() before Hydra writes multirun.yaml there and held
+# by this (the submitting) process until main() ends; the jobs (and group processes) lock their own run dirs
+_SWEEP_LOCK: RunLock | None = None
 
 
-def lock_run_dir(run_dir: Path) -> RunLock:
+def lock_run_dir(run_dir: Path, what: str = "run directory") -> RunLock:
     """Create ``run_dir`` and take its exclusive lock (one owner per run directory; see runformat.RunLock).
     ConfigError (one line) when another live process holds it or the directory cannot be created or locked. A lock
-    this process already took in precheck() is handed over."""
+    this process already took in precheck() is handed over. ``what`` names the directory in messages."""
     held = _PRELOCKED.pop(Path(run_dir).resolve(), None)
     if held is not None:
         return held
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(run_dir).acquire()
+        lock = RunLock(run_dir, what).acquire()
     except RunLocked as e:
         raise ConfigError(str(e)) from None
     except OSError as e:
-        raise ConfigError(f"cannot use run directory {run_dir}: {e.strerror or e} "
+        raise ConfigError(f"cannot use {what} {run_dir}: {e.strerror or e} "
                           f"({e.filename or run_dir}); choose another output directory") from None
     if lock.taken_over:
         print_err(f"note: {run_dir}: took over the lock left by {lock.taken_over}, which died without releasing it")
@@ -489,8 +492,9 @@ def _one_line(e: BaseException) -> str:
 
 
 def _compose_jobs(multirun: bool, config_dir: str | None, config_name: str,
-                  overrides: list[str]) -> list[tuple[list[str], DictConfig]]:
-    """Every job's override list and composed config (with its ``hydra`` node), as Hydra will compose them."""
+                  overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], DictConfig]]]:
+    """The primary config (a multirun's: where its sweep dir is) and every job's override list and composed config
+    (with its ``hydra`` node), as Hydra will compose them."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path
@@ -527,14 +531,14 @@ def _compose_jobs(multirun: bool, config_dir: str | None, config_name: str,
     try:
         primary = compose(overrides)
         if not multirun:
-            return [(overrides, primary)]
+            return primary, [(overrides, primary)]
         sweeper = str(primary.hydra.sweeper.get("_target_", ""))
         if not sweeper.endswith("BasicSweeper"):
             raise LookupError("not the basic sweeper")  # another sweeper expands jobs its own way
         params = [f"{k}={v}" for k, v in (primary.hydra.sweeper.get("params") or {}).items()]
         parsed = OverridesParser.create().parse_overrides(params + overrides)
         jobs = BasicSweeper.split_arguments(parsed, None)[0]
-        return [(job, compose(job)) for job in jobs]
+        return primary, [(job, compose(job)) for job in jobs]
     finally:
         GlobalHydra.instance().clear()
 
@@ -579,9 +583,14 @@ def _check_run_dir(run_dir: Path, config: dict) -> str | None:
 def precheck(argv: list[str]) -> None:
     """Compose, validate and check the run directory of every job of this command before Hydra writes anything;
     a problem ends the command with one line and exit code 2, leaving no trace. Commands this cannot model
-    (--cfg, --help, another sweeper, ...) are left to Hydra and to the checks in run()."""
+    (--cfg, --help, another sweeper, ...) are left to Hydra and to the checks in run().
+
+    A multirun locks its sweep directory here, last (one sweep command per sweep dir; see _SWEEP_LOCK)."""
+    global _SWEEP_LOCK
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+
+    from esper_exp.runformat import lock_holder
 
     parsed = _parse_cli(argv)
     if parsed is None:
@@ -589,9 +598,19 @@ def precheck(argv: list[str]) -> None:
     multirun = parsed[0]
     try:
         try:
-            jobs = _compose_jobs(*parsed)
+            primary, jobs = _compose_jobs(*parsed)
         except (HydraException, OmegaConfBaseException) as e:
             raise _Refused(_one_line(e)) from None
+        sweep_dir = None
+        if multirun and "${now:" not in str(OmegaConf.to_container(primary.hydra.sweep, resolve=False).get("dir")):
+            try:
+                sweep_dir = Path(str(primary.hydra.sweep.dir))  # where Hydra writes multirun.yaml (and the summary)
+            except OmegaConfBaseException:
+                pass  # a directory only Hydra can resolve: not locked here
+            holder = sweep_dir and lock_holder(sweep_dir)
+            if holder:  # another sweep command runs there: say so, not which of its jobs' run dirs is in use
+                raise _Refused(f"sweep directory {sweep_dir} is in use by another process ({holder}); "
+                               "refusing to write to it")
         values: dict[str, set[str]] = {}
         for job, _ in jobs:
             for o in job:
@@ -626,6 +645,13 @@ def precheck(argv: list[str]) -> None:
         if conflicts:
             raise _Refused(f"{conflicts[0]}" + (f" (and {len(conflicts) - 1} more jobs)" if len(conflicts) > 1 else "")
                            + "; no job of the sweep was started")
+        if sweep_dir is not None:
+            # lock the sweep dir now, before Hydra writes multirun.yaml there: a second sweep command on it started
+            # at the same moment is refused here and writes nothing (a ${now:...} sweep dir is this command's own)
+            try:
+                _SWEEP_LOCK = lock_run_dir(sweep_dir, "sweep directory")
+            except ConfigError as e:
+                raise _Refused(str(e)) from None
     except _Refused as e:
         print_err(f"error: {e}")
         sys.exit(2)
@@ -635,22 +661,27 @@ def precheck(argv: list[str]) -> None:
 
 def main() -> None:
     precheck(sys.argv[1:])
-    from esper_exp import sweep
-
-    def sigterm(signum, frame) -> None:  # between jobs (no StopRequest installed): stop like a Ctrl-C
-        raise KeyboardInterrupt("SIGTERM")
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, sigterm)
     try:
-        hydra_main()
-    except KeyboardInterrupt as e:  # the run directory already says "interrupted"
-        sweep.finish_interrupted(str(e) or "SIGINT")  # a multirun: its summary, with what had run
-        print_err(f"interrupted ({e or 'SIGINT'}); re-run the same command to resume from the last checkpoint")
-        sys.exit(143 if str(e) == "SIGTERM" else 130)
-    # non-zero when any job failed or was interrupted (a single run, or any job of a sweep)
-    if any(s in ("failed", "interrupted", "config_error") for s in _RESULTS) or sweep.failed_jobs(sweep.LAST_SUMMARY):
-        sys.exit(1)
+        from esper_exp import sweep
+
+        def sigterm(signum, frame) -> None:  # between jobs (no StopRequest installed): stop like a Ctrl-C
+            raise KeyboardInterrupt("SIGTERM")
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)
+        try:
+            hydra_main()
+        except KeyboardInterrupt as e:  # the run directory already says "interrupted"
+            sweep.finish_interrupted(str(e) or "SIGINT")  # a multirun: its summary, with what had run
+            print_err(f"interrupted ({e or 'SIGINT'}); re-run the same command to resume from the last checkpoint")
+            sys.exit(143 if str(e) == "SIGTERM" else 130)
+        # non-zero when any job failed or was interrupted (a single run, or any job of a sweep)
+        if any(s in ("failed", "interrupted", "config_error") for s in _RESULTS) \
+                or sweep.failed_jobs(sweep.LAST_SUMMARY):
+            sys.exit(1)
+    finally:
+        if _SWEEP_LOCK is not None:  # released cleanly (emptied) after the summary: a re-run takes it without a note
+            _SWEEP_LOCK.release()
 
 
 if __name__ == "__main__":

@@ -283,3 +283,32 @@ def test_a_fixed_run_dir_is_locked_before_hydra_writes_so_a_simultaneous_second_
     finally:
         train._PRELOCKED.pop(out.resolve()).release()
     assert lock_holder(out) is None
+
+
+def test_two_sweep_commands_on_one_sweep_dir_one_refuses_and_writes_nothing(tmp_path):
+    # both started at the same moment: the sweep dir is locked in the pre-check, before Hydra writes multirun.yaml,
+    # so exactly one sweep runs (intact) and the other exits 2 with one line naming it
+    import json
+
+    from esper_exp.runformat import RunLock
+
+    sw = tmp_path / "sw"
+    args = [sys.executable, "-m", "esper_exp.train", "-m", "seed=1,2", *TINY, f"hydra.sweep.dir={sw}"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert sorted(p.returncode for p in procs) == [0, 2], [err for _, err in outs]
+    won, lost = (0, 1) if procs[0].returncode == 0 else (1, 0)
+    _one_line_exit_2(subprocess.CompletedProcess(args, 2, *outs[lost]), f"sweep directory {sw} is in use",
+                     f"host {platform.node()}, pid {procs[won].pid}")
+    summary = json.loads((sw / "summary.json").read_text())
+    assert summary["launched"] == 2 and summary["counts"]["completed"] == 2, summary
+    for seed in (1, 2):
+        run_dir = sw / "cartpole-exact-fp32" / f"seed={seed}"
+        assert read_run_json(run_dir)["pid"] == procs[won].pid and not (run_dir / "attempts").exists()
+        assert [m["update"] for m in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, 2048 // 256 + 1))
+    assert (sw / LOCK_NAME).read_text() == ""  # released cleanly: a re-run takes it without a take-over note
+    # the refused command writes nothing: not multirun.yaml, not a job's .hydra/, not the summary, not the lock file
+    with RunLock(sw):
+        stamps = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sw.rglob("*") if p.is_file()}
+        _one_line_exit_2(_train(*args[3:]), f"sweep directory {sw} is in use", f"pid {os.getpid()}")
+        assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sw.rglob("*") if p.is_file()} == stamps
