@@ -949,7 +949,8 @@ class GroupEnvs:
 
     def step_async(self, actions: np.ndarray, part: int = 0) -> None:
         """Start stepping the sub-envs of members ``parts[part]`` with their actions [members, N, ...]; with env
-        workers they step while the caller goes on. :meth:`step_wait` returns the results."""
+        workers they step while the caller goes on. :meth:`step_wait` returns the results. Without workers the
+        actions are read at step_wait: the caller leaves them unchanged until then."""
         a, b = self.parts[part]
         actions = np.asarray(actions).reshape((b - a) * self.num_envs, *self.action_shape)
         if self.clip_action:
@@ -957,7 +958,7 @@ class GroupEnvs:
         if self._workers is not None:
             self._workers.post(actions, part)
         else:
-            self._pending[part] = np.array(actions, copy=True)
+            self._pending[part] = actions
 
     def step_wait(self, part: int = 0) -> GroupStep:
         """The step started by :meth:`step_async` for ``parts[part]``: a GroupStep of those members (member

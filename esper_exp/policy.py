@@ -119,8 +119,16 @@ class ActorCritic(nn.Module):
         (members sharing a precision; see :meth:`~esper_exp.numerics.MemberNumerics.segments`): each segment is
         computed under its own autocast exactly as a group of those members alone (GELU picked per member), and the
         outputs are concatenated in member order."""
-        lo, hi = members or (0, self.members)
         stacked = self._frozen or self._stacked()
+        if len(stacked) == 1 and isinstance(numerics, Numerics) and members in (None, (0, self.members)):
+            # one segment (every group but a mixed one)
+            K = self.members
+            (weight, bias, alpha), = stacked
+            with numerics.autocast():
+                features = self.trunks[0](torch.cat([obs, obs]), alpha, numerics)
+                out = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2)).float()
+            return out[K:], out[:K, :, 0]
+        lo, hi = members or (0, self.members)
         actor, value = [], []
         for (a, b), trunk, (weight, bias, alpha), n in zip(self.bounds, self.trunks, stacked,
                                                            self._segment_numerics(numerics)):

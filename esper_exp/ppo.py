@@ -253,52 +253,60 @@ class PPO:
         env workers): part i's actions for step t + 1 are computed and sent while the other parts' envs step, so
         env stepping overlaps with the policy. One part (every other group) is the plain loop: act, step, record.
         A member's numbers do not depend on it (each part is a whole policy segment; the envs are per member)."""
-        T, parts = self.num_steps, self.envs.parts
+        T, parts, K = self.num_steps, self.envs.parts, self.members
+        # per part, views of everything a step reads or writes (the whole tensors when one part holds every member,
+        # so the plain loop pays nothing for the parts)
+        views = []
+        for a, b in parts:
+            sl = slice(None) if (a, b) == (0, K) else slice(a, b)
+            views.append(SimpleNamespace(
+                members=(a, b), next_obs=self.next_obs[sl], obs=buf.obs[:, sl], actions=buf.actions[:, sl],
+                logprobs=buf.logprobs[:, sl], values=buf.values[:, sl], noise=noise[:, sl], rewards=rewards[:, sl],
+                episode_ends=episode_ends[:, sl], dead=dead[sl] if dead[sl].any() else None))
         for i in range(len(parts)):
-            self._act_send(i, 0, buf, noise, dead, timers)
+            self._act_send(i, 0, views[i], timers)
         for t in range(T):
             for i in range(len(parts)):
-                self._receive(i, t, rewards, episode_ends, on_episode, timers)
+                self._receive(i, t, views[i], on_episode, timers)
                 if t + 1 < T:
-                    self._act_send(i, t + 1, buf, noise, dead, timers)
+                    self._act_send(i, t + 1, views[i], timers)
 
-    def _act_send(self, i: int, t: int, buf, noise, dead, timers) -> None:
+    def _act_send(self, i: int, t: int, v: SimpleNamespace, timers: dict) -> None:
         """Part i's actions at step t (from next_obs), into the rollout buffer, and off to its envs."""
         t0 = time.perf_counter()
-        a, b = self.envs.parts[i]
-        obs = self.next_obs[a:b]
-        buf.obs[t, a:b] = obs
+        obs = v.next_obs
+        v.obs[t] = obs
         if self.cuda_graphs:
             st = self._st_parts[i]
             st.obs.copy_(obs)
-            st.noise.copy_(noise[t, a:b])
+            st.noise.copy_(v.noise[t])
             action, logprob, value = self._call(f"act{i}", functools.partial(self._act_step, i))
         else:
-            action, logprob, value = self.policy.act(obs, self.numerics, noise[t, a:b], members=(a, b))
-        buf.actions[t, a:b], buf.logprobs[t, a:b], buf.values[t, a:b] = action, logprob, value
+            action, logprob, value = self.policy.act(obs, self.numerics, v.noise[t], members=v.members)
+        v.actions[t], v.logprobs[t], v.values[t] = action, logprob, value
         action_np = action.cpu().numpy()
-        if dead[a:b].any():  # a failed member's actions may be NaN; its envs only idle along
-            action_np[dead[a:b]] = 0
+        if v.dead is not None:  # a failed member's actions may be NaN; its envs only idle along
+            action_np[v.dead] = 0
         self.envs.step_async(action_np, i)
         timers["inference"] += time.perf_counter() - t0
 
-    def _receive(self, i: int, t: int, rewards, episode_ends, on_episode, timers) -> None:
+    def _receive(self, i: int, t: int, v: SimpleNamespace, on_episode, timers: dict) -> None:
         """Part i's env step t: rewards (truncations bootstrapped), episode ends, next observations, episodes."""
         t0 = time.perf_counter()
         step = self.envs.step_wait(i)
         t1 = time.perf_counter()
-        a, b = self.envs.parts[i]
+        a, b = v.members
         N = self.num_envs
-        rewards[t, a:b] = step.reward
-        episode_ends[t, a:b] = step.terminated | step.truncated
+        v.rewards[t] = step.reward
+        v.episode_ends[t] = step.terminated | step.truncated
         # time-limit truncation is not termination: bootstrap from the value of the final observation
         cut = step.truncated & ~step.terminated
         if cut.any():
             final = torch.as_tensor(step.final_obs, dtype=torch.float32, device=self.device)
             with torch.no_grad():
-                final_values = self.policy.value(final, self.numerics, members=(a, b)).cpu().numpy()
-            rewards[t, a:b][cut] = bootstrap_truncated(rewards[t, a:b][cut], final_values[cut], self.hp.gamma)
-        self.next_obs[a:b] = torch.from_numpy(step.obs.astype(np.float32)).to(self.device)
+                final_values = self.policy.value(final, self.numerics, members=v.members).cpu().numpy()
+            v.rewards[t][cut] = bootstrap_truncated(v.rewards[t][cut], final_values[cut], self.hp.gamma)
+        v.next_obs.copy_(torch.from_numpy(step.obs.astype(np.float32)))
         for k in range(a, b):
             if self.live[k]:
                 self.global_step[k] += N

@@ -48,14 +48,15 @@ def _ppo(*overrides, seeds=(1, 2)):
 def test_rollout_bootstraps_truncated_episodes_from_the_final_observation():
     ppo, cfg = _ppo("env.max_episode_steps=7", "ppo.num_steps=16", "env.num_envs=2", "ppo.total_timesteps=64")
     steps = []
-    step_fn = ppo.envs.step
+    step_fn = ppo.envs.step_wait
+    assert ppo.envs.parts == [(0, 2)]  # one part: each step_wait is a whole group step
 
-    def spy(actions):
-        res = step_fn(actions)
+    def spy(part=0):
+        res = step_fn(part)
         steps.append(res)
         return res
 
-    ppo.envs.step = spy
+    ppo.envs.step_wait = spy
     ppo.collect_rollout(lambda *a: None, {"env": 0.0, "inference": 0.0})
     truncations = 0
     for t, res in enumerate(steps):
