@@ -14,3 +14,9 @@ box_install() {
   fi
   export PYTHONPATH=$PWD${sp:+:$sp} WANDB_MODE=disabled
 }
+
+# The box's identity at the top of a log: date, cores, GPU and driver, torch and its CUDA.
+box_banner() {
+  date -u; nproc; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
+  ${PY:-python3} -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+}

@@ -9,9 +9,8 @@ set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; PY=${PY:-python3}; ROOT=${ROOT:-/tmp/gc}; UPD=${UPD:-4}
 GR=$PWD/experiments/cuda_eager/group_run.py
 exec > >(tee "$OUT/log.txt") 2>&1
-date -u; nproc; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 source "$PWD/experiments/box_install.sh"
+box_banner
 NEED="gymnasium, hydra, mujoco, pytest" WHEELS="$PWD/.wheelhouse/issue12/*.whl $PWD/.wheelhouse/pytest/*.whl" box_install || exit 1
 rm -rf "$ROOT"; mkdir -p "$ROOT"
 echo "== 1. GPU suite"

@@ -8,9 +8,8 @@ SUITE=${SUITE:-1}; VARIANTS=${VARIANTS:-pure mixed}; SPINS=${SPINS:-0}; SUITE_K=
 GR=$PWD/experiments/cuda_eager/group_run.py
 CELLS=exact/fp32,tanh/fp32,exact/bf16,tanh/bf16,exact/fp16,tanh/fp16
 exec > >(tee "$OUT/mixed_log.txt") 2>&1
-date -u; nproc; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 source "$PWD/experiments/box_install.sh"
+box_banner
 NEED="gymnasium, hydra, mujoco, pytest" WHEELS="$PWD/.wheelhouse/issue12/*.whl $PWD/.wheelhouse/pytest/*.whl" box_install || exit 1
 rm -rf "$ROOT"; mkdir -p "$ROOT"
 if [ "$SUITE" = 1 ]; then
