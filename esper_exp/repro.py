@@ -113,7 +113,7 @@ def group_layout(run_dir: Path, stored: dict, device: str | None) -> tuple[list[
 
     On CUDA a member's numbers depend on its group's layout (batched-GEMM kernels), so its group is re-run as it
     was: same members, same order. Member directories are found where run.json's ``group.members`` names them, or
-    beside this run (``<cell>/seed=<k>`` siblings, e.g. after the sweep was copied elsewhere)."""
+    in the sweep beside this run's (``<cell>/seed=<k>``, e.g. after the sweep was copied elsewhere)."""
     group = stored.get("group") or {}
     on_cuda = str(device).startswith("cuda") if device is not None else bool(stored.get("cuda"))  # run.json's
     # "device" names the hardware (the GPU model); a CUDA run is one with a "cuda" block
@@ -124,8 +124,10 @@ def group_layout(run_dir: Path, stored: dict, device: str | None) -> tuple[list[
         if i == group.get("member_index"):
             configs.append(stored["config"])
             continue
-        candidates = [Path(name), run_dir.parent / Path(name).name, run_dir.parent.parent / Path(name).parent.name /
-                      Path(name).name]
+        # where it was; else in its cell's directory beside this run's cell (a mixed group's members are in several
+        # cells: seed=<k> of this run's own cell may be another member); else beside this run
+        candidates = [Path(name), run_dir.parent.parent / Path(name).parent.name / Path(name).name,
+                      run_dir.parent / Path(name).name]
         found = next((c / "run.json" for c in candidates if (c / "run.json").exists()), None)
         if found is None:
             raise BadInput(f"this CUDA run was member {group.get('member_index')} of a group of {group.get('size')}: "

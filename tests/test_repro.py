@@ -129,3 +129,25 @@ def test_a_cuda_group_member_is_re_run_with_its_whole_group(tmp_path, monkeypatc
     import os
 
     assert os.environ["ESPER_CUDA_GRAPHS"] == "1"
+
+
+def test_a_mixed_cuda_group_member_is_re_run_with_its_cells(tmp_path, monkeypatch):
+    # a mixed group (several cells in one process, the GPU sweep's layout): the group's members are found in their
+    # cells' directories, also after the sweep moved, and the group re-run reproduces the member
+    from conftest import make_cfg
+
+    from esper_exp import repro
+    from esper_exp.train import run_group
+
+    cells = [("exact", "fp32", 1), ("tanh", "bf16", 1), ("tanh", "bf16", 2)]
+    jobs = [(make_cfg(*TINY, f"model.gelu={g}", f"precision={p}", f"seed={s}"), tmp_path / "sweep" / f"{g}-{p}" /
+             f"seed={s}") for g, p, s in cells]
+    assert run_group(jobs) == ["completed"] * 3
+    (tmp_path / "sweep").rename(tmp_path / "moved")
+    run_dir = tmp_path / "moved" / "tanh-bf16" / "seed=1"
+    stored = repro.load_stored(run_dir)
+    configs, k = repro.group_layout(run_dir, stored, "cuda")
+    assert k == 1 and [(c["model"]["gelu"], c["precision"]["name"], c["seed"]) for c in configs] == cells
+    monkeypatch.setenv("ESPER_CUDA_GRAPHS", "1")
+    status, info, target = repro.rerun(stored["config"], tmp_path / "re", None, (configs, k), cuda_graphs=False)
+    assert status == "completed" and repro.compare(run_dir, target, stored, info)[0]
