@@ -386,3 +386,36 @@ def test_a_metric_whose_values_are_all_nan_strings_loads_as_nan_floats(tmp_path)
     assert g.dtype == np.float64 and len(g) == 8 and np.isnan(g).all() and not run.absent["grad_norm"].any()
     assert run.metrics["value_loss"][2] == np.inf
     assert run.nonfinite_summary()["nonfinite_metric_updates"] == 8
+
+
+def test_pilot_reads_only_the_largest_sd_and_gives_the_registered_seed_count(sweep, tmp_path, capsys):
+    """esper-report --pilot (issue 13's pre-registered pilot rule): the largest per env x cell SD (ddof 1) of the
+    normalised AUC, the seed count it gives, and nothing about contrasts."""
+    import csv
+    import statistics
+
+    from esper_exp.analysis.pilot import seed_count
+    from esper_exp.analysis.report import main
+
+    assert seed_count(0.3, 0.3, 30) == 30 and seed_count(0.1, 0.3, 30) == 30
+    assert seed_count(0.45, 0.3, 30) == 70  # 10 * ceil(3 * 2.25)
+    assert seed_count(0.31, 0.3, 30) == 40  # any raise is to a multiple of 10
+    # the same SDs as the README's script over a full report's runs.csv
+    full = tmp_path / "full"
+    run_report(sweep, full, reps=200, curve_reps=50, seed=0, figures=False)
+    groups = {}
+    for r in csv.DictReader(open(full / "runs.csv")):
+        if r["used_in_stats"] == "True":
+            groups.setdefault((r["env"], r["cell"]), []).append(float(r["auc_norm"]))
+    expected = max(statistics.stdev(v) for v in groups.values())
+    out = tmp_path / "pilot"
+    code = main([str(sweep), "--pilot", "--out", str(out), "--pilot-sd-max", str(expected / 2)])
+    assert code == 1  # the sweep holds a damaged run (excluded, said on stderr), as esper-report itself
+    res = json.loads((out / "pilot.json").read_text())
+    assert res["sd"] == pytest.approx(expected, rel=1e-12) and res["seeds"] == 120  # 10 * ceil(3 * 4)
+    assert sorted((g["env"], g["cell"]) for g in res["groups"]) == sorted(groups)
+    assert sorted(p.name for p in out.iterdir()) == ["pilot.json", "pilot.md"]  # no decision, no figures
+    assert "120 seeds" in capsys.readouterr().out
+    assert main([str(sweep), "--pilot", "--pilot-sd-max", "0", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["esper-report: error: --pilot-sd-max must be > 0 (got 0.0)"]

@@ -479,6 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--power", type=float, default=DEFAULTS["power"],
                    help="power for the minimum detectable effect (default: %(default)s)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="numbers and report.md only")
+    p.add_argument("--pilot", action="store_true",
+                   help="a pre-registered pilot: only the largest per env x cell SD of the normalised primary "
+                        "endpoint and the seed count it gives (no contrasts; writes pilot.md / pilot.json)")
+    p.add_argument("--pilot-sd-max", type=float, default=0.3,
+                   help="--pilot: the SD above which the seed count is raised (default: %(default)s)")
+    p.add_argument("--pilot-seeds", type=int, default=30,
+                   help="--pilot: the registered seed count (default: %(default)s)")
     p.add_argument("--include-damaged", action="store_true",
                    help="use what can be read of damaged runs (bad or cut lines, missing updates, run.json not "
                         "matching metrics.jsonl) instead of excluding them and exiting 1; they are still listed")
@@ -513,8 +520,32 @@ def _report(sweep_dir, out=None, rule_overrides: dict | None = None, **opts) -> 
         raise AnalysisError(str(e)) from None
 
 
+def _pilot(args) -> int:
+    from .pilot import pilot, write_pilot
+
+    o = {**DEFAULTS, "grid": args.grid, "window": args.window, "last": args.last}
+    try:
+        check_positive(window=o["window"], last=o["last"], pilot_seeds=args.pilot_seeds)
+        if not args.pilot_sd_max > 0:
+            raise AnalysisError(f"--pilot-sd-max must be > 0 (got {args.pilot_sd_max})")
+        root = Path(args.sweep_dir)
+        sweep = load_sweep_or_raise(root, AnalysisError, include_damaged=bool(args.include_damaged))
+        rule, _ = choose_rule(sweep, parse_rule_overrides(args.rule))
+        res = pilot(sweep, rule, o, float(args.pilot_sd_max), int(args.pilot_seeds))
+    except AnalysisError as e:
+        return fail("esper-report", e)
+    path = write_pilot(res, Path(args.out) if args.out is not None else root / "pilot")
+    print(f"esper-report: pilot SD {res['sd']:.4f} ({res['worst']}), limit {res['sd_max']}: {res['seeds']} seeds; "
+          f"wrote {path}")
+    for r in sweep.damaged:
+        print(f"esper-report: DAMAGED RUN excluded: {r.damage}", file=sys.stderr)
+    return EXIT_DAMAGED if sweep.damaged and not sweep.include_damaged else 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.pilot:
+        return _pilot(args)
     try:
         path, sweep = _report(args.sweep_dir, args.out, parse_rule_overrides(args.rule), reps=args.reps,
                               seed=args.seed, grid=args.grid, window=args.window, last=args.last, power=args.power,

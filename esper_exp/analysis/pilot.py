@@ -1,0 +1,74 @@
+"""The pilot's seed-count rule of a pre-registered study (issue 13, experiments/mujoco_gelu_amp/README.md):
+``esper-report SWEEP --pilot``.
+
+From the pilot's runs it reads one number: per env x cell, the sample SD (ddof = 1) over seeds of the primary
+endpoint on the normalised scale (``auc_norm``); SD = the largest of them. If SD > ``sd_max`` the seed count is
+raised to ``10 * ceil(base / 10 * (SD / sd_max)^2)`` (which keeps the CI half-width, proportional to SD / sqrt(n), at
+what ``base`` seeds give at SD = ``sd_max``); else it stays ``base``. The margin is never touched, and no contrast,
+interval or decision is computed: the pilot must not be looked at for effects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import outcomes as O
+from .cli import AnalysisError
+from .load import Sweep
+from .output import jsonable as _jsonable
+from .output import table as _table
+from .rule import Rule
+
+
+def seed_count(sd: float, sd_max: float, base: int) -> int:
+    """The pre-registered seed count for a pilot SD: ``base`` up to ``sd_max``, above it raised in steps of 10."""
+    if not (math.isfinite(sd) and sd >= 0):
+        raise AnalysisError(f"pilot SD must be a finite number >= 0, got {sd}")
+    if sd <= sd_max:
+        return base
+    return 10 * math.ceil(base / 10 * (sd / sd_max) ** 2)
+
+
+def pilot(sweep: Sweep, rule: Rule, o: dict, sd_max: float, base: int) -> dict:
+    """{"groups": [{env, cell, n, sd}], "sd", "worst", "seeds"} of the normalised primary endpoint's SDs."""
+    key = {"auc": "auc_norm", "final_return": "final_norm"}[rule.endpoint]
+    groups = []
+    for env in sweep.envs():
+        if env not in rule.anchors:
+            raise AnalysisError(f"env {env} has no anchors in the stored rule: the pilot's SD is on the normalised "
+                                "scale")
+        cells = sweep.cells(env)
+        out = O.env_outcomes(env, cells, {c: sweep.runs_of(env, c, status=None) for c in cells}, rule, o)
+        for c in cells:
+            x = np.array([out["per_run"][(c, r.seed)][key] for r in out["used"][c]], dtype=float)
+            x = x[np.isfinite(x)]
+            groups.append({"env": env, "cell": c, "n": int(x.size),
+                           "sd": float(np.std(x, ddof=1)) if x.size >= 2 else float("nan")})
+    valid = [g for g in groups if math.isfinite(g["sd"])]
+    if not valid:
+        raise AnalysisError("no env x cell group of the pilot has two completed runs: no SD to read")
+    worst = max(valid, key=lambda g: g["sd"])
+    return {"endpoint": key, "sd_max": sd_max, "base_seeds": base, "groups": groups, "sd": worst["sd"],
+            "worst": f"{worst['env']} {worst['cell']}", "seeds": seed_count(worst["sd"], sd_max, base),
+            "groups_without_sd": [f"{g['env']} {g['cell']}" for g in groups if not math.isfinite(g["sd"])]}
+
+
+def write_pilot(res: dict, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pilot.json").write_text(json.dumps(_jsonable(res), indent=1, allow_nan=False))
+    rows = [[g["env"], g["cell"], str(g["n"]), f"{g['sd']:.4f}"] for g in res["groups"]]
+    raised = res["seeds"] != res["base_seeds"]
+    lines = ["# Pilot: the seed count (no contrasts computed)", "",
+             f"Endpoint {res['endpoint']}; the largest per-group SD is **{res['sd']:.4f}** ({res['worst']}); "
+             f"limit {res['sd_max']}: the study runs **{res['seeds']} seeds**"
+             + (f" (raised from {res['base_seeds']})." if raised else " (as registered)."), "",
+             _table(["env", "cell", "runs", "SD"], rows)]
+    if res["groups_without_sd"]:
+        lines += ["", "Groups with fewer than two completed runs (no SD): " + ", ".join(res["groups_without_sd"])]
+    path = out / "pilot.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
