@@ -419,3 +419,25 @@ def test_pilot_reads_only_the_largest_sd_and_gives_the_registered_seed_count(swe
     assert main([str(sweep), "--pilot", "--pilot-sd-max", "0", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["esper-report: error: --pilot-sd-max must be > 0 (got 0.0)"]
+
+
+def test_vs_compares_two_sweeps_cell_by_cell(tmp_path, capsys):
+    """esper-report SWEEP --vs OTHER (issue 13's twins, e.g. CPU vs CUDA): per shared cell, OTHER - SWEEP by SWEEP's
+    rule: a copy of the same runs is equivalent (paired differences all 0), a planted shift is different."""
+    from esper_exp.analysis.report import main
+
+    kw = dict(seeds=range(8), precisions=("fp32",), total_timesteps=40_000, data_seed_offset=3, seed_effect_sd=30.0)
+    a = make_sweep(tmp_path / "a", **kw)
+    b = make_sweep(tmp_path / "b", shifts={"tanh/fp32": 300.0}, **kw)
+    make_sweep(tmp_path / "b", gelus=("exact",), **{**kw, "seeds": range(3), "precisions": ("bf16",)})  # only in b
+    out = tmp_path / "twin"
+    assert main([str(a), "--vs", str(b), "--out", str(out), "--reps", "500"]) == 0
+    res = json.loads((out / "twin.json").read_text())
+    rows = {r["b"]: r for r in res["rows"] if r["scope"] == "all"}
+    assert sorted(rows) == ["A:exact/fp32", "A:tanh/fp32"]  # shared cells only
+    same, shifted = rows["A:exact/fp32"], rows["A:tanh/fp32"]
+    assert same["verdict"] == "equivalent" and same["estimate"] == 0 and same["n"] == 8
+    assert shifted["verdict"] == "different" and shifted["estimate"] > 0
+    assert "2 cells compared (1 different, 1 equivalent)" in capsys.readouterr().out
+    assert main([str(a), "--vs", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert main([str(a), "--vs", str(b), "--pilot"]) == 2

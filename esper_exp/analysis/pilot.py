@@ -21,7 +21,7 @@ from .cli import AnalysisError
 from .load import Sweep
 from .output import jsonable as _jsonable
 from .output import table as _table
-from .rule import Rule
+from .rule import ENDPOINT_KEY, Rule
 
 
 def seed_count(sd: float, sd_max: float, base: int) -> int:
@@ -35,7 +35,7 @@ def seed_count(sd: float, sd_max: float, base: int) -> int:
 
 def pilot(sweep: Sweep, rule: Rule, o: dict, sd_max: float, base: int) -> dict:
     """{"groups": [{env, cell, n, sd}], "sd", "worst", "seeds"} of the normalised primary endpoint's SDs."""
-    key = {"auc": "auc_norm", "final_return": "final_norm"}[rule.endpoint]
+    key = ENDPOINT_KEY[rule.endpoint]
     groups = []
     for env in sweep.envs():
         if env not in rule.anchors:

@@ -42,14 +42,13 @@ from .output import fmt as _f
 from .output import jsonable as _jsonable
 from .output import table as _table
 from .output import write_csv as _write_csv
-from .rule import DEFAULT_RULE, MIN_SEEDS, Rule, rule_from_runs
+from .rule import DEFAULT_RULE, ENDPOINT_KEY, MIN_SEEDS, Rule, rule_from_runs
 
 DEFAULTS = {"reps": 20000, "curve_reps": 2000, "seed": 0, "grid": 100, "window": 20, "last": 100, "power": 0.8,
             "threshold": 0.95, "collapse": 0.5, "figures": True, "include_damaged": False}
 EXIT_DAMAGED = 1  # a damaged run was left out of the statistics
 ReportError = AnalysisError  # the name tests and callers know
 
-ENDPOINT_KEY = {"auc": "auc_norm", "final_return": "final_norm"}
 ENDPOINT_TEXT = {"auc": "normalised AUC of the training-return curve",
                  "final_return": "normalised final return (mean of the last training episodes)"}
 
@@ -479,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--power", type=float, default=DEFAULTS["power"],
                    help="power for the minimum detectable effect (default: %(default)s)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="numbers and report.md only")
+    p.add_argument("--vs", metavar="OTHER_SWEEP", default=None,
+                   help="compare another sweep of the same cells with this one, cell by cell (e.g. a CPU twin of a "
+                        "CUDA sweep), by this sweep's stored rule; writes twin.md / twin.json")
     p.add_argument("--pilot", action="store_true",
                    help="a pre-registered pilot: only the largest per env x cell SD of the normalised primary "
                         "endpoint and the seed count it gives (no contrasts; writes pilot.md / pilot.json)")
@@ -542,10 +544,39 @@ def _pilot(args) -> int:
     return EXIT_DAMAGED if sweep.damaged and not sweep.include_damaged else 0
 
 
+def _twin(args) -> int:
+    from .twin import compare, write_twin
+
+    o = {**DEFAULTS, "reps": args.reps, "seed": args.seed, "grid": args.grid, "window": args.window,
+         "last": args.last, "power": args.power}
+    try:
+        check_positive(reps=o["reps"], window=o["window"], last=o["last"])
+        root = Path(args.sweep_dir)
+        sweep = load_sweep_or_raise(root, AnalysisError, include_damaged=bool(args.include_damaged))
+        other = load_sweep_or_raise(Path(args.vs), AnalysisError, include_damaged=bool(args.include_damaged))
+        rule, meta = choose_rule(sweep, parse_rule_overrides(args.rule))
+        res = compare(sweep, other, rule, o)
+    except AnalysisError as e:
+        return fail("esper-report", e)
+    res["rule_source"] = meta["source"]
+    path = write_twin(res, Path(args.out) if args.out is not None else root / "twin")
+    verdicts = [r["verdict"] for r in res["rows"] if r["scope"] == "all"]
+    print(f"esper-report: {len(verdicts)} cells compared ({', '.join(f'{verdicts.count(v)} {v}' for v in sorted(set(verdicts)))}); "
+          f"wrote {path}")
+    damaged = sweep.damaged + other.damaged
+    for r in damaged:
+        print(f"esper-report: DAMAGED RUN excluded: {r.damage}", file=sys.stderr)
+    return EXIT_DAMAGED if damaged and not args.include_damaged else 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.pilot and args.vs:
+        return fail("esper-report", AnalysisError("--pilot and --vs are separate reports; give one"))
     if args.pilot:
         return _pilot(args)
+    if args.vs:
+        return _twin(args)
     try:
         path, sweep = _report(args.sweep_dir, args.out, parse_rule_overrides(args.rule), reps=args.reps,
                               seed=args.seed, grid=args.grid, window=args.window, last=args.last, power=args.power,

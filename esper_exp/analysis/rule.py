@@ -66,6 +66,9 @@ _CELL = r"[A-Za-z0-9_]+/[A-Za-z0-9_]+(?:/compiled)?"
 _PAIR = re.compile(rf"^\s*({_CELL})\s+-\s+({_CELL})\s*$")
 
 
+ENDPOINT_KEY = {"auc": "auc_norm", "final_return": "final_norm"}  # endpoint -> its normalised per-run score
+
+
 def parse_contrast(spec: str):
     """A family name, or the (cell_a, cell_b) of an explicit 'CELL_A - CELL_B'; None when malformed."""
     if spec in CONTRAST_FAMILIES:
