@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -451,7 +452,7 @@ class GroupedLaunch:
         from esper_exp.train import group_key
 
         saved = HydraConfig.instance().cfg
-        keys, limits, order = [], [], []
+        keys, on_gpu, order = [], [], []
         try:
             for i, cfg in enumerate(configs):
                 HydraConfig.instance().set_config(cfg)
@@ -467,15 +468,14 @@ class GroupedLaunch:
                     keys.append(f"error-{i}")
                     order.append(())
                     cuda = False
-                limits.append(0 if self.max_members == "auto" and cuda else
-                              10 if self.max_members == "auto" else self.max_members)
+                on_gpu.append(cuda)
         finally:
             HydraConfig.instance().cfg = saved
-        per_key: dict[str, int] = {}
-        for key in keys:
-            per_key[key] = per_key.get(key, 0) + 1
-        gpus = max(1, _cuda_devices()) if 0 in limits else 1
-        limits = [m or -(-per_key[k] // gpus) for k, m in zip(keys, limits)]
+        if self.max_members != "auto":
+            return keys, [self.max_members] * len(keys), order
+        per_key = Counter(keys)
+        gpus = max(1, _cuda_devices()) if any(on_gpu) else 1
+        limits = [-(-per_key[k] // gpus) if cuda else 10 for k, cuda in zip(keys, on_gpu)]
         return keys, limits, order
 
     # -- launching ------------------------------------------------------------------------------------------------

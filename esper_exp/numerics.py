@@ -101,7 +101,7 @@ def gelu_perturbation(x: torch.Tensor) -> torch.Tensor:
 class MemberNumerics:
     """Per-member numerics of a *mixed* group (members of several GELU x precision cells in one process, one GPU):
     ``members[k]`` is member k's :class:`Numerics`. A group whose members share one Numerics passes that Numerics
-    itself; everything that takes a Numerics takes a MemberNumerics too (policy forwards, the PPO loss).
+    itself; the policy's forwards and the PPO loss take either.
 
     The policy computes a mixed group as :attr:`segments`: runs of consecutive members with the same precision (and
     perturbation), each under its own autocast region exactly as a group of that precision alone; inside a segment
@@ -131,25 +131,6 @@ class MemberNumerics:
                                                   tanh=tuple(n.gelu == "tanh" for n in run))))
                 start = k
         return tuple(out)
-
-    @property
-    def device_type(self) -> str:
-        return self.members[0].device_type
-
-    @property
-    def needs_grad_scaler(self) -> bool:
-        return any(n.needs_grad_scaler for n in self.members)
-
-    @property
-    def grad_scaled(self) -> list[bool]:
-        """Per member: does it train with a (dynamic) fp16 loss scale."""
-        return [n.needs_grad_scaler for n in self.members]
-
-    def replace(self, **changes) -> MemberNumerics:
-        return MemberNumerics(tuple(n.replace(**changes) for n in self.members))
-
-    def reference(self) -> MemberNumerics:
-        return MemberNumerics(tuple(n.reference() for n in self.members))
 
     @property
     def label(self) -> str:

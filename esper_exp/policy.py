@@ -92,6 +92,7 @@ class ActorCritic(nn.Module):
         self.register_buffer("alpha", torch.zeros(K))
         self.register_buffer("_head_pad", torch.zeros(1, out_dim - 1, width), persistent=False)  # see heads()
         self._frozen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # see frozen()
+        self._numerics_cache: dict = {}  # see _segment_numerics
 
     @property
     def trunk(self) -> Trunk:
@@ -121,37 +122,40 @@ class ActorCritic(nn.Module):
         outputs are concatenated in member order."""
         stacked = self._frozen or self._stacked()
         if len(stacked) == 1 and isinstance(numerics, Numerics) and members in (None, (0, self.members)):
-            # one segment (every group but a mixed one)
-            K = self.members
-            (weight, bias, alpha), = stacked
-            with numerics.autocast():
-                features = self.trunks[0](torch.cat([obs, obs]), alpha, numerics)
-                out = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2)).float()
-            return out[K:], out[:K, :, 0]
+            return self._segment_heads(self.trunks[0], stacked[0], obs, numerics)  # one segment: no bookkeeping
         lo, hi = members or (0, self.members)
         actor, value = [], []
-        for (a, b), trunk, (weight, bias, alpha), n in zip(self.bounds, self.trunks, stacked,
-                                                           self._segment_numerics(numerics)):
+        for (a, b), trunk, st, n in zip(self.bounds, self.trunks, stacked, self._segment_numerics(numerics)):
             if a < lo or b > hi:
                 if b > lo and a < hi:
                     raise ValueError(f"members {lo}-{hi - 1} cut the trunk segment of members {a}-{b - 1}")
                 continue
-            m = b - a
-            x = obs if m == hi - lo else obs[a - lo:b - lo]
-            with n.autocast():
-                features = trunk(torch.cat([x, x]), alpha, n)
-                out = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2)).float()
-            actor.append(out[m:])
-            value.append(out[:m, :, 0])
+            out = self._segment_heads(trunk, st, obs if b - a == hi - lo else obs[a - lo:b - lo], n)
+            actor.append(out[0])
+            value.append(out[1])
         if len(actor) == 1:
             return actor[0], value[0]
         return torch.cat(actor), torch.cat(value)
 
+    @staticmethod
+    def _segment_heads(trunk: Trunk, stacked: tuple, obs: torch.Tensor, numerics: Numerics):
+        """One segment's (actor output [m, B, out], value [m, B]) under its numerics (see :meth:`heads`)."""
+        weight, bias, alpha = stacked
+        m = obs.shape[0]
+        with numerics.autocast():
+            features = trunk(torch.cat([obs, obs]), alpha, numerics)
+            out = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2)).float()
+        return out[m:], out[:m, :, 0]
+
     def _segment_numerics(self, numerics: Numerics | MemberNumerics) -> list[Numerics]:
         """The numerics of each trunk segment: a plain Numerics applies to all; a MemberNumerics must give every
-        segment one precision (its GELU may differ per member: a RowGelu)."""
+        segment one precision (its GELU may differ per member: a RowGelu). Cached per numerics (eager rollouts call
+        this every step)."""
         if isinstance(numerics, Numerics):
             return [numerics] * len(self.bounds)
+        cached = self._numerics_cache.get(numerics)
+        if cached is not None:
+            return cached
         if len(numerics.members) != self.members:
             raise ValueError(f"numerics for {len(numerics.members)} members, the policy has {self.members}")
         out = []
@@ -160,6 +164,7 @@ class ActorCritic(nn.Module):
             if len(inner) != 1:
                 raise ValueError(f"members {a}-{b - 1} share a trunk segment but not a precision: {numerics.label}")
             out.append(inner[0][2])
+        self._numerics_cache[numerics] = out
         return out
 
     def _stacked(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -230,26 +235,30 @@ class ActorCritic(nn.Module):
         return logp, entropy, value
 
     # ------------------------------------------------------------------ one member's slice
+    def _trunk_param(self, name: str) -> tuple[tuple[int, int], str] | None:
+        """((a, b), rest) of a segment trunk's parameter ``trunks.<s>.<rest>`` (members [a, b)); None otherwise."""
+        if not name.startswith("trunks."):
+            return None
+        s, rest = name[len("trunks."):].split(".", 1)
+        return self.bounds[int(s)], rest
+
     def _rows(self, name: str, k: int) -> list[tuple[str, int]]:
         """(member-level name, row) of member k's rows in the tensor ``name`` (none: another segment's trunk)."""
-        if name.startswith("trunks."):
-            s, rest = name[len("trunks."):].split(".", 1)
-            a, b = self.bounds[int(s)]
-            if not a <= k < b:
-                return []
-            return [(f"critic.{rest}", k - a), (f"actor.{rest}", b - a + k - a)]
-        return [(name, k)]
+        trunk = self._trunk_param(name)
+        if trunk is None:
+            return [(name, k)]
+        (a, b), rest = trunk
+        if not a <= k < b:
+            return []
+        return [(f"critic.{rest}", k - a), (f"actor.{rest}", b - a + k - a)]
 
     def flat_layout(self) -> list[tuple[str, torch.Tensor, int, int]]:
         """(member-level key, parameter, first member, end member) of every parameter, for FlatParams: a segment's
         trunk parameter holds members [a, b) (critic rows, then actor rows); the others hold all K."""
         out = []
         for name, p in self.named_parameters():
-            if name.startswith("trunks."):
-                s, rest = name[len("trunks."):].split(".", 1)
-                out.append((f"trunk.{rest}", p, *self.bounds[int(s)]))
-            else:
-                out.append((name, p, 0, self.members))
+            trunk = self._trunk_param(name)
+            out.append((name, p, 0, self.members) if trunk is None else (f"trunk.{trunk[1]}", p, *trunk[0]))
         return out
 
     def member_params(self, k: int) -> list[tuple[str, torch.Tensor]]:

@@ -136,7 +136,8 @@ def _member_rows(K: int, device: torch.device) -> torch.Tensor:
     return torch.arange(K, device=device).unsqueeze(1)  # [K, 1]: row k picks member k's samples
 
 
-def ppo_loss(evaluate, mb: Minibatch, p, numerics: Numerics | MemberNumerics) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_loss(evaluate, mb: Minibatch, p,
+             numerics: Numerics | MemberNumerics) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's loss on one minibatch, per member: clipped surrogate + c_v * (clipped) value loss - c_e * entropy.
 
     ``evaluate(obs, actions, numerics)`` runs the policy under ``numerics``; the loss maths is fp32.
@@ -185,8 +186,8 @@ class UpdateResult:
 class PPO:
     """Everything a group's PPO state consists of; :meth:`run_update` runs one iteration for every live member."""
 
-    def __init__(self, envs: GroupEnvs, policy: ActorCritic, numerics: Numerics | MemberNumerics, alphas: Sequence[AlphaSchedule],
-                 hp, seeds: Sequence[int], device: torch.device, cuda_graphs: bool = False):
+    def __init__(self, envs: GroupEnvs, policy: ActorCritic, numerics: Numerics | MemberNumerics,
+                 alphas: Sequence[AlphaSchedule], hp, seeds: Sequence[int], device: torch.device, cuda_graphs: bool = False):
         if cuda_graphs and torch.device(device).type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, not {device}")
         self.envs, self.policy, self.numerics, self.hp, self.device = envs, policy, numerics, hp, device

@@ -208,8 +208,7 @@ class AppliedUpdateProbe:
         grads = iter(torch.autograd.grad(total, params, allow_unused=True))
         with torch.no_grad():
             g = [next(grads) if p.requires_grad else None for p in flat.params]
-            g = torch.cat([flat._member_major(torch.zeros_like(p) if gp is None else gp)
-                           for p, gp in zip(flat.params, g)] + [flat._pad], dim=1)
+            g = flat.flatten(g)
             if scaled:
                 scaler.unscale_(g)
             gnorm = clip_grad_norm_per_member(g, ppo.hp.max_grad_norm)

@@ -106,42 +106,40 @@ class FlatParams:
         ref = self.params[0]
         self.data = torch.zeros(K, P, dtype=ref.dtype, device=ref.device)
         self.grad = torch.zeros_like(self.data)
-        self._pad = torch.zeros(K, P - sum(sizes.values()), dtype=ref.dtype, device=ref.device)
         offsets, offset = {}, 0
         for key, n in sizes.items():
             offsets[key], offset = offset, offset + n
-        # per parameter: its rows of data / grad as [r, m, n/r] views, and the parameter itself as the same shape
-        # (its storage never moves: updates are copies into it)
-        self._views, self._grad_views, self._param_views = [], [], []
-        for key, p, a, b in layout:
-            m, n, off = b - a, sizes[key], offsets[key]
-            r = p.shape[0] // m
-            self._views.append(self.data[a:b, off:off + n].view(m, r, n // r).transpose(0, 1))
-            self._grad_views.append(self.grad[a:b, off:off + n].view(m, r, n // r).transpose(0, 1))
-            self._param_views.append(p.data.view(r, m, -1))
+        # per parameter: where its members' rows sit in a [K, P] buffer (rows a..b, columns off..off+n, r stacked
+        # networks per member), and the parameter itself as [r, m, n/r] (its storage never moves: updates are copies)
+        self._spec = [(a, b, offsets[key], sizes[key], p.shape[0] // (b - a)) for key, p, a, b in layout]
+        self._param_views = [p.data.view(r, b - a, -1) for (a, b, _, _, r), p in zip(self._spec, self.params)]
+        self._views, self._grad_views = self._views_of(self.data), self._views_of(self.grad)
         self.pull()
 
-    def _member_major(self, t: torch.Tensor) -> torch.Tensor:
-        """A one-segment parameter (or its gradient) [r*K, ...] as [K, r*n]: member k's rows k, K+k, ... in a row."""
-        K = self.members
-        return t.reshape(t.shape[0] // K, K, -1).transpose(0, 1).reshape(K, -1)
+    def _views_of(self, buffer: torch.Tensor) -> list[torch.Tensor]:
+        """Every parameter's place in a [K, P] ``buffer`` as an [r, m, n/r] view (the shape of ``_param_views``)."""
+        return [buffer[a:b, off:off + n].view(b - a, r, n // r).transpose(0, 1) for a, b, off, n, r in self._spec]
 
     @torch.no_grad()
     def pull(self) -> None:
         torch._foreach_copy_(self._views, self._param_views)
 
     @torch.no_grad()
+    def flatten(self, grads: list[torch.Tensor | None], out: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-parameter tensors shaped like ``params`` (None: zeros) as one member-major [K, P] tensor: into ``out``
+        (one foreach copy), or a new one."""
+        if out is None:
+            out = torch.zeros_like(self.data)
+        targets = self._grad_views if out is self.grad else self._views_of(out)
+        pairs = [(t, g.reshape(pv.shape)) for t, g, pv in zip(targets, grads, self._param_views) if g is not None]
+        torch._foreach_copy_([t for t, _ in pairs], [g for _, g in pairs])
+        for t, g in zip(targets, grads):
+            if g is None:
+                t.zero_()
+        return out
+
     def gather_grads(self) -> None:
-        grads, views, absent = [], [], []
-        for p, pv, gv in zip(self.params, self._param_views, self._grad_views):
-            if p.grad is None:
-                absent.append(gv)
-            else:
-                grads.append(p.grad.view(pv.shape))
-                views.append(gv)
-        torch._foreach_copy_(views, grads)
-        for gv in absent:
-            gv.zero_()
+        self.flatten([p.grad for p in self.params], self.grad)
 
     @torch.no_grad()
     def scatter(self) -> None:

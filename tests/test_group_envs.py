@@ -640,3 +640,38 @@ def test_interrupted_calls():
     finally:
         pooled.close()
         inproc.close()
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_parts_step_apart_bitwise_as_one_group(workers):
+    """GroupEnvs(parts=...): member ranges stepped separately (step_async / step_wait, interleaved; or all at once by
+    step()) give bitwise the whole group's steps; with workers each part has its own (3 workers: 1 + 2)."""
+    seeds, kw = [21, 22, 23], HALFCHEETAH_KW
+    whole = GroupEnvs("HalfCheetah-v5", seeds, 1, 0.99, **kw)
+    parted = GroupEnvs("HalfCheetah-v5", seeds, 1, 0.99, workers=workers, parts=[(0, 1), (1, 3)], **kw)
+    rng = np.random.default_rng(5)
+    try:
+        assert parted.parts == [(0, 1), (1, 3)]
+        if workers:
+            assert parted._workers.part_workers == [(0, 1), (1, 3)] and parted._workers.bounds == [0, 1, 2, 3]
+        assert_bitwise(parted.reset(), whole.reset(), "reset")
+        ends = 0
+        for t in range(120):
+            actions = random_actions(rng, whole.env_action_space, (3, 1))
+            y = whole.step(actions)
+            if t % 2:
+                x = parted.step(actions)
+            else:  # the second part is sent before the first is collected
+                parted.step_async(actions[1:], 1)
+                parted.step_async(actions[:1], 0)
+                a, b = parted.step_wait(0), parted.step_wait(1)
+                x = GroupStep(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in
+                                ("obs", "reward", "terminated", "truncated", "final_obs")), a.episodes + b.episodes)
+            assert_same_step(x, y, f"step {t}")
+            ends += len(y.episodes)
+        assert ends == 6  # every member's episode was truncated at 50 steps and reset, twice
+        for k in range(3):
+            assert_same_state(parted.state_dict(k), whole.state_dict(k), f"member {k}")
+    finally:
+        parted.close()
+        whole.close()

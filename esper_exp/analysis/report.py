@@ -539,9 +539,7 @@ def _pilot(args) -> int:
     path = write_pilot(res, Path(args.out) if args.out is not None else root / "pilot")
     print(f"esper-report: pilot SD {res['sd']:.4f} ({res['worst']}), limit {res['sd_max']}: {res['seeds']} seeds; "
           f"wrote {path}")
-    for r in sweep.damaged:
-        print(f"esper-report: DAMAGED RUN excluded: {r.damage}", file=sys.stderr)
-    return EXIT_DAMAGED if sweep.damaged and not sweep.include_damaged else 0
+    return _damaged_exit(sweep.damaged, bool(args.include_damaged))
 
 
 def _twin(args) -> int:
@@ -561,12 +559,18 @@ def _twin(args) -> int:
     res["rule_source"] = meta["source"]
     path = write_twin(res, Path(args.out) if args.out is not None else root / "twin")
     verdicts = [r["verdict"] for r in res["rows"] if r["scope"] == "all"]
-    print(f"esper-report: {len(verdicts)} cells compared ({', '.join(f'{verdicts.count(v)} {v}' for v in sorted(set(verdicts)))}); "
-          f"wrote {path}")
-    damaged = sweep.damaged + other.damaged
+    counts = ", ".join(f"{verdicts.count(v)} {v}" for v in sorted(set(verdicts)))
+    print(f"esper-report: {len(verdicts)} cells compared ({counts}); wrote {path}")
+    return _damaged_exit(sweep.damaged + other.damaged, bool(args.include_damaged))
+
+
+def _damaged_exit(damaged: list, included: bool) -> int:
+    """Name every damaged run on stderr; exit 1 when they were left out of the statistics (0 otherwise)."""
+    how = ("INCLUDED with what could be read (--include-damaged)" if included
+           else "EXCLUDED from all statistics (--include-damaged uses what can be read)")
     for r in damaged:
-        print(f"esper-report: DAMAGED RUN excluded: {r.damage}", file=sys.stderr)
-    return EXIT_DAMAGED if damaged and not args.include_damaged else 0
+        print(f"esper-report: DAMAGED RUN {how}: {r.damage}", file=sys.stderr)
+    return EXIT_DAMAGED if damaged and not included else 0
 
 
 def main(argv=None) -> int:
@@ -584,11 +588,7 @@ def main(argv=None) -> int:
     except AnalysisError as e:
         return fail("esper-report", e)
     print(f"esper-report: wrote {path}")
-    how = ("INCLUDED with what could be read (--include-damaged)" if sweep.include_damaged
-           else "EXCLUDED from all statistics (--include-damaged uses what can be read)")
-    for r in sweep.damaged:
-        print(f"esper-report: DAMAGED RUN {how}: {r.damage}", file=sys.stderr)
-    return EXIT_DAMAGED if sweep.damaged and not sweep.include_damaged else 0
+    return _damaged_exit(sweep.damaged, sweep.include_damaged)
 
 
 if __name__ == "__main__":

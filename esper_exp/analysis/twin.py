@@ -59,7 +59,8 @@ def write_twin(res: dict, out: Path) -> Path:
     lines = [f"# {res['other']} vs {res['sweep']}, cell by cell", "",
              f"Contrast: the other sweep's cell minus this sweep's, {res['endpoint']} (IQM difference), margin "
              f"delta = {res['delta']}, {'paired by seed' if res['paired'] else 'unpaired'}; rule: "
-             f"{res.get('rule_source', 'this sweep stored rule')}.", "", _table(["scope", "cell", "seeds", "estimate", "90% CI", "verdict", "why"], rows)]
+             f"{res.get('rule_source', 'this sweep stored rule')}.", "",
+             _table(["scope", "cell", "seeds", "estimate", "90% CI", "verdict", "why"], rows)]
     path = out / "twin.md"
     path.write_text("\n".join(lines) + "\n")
     return path
