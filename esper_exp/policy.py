@@ -93,6 +93,8 @@ class ActorCritic(nn.Module):
         self.register_buffer("_head_pad", torch.zeros(1, out_dim - 1, width), persistent=False)  # see heads()
         self._frozen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # see frozen()
         self._numerics_cache: dict = {}  # see _segment_numerics
+        self.segment_streams = False  # CUDA, several segments: each segment's heads on its own stream (_on_streams)
+        self._streams: dict = {}
 
     @property
     def trunk(self) -> Trunk:
@@ -124,18 +126,39 @@ class ActorCritic(nn.Module):
         if len(stacked) == 1 and isinstance(numerics, Numerics) and members in (None, (0, self.members)):
             return self._segment_heads(self.trunks[0], stacked[0], obs, numerics)  # one segment: no bookkeeping
         lo, hi = members or (0, self.members)
-        actor, value = [], []
+        work = []
         for (a, b), trunk, st, n in zip(self.bounds, self.trunks, stacked, self._segment_numerics(numerics)):
             if a < lo or b > hi:
                 if b > lo and a < hi:
                     raise ValueError(f"members {lo}-{hi - 1} cut the trunk segment of members {a}-{b - 1}")
                 continue
-            out = self._segment_heads(trunk, st, obs if b - a == hi - lo else obs[a - lo:b - lo], n)
-            actor.append(out[0])
-            value.append(out[1])
-        if len(actor) == 1:
-            return actor[0], value[0]
-        return torch.cat(actor), torch.cat(value)
+            work.append((trunk, st, obs if b - a == hi - lo else obs[a - lo:b - lo], n))
+        if len(work) == 1:
+            return self._segment_heads(*work[0])
+        outs = self._on_streams(work, obs) if self.segment_streams and obs.is_cuda else \
+            [self._segment_heads(*w) for w in work]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+    def _on_streams(self, work: list[tuple], obs: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each segment's heads on its own CUDA stream (the segments are independent chains of small kernels; on one
+        stream they queue one after another). The same kernels on the same inputs: numbers do not change. Backward
+        runs each segment's gradient kernels on its forward's stream (autograd's stream semantics), and a CUDA-graph
+        capture records the fork and join."""
+        main = torch.cuda.current_stream(obs.device)
+        streams = self._streams.get(obs.device)
+        if streams is None or len(streams) < len(work):
+            streams = self._streams[obs.device] = [torch.cuda.Stream(obs.device) for _ in work]
+        outs = []
+        for w, stream in zip(work, streams):
+            stream.wait_stream(main)
+            with torch.cuda.stream(stream):
+                outs.append(self._segment_heads(*w))
+        for stream in streams[:len(work)]:
+            main.wait_stream(stream)
+        for out in outs:  # made on a side stream, used on the main one: not reused before the main stream is done
+            for t in out:
+                t.record_stream(main)
+        return outs
 
     @staticmethod
     def _segment_heads(trunk: Trunk, stacked: tuple, obs: torch.Tensor, numerics: Numerics):

@@ -131,6 +131,19 @@ class Minibatch:
         return Minibatch(*(getattr(self, f.name)[rows, idx] for f in fields(self)))
 
 
+class _single_index_writes:
+    """Deterministic algorithms off for a block of ``index_copy_`` calls with ONE index each: with no duplicate index
+    the plain kernel is deterministic already, and the deterministic variant (index_put_ with a sort) cannot be
+    captured in a CUDA graph."""
+
+    def __enter__(self):
+        self.was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(False)
+
+    def __exit__(self, *exc):
+        torch.use_deterministic_algorithms(self.was[0], warn_only=self.was[1])
+
+
 @functools.cache
 def _member_rows(K: int, device: torch.device) -> torch.Tensor:
     return torch.arange(K, device=device).unsqueeze(1)  # [K, 1]: row k picks member k's samples
@@ -240,7 +253,10 @@ class PPO:
         noise = self.policy.draw_noise(self.action_rngs, self.num_steps, N, self.device)
         timers["inference"] += time.perf_counter() - t0
         if self.cuda_graphs:
+            self._start_graphed_rollout(noise)
             self._rollout_steps(buf, noise, rewards, episode_ends, dead, on_episode, timers)
+            for (a, b), st in zip(self.envs.parts, self._st_parts):
+                self.next_obs[a:b].copy_(st.obs_host)
         else:  # eager: no autograd bookkeeping at all, and the policy's stacked heads built once per rollout
             with torch.inference_mode(), self.policy.frozen():
                 self._rollout_steps(buf, noise, rewards, episode_ends, dead, on_episode, timers)
@@ -275,17 +291,17 @@ class PPO:
     def _act_send(self, i: int, t: int, v: SimpleNamespace, timers: dict) -> None:
         """Part i's actions at step t (from next_obs), into the rollout buffer, and off to its envs."""
         t0 = time.perf_counter()
-        obs = v.next_obs
-        v.obs[t] = obs
-        if self.cuda_graphs:
-            st = self._st_parts[i]
-            st.obs.copy_(obs)
-            st.noise.copy_(v.noise[t])
-            action, logprob, value = self._call(f"act{i}", functools.partial(self._act_step, i))
+        if self.cuda_graphs:  # one graph: obs in from pinned memory, act, buffers written at step t, actions out
+            self._call(f"step{i}", functools.partial(self._graph_step, i))
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
+            action_np = self._st_parts[i].act_np
         else:
+            obs = v.next_obs
+            v.obs[t] = obs
             action, logprob, value = self.policy.act(obs, self.numerics, v.noise[t], members=v.members)
-        v.actions[t], v.logprobs[t], v.values[t] = action, logprob, value
-        action_np = action.cpu().numpy()
+            v.actions[t], v.logprobs[t], v.values[t] = action, logprob, value
+            action_np = action.cpu().numpy()
         if v.dead is not None:  # a failed member's actions may be NaN; its envs only idle along
             action_np[v.dead] = 0
         self.envs.step_async(action_np, i)
@@ -307,7 +323,10 @@ class PPO:
             with torch.no_grad():
                 final_values = self.policy.value(final, self.numerics, members=v.members).cpu().numpy()
             v.rewards[t][cut] = bootstrap_truncated(v.rewards[t][cut], final_values[cut], self.hp.gamma)
-        v.next_obs.copy_(torch.from_numpy(step.obs.astype(np.float32)))
+        if self.cuda_graphs:  # the next step's graph copies it in (next_obs is set after the rollout)
+            np.copyto(self._st_parts[i].obs_np, step.obs, casting="same_kind")
+        else:
+            v.next_obs.copy_(torch.from_numpy(step.obs.astype(np.float32)))
         for k in range(a, b):
             if self.live[k]:
                 self.global_step[k] += N
@@ -447,10 +466,17 @@ class PPO:
         mbs, dev = self.minibatch_size, self.device
         z = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
         a = self.action_shape
-        self._st_parts = [SimpleNamespace(obs=z(hi - lo, N, self.obs_dim), noise=z(hi - lo, N, *(a if a else (1,))))
-                          for lo, hi in self.envs.parts]  # the rollout step's inputs, per part
+        pin = dev.type == "cuda"
+        host = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, pin_memory=pin)  # noqa: E731
+        self._st_parts = []  # per part: the rollout step's graph's host-side input and output, its device step index
+        for lo, hi in self.envs.parts:
+            obs_host = host(hi - lo, N, self.obs_dim)
+            act_host = host(hi - lo, N, *a, dtype=torch.long if self.policy.discrete else torch.float32)
+            self._st_parts.append(SimpleNamespace(obs=z(hi - lo, N, self.obs_dim), obs_host=obs_host,
+                                                  obs_np=obs_host.numpy(), act_host=act_host, act_np=act_host.numpy(),
+                                                  t=z(1, dtype=torch.long)))
         self._st = SimpleNamespace(
-            last_value=z(K, N),
+            noise=z(self.num_steps, K, N, *(a if a else (1,))), last_value=z(K, N),
             batch=Minibatch(z(K, B, self.obs_dim), z(K, B, *a), z(K, B), z(K, B), z(K, B), z(K, B)),
             perms=z(E, K, B, dtype=torch.long), idx=z(K, mbs, dtype=torch.long), epoch=z(dtype=torch.long),
             stepping=z(K, dtype=torch.bool), sums=z(len(STAT_KEYS), K), counts=z(K), kl_sum=z(K),
@@ -486,10 +512,35 @@ class PPO:
             out = fn()
         self._graphs[name] = (graph, out)
 
-    def _act_step(self, i: int):
-        st = self._st_parts[i]
+    def _start_graphed_rollout(self, noise: torch.Tensor) -> None:
+        """Before a graphed rollout: its noise and first observations into the static inputs, the step graphs
+        captured (first rollout), every part's step index at 0."""
+        self._st.noise.copy_(noise)
+        for (a, b), st in zip(self.envs.parts, self._st_parts):
+            st.obs_host.copy_(self.next_obs[a:b])
+        if self.graph_capture:
+            for i in range(len(self._st_parts)):
+                if f"step{i}" not in self._graphs:  # the warm-up runs write steps 0-1 and move t: both undone below
+                    self._capture(f"step{i}", functools.partial(self._graph_step, i))
+        for st in self._st_parts:
+            st.t.zero_()
+
+    def _graph_step(self, i: int) -> None:
+        """Part i's rollout step t (t: a device index, advanced here), all on the device: observations copied in from
+        pinned host memory, the policy's act, obs / action / log-prob / value written into the rollout buffer at t,
+        the actions copied out to pinned host memory. The eager loop's step, with no host work but one replay."""
+        st, (a, b), buf = self._st_parts[i], self.envs.parts[i], self.buf
+        st.obs.copy_(st.obs_host, non_blocking=True)
+        noise = self._st.noise[:, a:b].index_select(0, st.t).squeeze(0)
         with torch.no_grad():
-            return self.policy.act(st.obs, self.numerics, st.noise, members=self.envs.parts[i])
+            action, logprob, value = self.policy.act(st.obs, self.numerics, noise, members=(a, b))
+        if action.dtype != st.act_host.dtype:
+            raise TypeError(f"the policy's actions are {action.dtype}, the step graph's output {st.act_host.dtype}")
+        with _single_index_writes():
+            for dst, src in ((buf.obs, st.obs), (buf.actions, action), (buf.logprobs, logprob), (buf.values, value)):
+                dst[:, a:b].index_copy_(0, st.t, src.unsqueeze(0).to(dst.dtype))
+        st.act_host.copy_(action, non_blocking=True)
+        st.t.add_(1)
 
     def _gae(self):
         b, p = self.buf, self.hp

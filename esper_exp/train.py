@@ -244,6 +244,8 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device, cells: list[tuple[str, 
     """The parts of a group, built from its (shared) config: envs, policy (one member per seed), numerics, alpha
     schedules -> PPO. ``cells``: each member's (model.gelu, precision.name) in a mixed group (default: the config's
     for all). Returns (ppo, perturbations applied per member)."""
+    import os
+
     import torch
 
     from esper_exp.blend import AlphaSchedule
@@ -276,6 +278,10 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device, cells: list[tuple[str, 
     if mc.compile:
         for trunk in policy.trunks:
             trunk.compile()
+    # a mixed group's segments on CUDA streams of their own: the same kernels, run side by side (ESPER_SEGMENT_STREAMS=0:
+    # one stream, for A/B timing)
+    policy.segment_streams = (device.type == "cuda" and len(segments) > 1
+                              and os.environ.get("ESPER_SEGMENT_STREAMS", "1") != "0")
     ppo = PPO(envs, policy, numerics, [AlphaSchedule(**mc.alpha) for _ in seeds], p, seeds, device,
               cuda_graphs=use_cuda_graphs(cfg, device))
     return ppo, perturbations
@@ -320,6 +326,7 @@ def _train_group(members: list[_Member], job_num: int | None) -> None:
                 m.window.returns.extend(m.resume["episode_window"])
             if perturbations[k]:
                 m.tracker.info["perturbation"] = perturbations[k]
+            m.tracker.info["segment_streams"] = ppo.policy.segment_streams
             m.tracker.info["cuda_graphs"] = ppo.cuda_graphs  # part of a CUDA run's identity (graphed Adam rounds apart)
         _loop(members, ppo, cfg, device, stop)
     except KeyboardInterrupt as e:

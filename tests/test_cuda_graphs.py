@@ -123,6 +123,44 @@ def test_static_buffer_update_fails_a_non_finite_member_alone_with_its_reason():
     assert torch.isfinite(dev.optimizer.exp_avg[1]).all()
 
 
+@pytest.mark.parametrize("env,cells", [
+    ("cartpole", None),
+    ("cartpole", [("exact", "fp32"), ("tanh", "fp32"), ("tanh", "bf16"), ("exact", "fp16")]),
+    ("halfcheetah", [("exact", "fp32"), ("tanh", "bf16"), ("exact", "bf16")]),
+])
+def test_graph_path_rollout_equals_the_host_rollout(env, cells):
+    """The rollout step graph's code (obs in from host memory, act at a device step index, buffers written with
+    index_copy_, actions out), run uncaptured on CPU over whole rollouts, one part or a mixed group's parts (with the
+    truncation bootstrap: HalfCheetah's 1000-step limit falls inside the second rollout): buffers, next observations
+    and the episodes seen are bitwise the host loop's."""
+    if env == "halfcheetah":
+        pytest.importorskip("mujoco")
+    steps = 600 if env == "halfcheetah" else 64
+    cfg = make_cfg(f"env={env}", f"ppo.num_steps={steps}", "ppo.update_epochs=1")
+    prepare(cfg.seed, torch.device("cpu"), True, 1)
+    seeds = [1, 2, 3, 4][:len(cells) if cells else 3]
+    host = build_ppo(cfg, seeds, torch.device("cpu"), cells)[0]
+    dev = build_ppo(cfg, seeds, torch.device("cpu"), cells)[0]
+    dev.cuda_graphs, dev.graph_capture = True, False
+    dev._init_static()
+    assert len(dev.envs.parts) == (1 if cells is None else len({p for _, p in cells}))
+    for _ in range(2):
+        seen = []
+        for ppo in (host, dev):
+            episodes = []
+            ppo.collect_rollout(lambda *e, out=episodes: out.append(e), {"env": 0.0, "inference": 0.0})
+            seen.append(episodes)
+            for k in range(len(seeds)):  # what run_update does between rollouts: the envs go on from here
+                ppo.global_step[k] = 0
+        for f in ("obs", "actions", "logprobs", "rewards", "episode_ends", "values"):
+            assert torch.equal(getattr(dev.buf, f), getattr(host.buf, f)), f
+        assert torch.equal(dev.next_obs, host.next_obs)
+        assert seen[0] == seen[1]
+    assert seen[0]  # episodes did end
+    host.close()
+    dev.close()
+
+
 def test_pre_drawn_noise_is_per_member():
     """A member's rollout noise depends on its seed only, not on its group."""
     cfg = make_cfg("env=halfcheetah" if importlib.util.find_spec("mujoco") else "env=cartpole")
@@ -163,7 +201,7 @@ def test_captured_graphs_equal_the_same_code_run_eagerly(env, precision):
         ppo = _cuda_ppo(env, precision, (1, 2, 3), capture)
         runs.append([ppo.run_update(lambda *a: None) for _ in range(2)])
         if capture:
-            assert set(ppo._graphs) == {"act0", "gae", "minibatch"}
+            assert set(ppo._graphs) == {"step0", "gae", "minibatch"}
         ppo.close()
     for eager, graphed in zip(*runs):
         assert not eager.failures and not graphed.failures
