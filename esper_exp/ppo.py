@@ -268,8 +268,10 @@ class PPO:
 
         Pipelined over the envs' parts (``envs.parts``: a mixed group's precision segments, where each has its own
         env workers): part i's actions for step t + 1 are computed and sent while the other parts' envs step, so
-        env stepping overlaps with the policy. One part (every other group) is the plain loop: act, step, record.
-        A member's numbers do not depend on it (each part is a whole policy segment; the envs are per member)."""
+        env stepping overlaps with the policy; and step t's bookkeeping is done while step t + 1's actions are being
+        computed (the graph path launches them first). One part (every other group) is the plain loop: act, step,
+        record. A member's numbers do not depend on it (each part is a whole policy segment; the envs are per member;
+        the bookkeeping reads no policy output)."""
         T, parts, K = self.num_steps, self.envs.parts, self.members
         # per part, views of everything a step reads or writes (the whole tensors when one part holds every member,
         # so the plain loop pays nothing for the parts)
@@ -281,37 +283,62 @@ class PPO:
                 logprobs=buf.logprobs[:, sl], values=buf.values[:, sl], noise=noise[:, sl], rewards=rewards[:, sl],
                 episode_ends=episode_ends[:, sl], dead=dead[sl] if dead[sl].any() else None))
         for i in range(len(parts)):
-            self._act_send(i, 0, views[i], timers)
+            self._send(i, views[i], self._act(i, 0, views[i], timers), timers)
         for t in range(T):
             for i in range(len(parts)):
-                self._receive(i, t, views[i], on_episode, timers)
+                step = self._receive(i, views[i], timers)
                 if t + 1 < T:
-                    self._act_send(i, t + 1, views[i], timers)
+                    action = self._act(i, t + 1, views[i], timers)
+                self._record(i, t, views[i], step, on_episode, timers)
+                if t + 1 < T:
+                    self._send(i, views[i], action, timers)
 
-    def _act_send(self, i: int, t: int, v: SimpleNamespace, timers: dict) -> None:
-        """Part i's actions at step t (from next_obs), into the rollout buffer, and off to its envs."""
+    def _act(self, i: int, t: int, v: SimpleNamespace, timers: dict):
+        """Part i's actions at step t (from its next observations), into the rollout buffer. The graph path only
+        launches its step graph (:meth:`_send` waits for it) and returns None; the eager one returns the actions."""
         t0 = time.perf_counter()
         if self.cuda_graphs:  # one graph: obs in from pinned memory, act, buffers written at step t, actions out
             self._call(f"step{i}", functools.partial(self._graph_step, i))
-            if self.device.type == "cuda":
-                torch.cuda.current_stream(self.device).synchronize()
-            action_np = self._st_parts[i].act_np
+            action = None
         else:
             obs = v.next_obs
             v.obs[t] = obs
             action, logprob, value = self.policy.act(obs, self.numerics, v.noise[t], members=v.members)
             v.actions[t], v.logprobs[t], v.values[t] = action, logprob, value
+        timers["inference"] += time.perf_counter() - t0
+        return action
+
+    def _send(self, i: int, v: SimpleNamespace, action: torch.Tensor | None, timers: dict) -> None:
+        """Part i's actions (from :meth:`_act`) off to its envs."""
+        t0 = time.perf_counter()
+        if action is None:  # the step graph's: in pinned memory once the graph is done
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
+            action_np = self._st_parts[i].act_np
+        else:
             action_np = action.cpu().numpy()
         if v.dead is not None:  # a failed member's actions may be NaN; its envs only idle along
             action_np[v.dead] = 0
         self.envs.step_async(action_np, i)
         timers["inference"] += time.perf_counter() - t0
 
-    def _receive(self, i: int, t: int, v: SimpleNamespace, on_episode, timers: dict) -> None:
-        """Part i's env step t: rewards (truncations bootstrapped), episode ends, next observations, episodes."""
+    def _receive(self, i: int, v: SimpleNamespace, timers: dict):
+        """Part i's env step: the envs' results, and its next observations where the next :meth:`_act` reads them."""
         t0 = time.perf_counter()
         step = self.envs.step_wait(i)
         t1 = time.perf_counter()
+        if self.cuda_graphs:  # the next step's graph copies it in (next_obs is set after the rollout)
+            np.copyto(self._st_parts[i].obs_np, step.obs, casting="same_kind")
+        else:
+            v.next_obs.copy_(torch.from_numpy(step.obs.astype(np.float32)))
+        timers["env"] += t1 - t0
+        timers["inference"] += time.perf_counter() - t1
+        return step
+
+    def _record(self, i: int, t: int, v: SimpleNamespace, step, on_episode, timers: dict) -> None:
+        """Part i's env step t into the rollout: rewards (truncations bootstrapped), episode ends, step counts,
+        episodes."""
+        t0 = time.perf_counter()
         a, b = v.members
         N = self.num_envs
         v.rewards[t] = step.reward
@@ -323,18 +350,13 @@ class PPO:
             with torch.no_grad():
                 final_values = self.policy.value(final, self.numerics, members=v.members).cpu().numpy()
             v.rewards[t][cut] = bootstrap_truncated(v.rewards[t][cut], final_values[cut], self.hp.gamma)
-        if self.cuda_graphs:  # the next step's graph copies it in (next_obs is set after the rollout)
-            np.copyto(self._st_parts[i].obs_np, step.obs, casting="same_kind")
-        else:
-            v.next_obs.copy_(torch.from_numpy(step.obs.astype(np.float32)))
         for k in range(a, b):
             if self.live[k]:
                 self.global_step[k] += N
         for k, env_index, ret, length in step.episodes:
             if self.live[k]:
                 on_episode(k, self.global_step[k], ret, length, env_index)
-        timers["env"] += t1 - t0
-        timers["inference"] += time.perf_counter() - t1
+        timers["inference"] += time.perf_counter() - t0
 
     # ---------------------------------------------------------------- update
     def _clipped_grads(self, mb: Minibatch, stepping: torch.Tensor):

@@ -5,7 +5,8 @@
 # most LIMIT seconds, then SIGTERM: every member checkpoints and the next call's identical command resumes it.
 # The grouped launcher's defaults on CUDA put all 60 runs in ONE process (mix_cells, max_members auto); W env
 # workers with SPIN us of polling. PRE=1: first the GPU suite and a single run (one run per process) for reference;
-# the sweep is not started if the suite fails.
+# the sweep is not started if the suite fails. WH: the wheels to install (.wheelhouse/sweep: .wheelhouse/issue12 less
+# mujoco_studio, pyopengl and websockets, which simulation does not import: 11 MB instead of 27).
 #   LIMIT=500 W=15 SPIN=1000 bash experiments/gpu_throughput/sweep_box.sh
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; PY=${PY:-python3}
@@ -17,7 +18,9 @@ date -u; nproc; nvidia-smi --query-gpu=name,driver_version,memory.used --format=
 mkdir -p "$BOX"; [ -f "$BOX/calls" ] && echo "previous calls on this box: $(cat "$BOX/calls")" || echo "fresh box"
 echo $(( $(cat "$BOX/calls" 2>/dev/null || echo 0) + 1 )) > "$BOX/calls"
 source "$PWD/experiments/box_install.sh"
-NEED="gymnasium, hydra, mujoco, pytest" PFX="$BOX/pfx" WHEELS="$WH/*.whl $PWD/.wheelhouse/pytest/*.whl" box_install || exit 1
+if [ "$PRE" = 1 ]; then NEED="gymnasium, hydra, mujoco, pytest"; WHL="$WH/*.whl $PWD/.wheelhouse/pytest/*.whl"
+else NEED="gymnasium, hydra, mujoco"; WHL="$WH/*.whl"; fi
+NEED=$NEED PFX="$BOX/pfx" WHEELS=$WHL box_install || exit 1
 if [ "$PRE" = 1 ]; then
   echo "== GPU suite"; t=$(date +%s)
   timeout 200 $PY -m pytest tests/test_cuda.py tests/test_cuda_graphs.py -q -p no:cacheprovider -rs > "$OUT/suite.txt" 2>&1
