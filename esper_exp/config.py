@@ -133,6 +133,9 @@ class AnalysisConfig:
     paired: bool = DEFAULT_RULE["paired"]  # seed k paired across cells
     anchors: dict[str, AnchorConfig] = field(
         default_factory=lambda: {k: AnchorConfig(**v) for k, v in DEFAULT_ANCHORS.items()})
+    grid: int = DEFAULT_RULE["grid"]  # the endpoint's curve: grid points over the common step range
+    window: int = DEFAULT_RULE["window"]  # episodes averaged at each curve point
+    last: int = DEFAULT_RULE["last"]  # episodes in the final return
 
 
 @dataclass

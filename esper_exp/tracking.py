@@ -18,6 +18,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from esper_exp.analysis.rule import ADDED_DEFAULTS as RULE_ADDED_DEFAULTS
 from esper_exp.runformat import (
     STATUSES,
     cell_name,
@@ -28,6 +29,7 @@ from esper_exp.runformat import (
 )
 
 IDENTITY_EXCLUDE = ("tracking", "sweep_name", "env_workers", "env_spin_us")  # keys that do not change what a run computes
+ADDED_DEFAULTS = {"analysis": RULE_ADDED_DEFAULTS}  # per section, keys added later: {key: default} (config_hash)
 
 
 def now() -> str:
@@ -35,8 +37,13 @@ def now() -> str:
 
 
 def config_hash(config: dict) -> str:
-    """Hash of the resolved config minus bookkeeping keys: equal hash = same computation."""
+    """Hash of the resolved config minus bookkeeping keys: equal hash = same computation. Keys added to a section
+    after runs existed hash as if absent while at their defaults (``ADDED_DEFAULTS``), so older runs keep their
+    identity."""
     ident = {k: v for k, v in config.items() if k not in IDENTITY_EXCLUDE}
+    for section, defaults in ADDED_DEFAULTS.items():
+        if isinstance(ident.get(section), dict):
+            ident[section] = {k: v for k, v in ident[section].items() if k not in defaults or v != defaults[k]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -146,6 +146,32 @@ def test_rule_comes_from_the_runs_and_an_override_is_labelled(planted, tmp_path)
     assert _rows(s2)["tanh/fp32 - exact/fp32"]["verdict"] == "equivalent"  # 0.2 is inside a 0.5 margin
 
 
+def test_the_endpoint_options_are_part_of_the_stored_rule(tmp_path):
+    """analysis.grid / window / last are stored with the rule and applied; --window that repeats the stored value
+    changes nothing, another value is an override labelled NOT pre-registered (and changes the endpoint)."""
+    rule = {**DEFAULT_RULE, "window": 5, "grid": 40, "contrasts": ["tanh/fp32 - exact/fp32"]}
+    make_sweep(tmp_path / "s", seeds=range(6), precisions=("fp32",), total_timesteps=12_000, rule=rule)
+    s = _report(tmp_path / "s", tmp_path / "r")
+    assert s["rule"]["window"] == 5 and s["rule"]["grid"] == 40 and s["rule_source"]["preregistered"]
+    runs = (tmp_path / "r" / "runs.csv").read_text()
+    assert main([str(tmp_path / "s"), "--out", str(tmp_path / "same"), "--reps", "500", "--window", "5"]) == 0
+    same = json.loads((tmp_path / "same" / "summary.json").read_text())
+    assert same["rule_source"]["preregistered"] and (tmp_path / "same" / "runs.csv").read_text() == runs
+    assert main([str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--reps", "500", "--window", "20"]) == 0
+    other = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert not other["rule_source"]["preregistered"] and other["rule"]["window"] == 20
+    assert "window=20" in (tmp_path / "o" / "report.md").read_text()
+    assert (tmp_path / "o" / "runs.csv").read_text() != runs  # the endpoint moved with the window
+
+
+def test_a_bad_endpoint_option_is_one_line(tmp_path, capsys):
+    make_sweep(tmp_path / "s", seeds=range(5), precisions=("fp32",), total_timesteps=8_000)
+    assert main([str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--grid", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "analysis.grid=1" in err and "integer >= 2" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_stored_rule_changes_the_verdicts(tmp_path):
     """The margin stored in the runs' config is the one applied."""
     rule = {**DEFAULT_RULE, "delta": 0.25, "contrasts": ["tanh/fp32 - exact/fp32"]}

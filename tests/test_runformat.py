@@ -71,3 +71,27 @@ def test_run_lock_is_exclusive_and_released(tmp_path):
     with rf.RunLock(tmp_path) as b:
         assert b.held and b.taken_over is None
     assert (tmp_path / rf.LOCK_NAME).read_text() == ""
+
+
+def test_rule_keys_added_later_keep_older_runs_identity():
+    """analysis.grid / window / last were added after runs stored rules without them: a run.json written before
+    keeps its config hash (so its sweep resumes), the same config with the keys at their defaults hashes the same,
+    another value does not, and esper-report reads the old and new stored rules as one rule."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from esper_exp.analysis.rule import ADDED_DEFAULTS, rule_from_runs
+    from esper_exp.tracking import config_hash
+
+    old = json.loads((Path(__file__).parent / "data" / "run_config_before_endpoint_keys.json").read_text())
+    assert not set(ADDED_DEFAULTS) & set(old["config"]["analysis"])
+    assert config_hash(old["config"]) == old["config_hash"]
+    new = copy.deepcopy(old["config"])
+    new["analysis"].update(ADDED_DEFAULTS)
+    assert config_hash(new) == old["config_hash"]
+    new["analysis"]["window"] = 5
+    assert config_hash(new) != old["config_hash"]
+    new["analysis"]["window"] = ADDED_DEFAULTS["window"]
+    rule, problems = rule_from_runs([{"config": old["config"]}, {"config": new}])
+    assert not problems and rule["window"] == ADDED_DEFAULTS["window"]

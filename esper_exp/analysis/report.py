@@ -44,8 +44,9 @@ from .output import table as _table
 from .output import write_csv as _write_csv
 from .rule import DEFAULT_RULE, ENDPOINT_KEY, MIN_SEEDS, Rule, rule_from_runs
 
-DEFAULTS = {"reps": 20000, "curve_reps": 2000, "seed": 0, "grid": 100, "window": 20, "last": 100, "power": 0.8,
+DEFAULTS = {"reps": 20000, "curve_reps": 2000, "seed": 0, "power": 0.8,
             "threshold": 0.95, "collapse": 0.5, "figures": True, "include_damaged": False}
+ENDPOINT_OPTIONS = ("grid", "window", "last")  # the endpoint's definition: rule keys (rule.py), with flags of their own
 EXIT_DAMAGED = 1  # a damaged run was left out of the statistics
 ReportError = AnalysisError  # the name tests and callers know
 
@@ -59,8 +60,9 @@ ENDPOINT_TEXT = {"auc": "normalised AUC of the training-return curve",
 def choose_rule(sweep: Sweep, overrides: dict | None) -> tuple[Rule, dict]:
     """The rule to apply and where it came from: {"source", "preregistered", "problems", "overridden"}."""
     stored, problems = rule_from_runs(r.info for r in sweep.runs)
-    base = dict(stored) if stored is not None else dict(DEFAULT_RULE)
-    over = overrides or {}
+    base = {**DEFAULT_RULE, **stored} if stored is not None else dict(DEFAULT_RULE)
+    # an override that repeats the base value changes nothing (e.g. a pinned --window 20): it is not one
+    over = {k: v for k, v in (overrides or {}).items() if k == "anchors" or k not in base or base[k] != v}
     merged = dict(base)
     for k, v in over.items():
         if k == "anchors" and isinstance(v, dict):
@@ -470,11 +472,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p, DEFAULTS["reps"])
     p.add_argument("--control", default=None,
                    help="drift section: noise-floor control cell (default: every <reference>/perturb-* cell)")
-    p.add_argument("--grid", type=int, default=DEFAULTS["grid"], help="curve grid points (default: %(default)s)")
-    p.add_argument("--window", type=int, default=DEFAULTS["window"],
-                   help="episodes averaged at each curve point (default: %(default)s)")
-    p.add_argument("--last", type=int, default=DEFAULTS["last"],
-                   help="episodes in the final return (default: %(default)s)")
+    p.add_argument("--grid", type=int, default=None,
+                   help="curve grid points (default: the stored rule's analysis.grid; another value is an override, "
+                        "labelled NOT pre-registered)")
+    p.add_argument("--window", type=int, default=None,
+                   help="episodes averaged at each curve point (default: the stored rule's analysis.window; "
+                        "another value is an override)")
+    p.add_argument("--last", type=int, default=None,
+                   help="episodes in the final return (default: the stored rule's analysis.last; another value is "
+                        "an override)")
     p.add_argument("--power", type=float, default=DEFAULTS["power"],
                    help="power for the minimum detectable effect (default: %(default)s)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="numbers and report.md only")
@@ -499,16 +505,32 @@ def run_report(sweep_dir, out=None, rule_overrides: dict | None = None, **opts) 
     return _report(sweep_dir, out, rule_overrides, **opts)[0]
 
 
+def endpoint_overrides(rule_overrides: dict | None, **flags) -> dict:
+    """``--rule`` overrides plus the endpoint flags (``--grid`` / ``--window`` / ``--last``) that were given: those are
+    rule keys too (rule.py), checked as such and labelled the same way."""
+    out = dict(rule_overrides or {})
+    for key in ENDPOINT_OPTIONS:
+        if flags.get(key) is not None:
+            out[key] = int(flags[key])
+    return out
+
+
+def _load_and_rule(sweep_dir, include_damaged: bool, overrides: dict, o: dict) -> tuple[Sweep, Rule, dict]:
+    """The sweep, its rule (stored, with overrides) and meta; ``o`` gets the rule's endpoint options."""
+    sweep = load_sweep_or_raise(Path(sweep_dir), AnalysisError, include_damaged=include_damaged)
+    rule, meta = choose_rule(sweep, overrides)
+    o.update({k: getattr(rule, k) for k in ENDPOINT_OPTIONS})
+    return sweep, rule, meta
+
+
 def _report(sweep_dir, out=None, rule_overrides: dict | None = None, **opts) -> tuple[Path, Sweep]:
-    o = {**DEFAULTS, **{k: v for k, v in opts.items() if v is not None or k == "control"}}
-    check_positive(reps=o["reps"], window=o["window"], last=o["last"], curve_reps=o["curve_reps"])
-    if int(o["grid"]) < 2:
-        raise AnalysisError(f"--grid must be at least 2 (got {o['grid']})")
+    o = {**DEFAULTS, **{k: v for k, v in opts.items() if (v is not None or k == "control") and
+                        k not in ENDPOINT_OPTIONS}}
+    check_positive(reps=o["reps"], curve_reps=o["curve_reps"])
     if not 0 < float(o["power"]) < 1:
         raise AnalysisError(f"--power must be between 0 and 1 (got {o['power']})")
     root = Path(sweep_dir)
-    sweep = load_sweep_or_raise(root, AnalysisError, include_damaged=bool(o["include_damaged"]))
-    rule, meta = choose_rule(sweep, rule_overrides)
+    sweep, rule, meta = _load_and_rule(root, bool(o["include_damaged"]), endpoint_overrides(rule_overrides, **opts), o)
     cells = sorted({r.cell for r in sweep.runs})
     if rule.reference not in cells:
         raise AnalysisError(f"unknown reference cell '{rule.reference}'; cells in this sweep: " + ", ".join(cells))
@@ -525,14 +547,13 @@ def _report(sweep_dir, out=None, rule_overrides: dict | None = None, **opts) -> 
 def _pilot(args) -> int:
     from .pilot import pilot, write_pilot
 
-    o = {**DEFAULTS, "grid": args.grid, "window": args.window, "last": args.last}
+    o = dict(DEFAULTS)
     try:
-        check_positive(window=o["window"], last=o["last"], pilot_seeds=args.pilot_seeds)
+        check_positive(pilot_seeds=args.pilot_seeds)
         if not args.pilot_sd_max > 0:
             raise AnalysisError(f"--pilot-sd-max must be > 0 (got {args.pilot_sd_max})")
         root = Path(args.sweep_dir)
-        sweep = load_sweep_or_raise(root, AnalysisError, include_damaged=bool(args.include_damaged))
-        rule, _ = choose_rule(sweep, parse_rule_overrides(args.rule))
+        sweep, rule, _ = _load_and_rule(root, bool(args.include_damaged), _cli_overrides(args), o)
         res = pilot(sweep, rule, o, float(args.pilot_sd_max), int(args.pilot_seeds))
     except AnalysisError as e:
         return fail("esper-report", e)
@@ -545,14 +566,12 @@ def _pilot(args) -> int:
 def _twin(args) -> int:
     from .twin import compare, write_twin
 
-    o = {**DEFAULTS, "reps": args.reps, "seed": args.seed, "grid": args.grid, "window": args.window,
-         "last": args.last, "power": args.power}
+    o = {**DEFAULTS, "reps": args.reps, "seed": args.seed, "power": args.power}
     try:
-        check_positive(reps=o["reps"], window=o["window"], last=o["last"])
+        check_positive(reps=o["reps"])
         root = Path(args.sweep_dir)
-        sweep = load_sweep_or_raise(root, AnalysisError, include_damaged=bool(args.include_damaged))
+        sweep, rule, meta = _load_and_rule(root, bool(args.include_damaged), _cli_overrides(args), o)
         other = load_sweep_or_raise(Path(args.vs), AnalysisError, include_damaged=bool(args.include_damaged))
-        rule, meta = choose_rule(sweep, parse_rule_overrides(args.rule))
         res = compare(sweep, other, rule, o)
     except AnalysisError as e:
         return fail("esper-report", e)
@@ -562,6 +581,10 @@ def _twin(args) -> int:
     counts = ", ".join(f"{verdicts.count(v)} {v}" for v in sorted(set(verdicts)))
     print(f"esper-report: {len(verdicts)} cells compared ({counts}); wrote {path}")
     return _damaged_exit(sweep.damaged + other.damaged, bool(args.include_damaged))
+
+
+def _cli_overrides(args) -> dict:
+    return endpoint_overrides(parse_rule_overrides(args.rule), grid=args.grid, window=args.window, last=args.last)
 
 
 def _damaged_exit(damaged: list, included: bool) -> int:

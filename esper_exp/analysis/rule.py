@@ -22,6 +22,13 @@ Fields:
 - ``reference``: the reference cell (probability of improvement, collapse rate, difference curves).
 - ``paired``: seed k is the same env seeds, init, action noise and minibatch order in every cell, so contrasts
   resample seeds jointly (paired bootstrap); ``false`` resamples each cell on its own.
+- ``grid``, ``window``, ``last``: the endpoint's definition. The curve is taken at ``grid`` points of the common step
+  range, each the mean of the last ``window`` episodes that ended by then (AUC: their step-average); the final return
+  is the mean of the last ``last`` episodes. They change the endpoint's value, so they are part of the rule:
+  esper-report's ``--grid`` / ``--window`` / ``--last`` are overrides like ``--rule grid=...`` (labelled NOT
+  pre-registered when they differ from the stored values). Keys added after runs existed (these three) hash as if
+  absent while at their defaults (``ADDED_DEFAULTS``, used by esper_exp.tracking.config_hash), so older runs keep
+  their identity, and a stored rule without them means the defaults.
 
 Fixed in code (not configurable): fewer than MIN_SEEDS paired seeds give "inconclusive"; intervals are expanded
 percentile intervals (stats.py); the drift probe's negligibility threshold is NEGLIGIBLE_RATIO.
@@ -60,7 +67,12 @@ DEFAULT_RULE = {
     "alpha": 0.05,
     "paired": True,
     "anchors": DEFAULT_ANCHORS,
+    "grid": 100,
+    "window": 20,
+    "last": 100,
 }
+# rule keys added after runs stored rules without them: {key: default} (see the module docstring)
+ADDED_DEFAULTS = {"grid": 100, "window": 20, "last": 100}
 
 _CELL = r"[A-Za-z0-9_]+/[A-Za-z0-9_]+(?:/compiled)?"
 _PAIR = re.compile(rf"^\s*({_CELL})\s+-\s+({_CELL})\s*$")
@@ -99,6 +111,10 @@ def rule_errors(rule: dict) -> list[str]:
     ref = rule.get("reference")
     if not isinstance(ref, str) or not re.fullmatch(_CELL, ref):
         errs.append(f"analysis.reference={ref!r} is not allowed; allowed: a cell as gelu/precision[/compiled]")
+    for key, least in (("grid", 2), ("window", 1), ("last", 1)):
+        v = rule.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            errs.append(f"analysis.{key}={v!r} is not allowed; allowed: an integer >= {least}")
     for env, an in (rule.get("anchors") or {}).items():
         try:
             lo, hi = float(an["random"]), float(an["reference"])
@@ -119,6 +135,9 @@ class Rule:
     alpha: float = DEFAULT_RULE["alpha"]
     paired: bool = DEFAULT_RULE["paired"]
     anchors: dict = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_ANCHORS.items()})
+    grid: int = DEFAULT_RULE["grid"]
+    window: int = DEFAULT_RULE["window"]
+    last: int = DEFAULT_RULE["last"]
 
     @classmethod
     def from_dict(cls, d: dict) -> Rule:
@@ -130,11 +149,13 @@ class Rule:
         return cls(endpoint=full["endpoint"], reference=full["reference"], contrasts=tuple(full["contrasts"]),
                    delta=float(full["delta"]), alpha=float(full["alpha"]), paired=bool(full["paired"]),
                    anchors={k: {"random": float(v["random"]), "reference": float(v["reference"])}
-                            for k, v in (full["anchors"] or {}).items()})
+                            for k, v in (full["anchors"] or {}).items()},
+                   grid=full["grid"], window=full["window"], last=full["last"])
 
     def as_dict(self) -> dict:
         return {"endpoint": self.endpoint, "reference": self.reference, "contrasts": list(self.contrasts),
-                "delta": self.delta, "alpha": self.alpha, "paired": self.paired, "anchors": self.anchors}
+                "delta": self.delta, "alpha": self.alpha, "paired": self.paired, "anchors": self.anchors,
+                "grid": self.grid, "window": self.window, "last": self.last}
 
     def normalise(self, env: str, x):
         """(x - random) / (reference - random) with this env's anchors; KeyError if it has none."""
@@ -152,6 +173,7 @@ def rule_from_runs(infos) -> tuple[dict | None, list[str]]:
     for info in infos:
         r = ((info.get("config") or {}).get("analysis"))
         if r is not None:
+            r = {**ADDED_DEFAULTS, **r}  # a rule stored before these keys existed means their defaults
             key = repr(sorted((k, repr(v)) for k, v in r.items()))
             found.setdefault(key, r)
     if not found:
