@@ -615,16 +615,15 @@ def test_interrupted_calls():
         inproc.reset()
         pooled.reset()
         workers = pooled._workers
-        wait = workers._wait
 
-        def interrupted_wait(*args, **kwargs):
+        def interrupted_wait(*args, **kwargs):  # at the wait's start: whether or not the workers are done already
             raise KeyboardInterrupt
 
         actions = random_actions(rng, inproc.env_action_space, (2, 1))
-        workers._wait = interrupted_wait
+        workers.wait = interrupted_wait
         with pytest.raises(KeyboardInterrupt):
             pooled.step(actions)  # the workers stepped; nobody waited for them; the wrappers saw nothing
-        workers._wait = wait
+        del workers.wait
         for e, env in enumerate(inproc.envs):  # the same in-process: the raw envs step (SAME_STEP), not the wrappers
             _, _, terminated, truncated, _ = env.step(actions.reshape(2)[e])
             if terminated or truncated:
