@@ -21,8 +21,10 @@ update reports it in ``failures`` with the reason, and the other members go on. 
 update (the step mask, which picks Adam's fused calls, is read per minibatch: free on CPU).
 
 CUDA graphs (``cuda_graphs=True``, CUDA only; build_ppo turns it on for CUDA unless ESPER_CUDA_GRAPHS=0): the
-rollout step's policy forward + sampling, GAE, and one minibatch update (loss, backward, unscale, clip, finite checks,
-failure bookkeeping, Adam, loss-scale update) are each captured once as a CUDA graph and replayed. Nothing in the
+rollout step of each env part (observations in from pinned host memory, policy forward + sampling, the rollout buffer
+written at a device-held step index, actions out to pinned memory: :meth:`PPO._graph_step`), GAE, and one minibatch
+update (loss, backward, unscale, clip, finite checks, failure bookkeeping, Adam, loss-scale update) are each captured
+once as a CUDA graph and replayed. Nothing in the
 minibatch loop reads the device: the step mask, per-member target-KL stop, fp16 loss scale and Adam step counts stay
 device tensors (:meth:`MemberAdam.step_masked`), the minibatch indices come from a static [E, K, B] copy of the
 permutations drawn up front as before, and the flags and failure reasons are read once per update as on CPU. Every
