@@ -231,3 +231,27 @@ def test_a_pipelined_rollout_changes_nothing(tmp_path):
     for cfg, run_dir in jobs:
         overrides = (*CONTINUOUS, f"model.gelu={cfg.model.gelu}", f"precision={cfg.precision.name}")
         _same_run(run_dir, _alone(tmp_path, overrides, cfg.seed, name=f"alone-{run_dir.name}"))
+
+
+@pytest.mark.slow  # ~30 s on 2 cores: Inductor compiles the trunk (a C++ compiler is needed)
+def test_a_compiled_group_trains_and_computes_what_the_eager_group_does(tmp_path):
+    """model.compile=true (the study's compile arm, issue 13): the trunks really are compiled (Dynamo captured
+    graphs), the group completes, and its first update is the eager group's up to float rounding (fp32)."""
+    from torch._dynamo.utils import counters
+
+    base = ("env=cartpole", "ppo.total_timesteps=256", "ppo.num_steps=64", "ppo.update_epochs=1")
+
+    def train(name, *extra):
+        jobs = [(make_cfg(*base, *extra, f"seed={s}"), tmp_path / name / f"seed={s}") for s in (1, 2)]
+        assert run_group(jobs) == ["completed", "completed"]
+        return [read_jsonl(d / "metrics.jsonl")[0] for _, d in jobs]
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = train("compiled", "model.compile=true")
+    assert counters["stats"]["unique_graphs"] >= 1
+    eager = train("eager")
+    for c, e in zip(compiled, eager):
+        for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm"):
+            assert c[key] == pytest.approx(e[key], rel=1e-4, abs=1e-6), key
+    assert compiled[0]["value_loss"] != compiled[1]["value_loss"]  # two runs, not one twice
