@@ -25,11 +25,12 @@ for W in 0 15; do
   summ $ROOT/k60_w$W
 done
 echo "== 3. two processes of K=30 at once"
+pids=()
 for i in 1 2; do
   timeout 150 $PY $GR --k 30 --device cuda --updates $UPD --env halfcheetah --out $ROOT/k30_p$i env_workers=7 \
-    $([ $i = 2 ] && echo model.gelu=tanh) > $ROOT/k30_p$i.log 2>&1 &
+    $([ $i = 2 ] && echo model.gelu=tanh) > $ROOT/k30_p$i.log 2>&1 & pids+=($!)
 done
-wait
+wait "${pids[@]}"  # not a bare wait: that also waits for the tee of the log (never ends)
 summ $ROOT/k30_p1 $ROOT/k30_p2
 for f in $ROOT/*.log; do echo "--- $f"; tail -2 $f | cut -c1-300; done > $OUT/logs_tail.txt
 cp $ROOT/*/timing.json $OUT/ 2>/dev/null; for d in $ROOT/*/; do cp $d/timing.json $OUT/timing_$(basename $d).json 2>/dev/null; done

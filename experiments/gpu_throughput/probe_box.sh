@@ -35,12 +35,12 @@ for W in $WS; do
 done
 echo "== B. 6 cells concurrently"
 for W in $CONC_W; do
-  dirs=""
+  dirs=""; pids=()
   for g in exact tanh; do for p in fp32 bf16 fp16; do
     d=$ROOT/b_w${W}_${g}_$p; dirs="$dirs $d"
-    timeout 200 $PY $GR --k $K --device cuda --updates $UPD --env halfcheetah --out $d env_workers=$W model.gelu=$g precision=$p > $d.log 2>&1 &
+    timeout 200 $PY $GR --k $K --device cuda --updates $UPD --env halfcheetah --out $d env_workers=$W model.gelu=$g precision=$p > $d.log 2>&1 & pids+=($!)
   done; done
-  s=$(date +%s); wait; echo "W=$W wall $(( $(date +%s) - s )) s"
+  s=$(date +%s); wait "${pids[@]}"; echo "W=$W wall $(( $(date +%s) - s )) s"
   summ $dirs
 done
 date -u

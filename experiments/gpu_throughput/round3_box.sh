@@ -34,11 +34,12 @@ for v in $VARIANTS; do
 done
 if [ "$SB3" = 1 ]; then
   echo "== SB3 PPO (2.9.2, CPU, 1 torch thread each) over 16 processes, HalfCheetah-v5, 40960 steps each"
+  pids=()
   for i in $(seq 1 16); do
     timeout 200 $PY experiments/baseline/throughput.py --worker sb3 --envs halfcheetah --steps 40960 \
-      > $ROOT/sb3_$i.txt 2>&1 &
+      > $ROOT/sb3_$i.txt 2>&1 & pids+=($!)
   done
-  wait
+  wait "${pids[@]}"  # not a bare wait: that also waits for the tee of the log (never ends)
   $PY - "$ROOT" <<'PYEOF' | tee "$OUT/sb3_16.json"
 import json, pathlib, sys
 rates = []

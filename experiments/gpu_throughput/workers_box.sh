@@ -25,17 +25,18 @@ for w in $WS; do
   echo "== K=60 mixed, env_workers=$w env_spin_us=$SPIN, $UPD updates"
   timeout 150 $PY $GR --k 60 --device cuda --updates $UPD --env halfcheetah --out $ROOT/w$w --cells $CELLS \
     env_workers=$w env_spin_us=$SPIN > $ROOT/w$w.log 2>&1 &
-  sleep 30; steal 10; top -b -n 1 -w 200 | head -30 | tail -24; wait
+  pid=$!; sleep 30; steal 10; top -b -n 1 -w 200 | head -30 | tail -24; wait $pid
   $PY experiments/gpu_throughput/timing_summary.py $ROOT/w$w
   cp $ROOT/w$w/timing.json $OUT/timing_mixed_w$w.json 2>/dev/null
 done
 echo "== SB3 PPO (2.9.2, CPU, OMP/torch 1 thread) over 16 processes, HalfCheetah-v5, $SB3_STEPS steps each"
 s=$(date +%s)
+pids=()
 for i in $(seq 1 16); do
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 timeout 150 $PY experiments/baseline/throughput.py --worker sb3 --envs halfcheetah \
-    --steps $SB3_STEPS > $ROOT/sb3_$i.txt 2>&1 &
+  OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 timeout 150 $PY experiments/baseline/throughput.py --worker sb3 --envs halfcheetah \
+    --steps $SB3_STEPS > $ROOT/sb3_$i.txt 2>&1 & pids+=($!)
 done
-sleep 20; steal 5; wait
+sleep 20; steal 5; wait "${pids[@]}"  # not a bare wait: that also waits for the tee of the log (never ends)
 echo "sb3 wall_s=$(( $(date +%s) - s ))"
 $PY - "$ROOT" <<'PYEOF' | tee "$OUT/sb3_16.json"
 import json, pathlib, sys
