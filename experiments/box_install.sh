@@ -20,3 +20,30 @@ box_banner() {
   date -u; nproc; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
   ${PY:-python3} -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 }
+
+# SB3 PPO (CPU, one thread each) in N processes at once on HalfCheetah-v5, STEPS steps each
+# (experiments/baseline/throughput.py's SB3 worker); writes $OUT/sb3_<N>.json with the per-process and summed env
+# steps/s. Waits for its own children only: a bare `wait` also waits for a script's `exec > >(tee LOG)`.
+#   box_sb3 N STEPS WORKDIR
+box_sb3() {
+  local n=$1 steps=$2 dir=$3 py=${PY:-python3} pids=() i s
+  echo "== SB3 PPO (CPU, 1 thread each) over $n processes, HalfCheetah-v5, $steps steps each"
+  mkdir -p "$dir"; s=$(date +%s)
+  for i in $(seq 1 "$n"); do
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 timeout 200 $py experiments/baseline/throughput.py \
+      --worker sb3 --envs halfcheetah --steps "$steps" > "$dir/sb3_$i.txt" 2>&1 & pids+=($!)
+  done
+  wait "${pids[@]}"
+  echo "sb3 wall_s=$(( $(date +%s) - s ))"
+  $py - "$dir" <<'PYEOF' | tee "${OUT:-/tmp/out}/sb3_$n.json"
+import json, pathlib, sys
+rates, bad = [], []
+for f in sorted(pathlib.Path(sys.argv[1]).glob("sb3_*.txt")):
+    try:
+        rates.append(float(f.read_text().strip().splitlines()[-1]))
+    except (ValueError, IndexError):
+        bad.append(f.read_text()[-300:])
+print(json.dumps({"processes": len(rates), "failed": len(bad), "per_process": [round(r) for r in rates],
+                  "sum_env_steps_per_s": round(sum(rates)), "first_failure": bad[:1]}))
+PYEOF
+}

@@ -72,7 +72,7 @@ DEFAULT_RULE = {
     "last": 100,
 }
 # rule keys added after runs stored rules without them: {key: default} (see the module docstring)
-ADDED_DEFAULTS = {"grid": 100, "window": 20, "last": 100}
+ADDED_DEFAULTS = {k: DEFAULT_RULE[k] for k in ("grid", "window", "last")}
 
 _CELL = r"[A-Za-z0-9_]+/[A-Za-z0-9_]+(?:/compiled)?"
 _PAIR = re.compile(rf"^\s*({_CELL})\s+-\s+({_CELL})\s*$")

@@ -32,23 +32,5 @@ for v in $VARIANTS; do
   $PY experiments/gpu_throughput/timing_summary.py $ROOT/$v
   cp $ROOT/$v/timing.json $OUT/timing_$v.json 2>/dev/null
 done
-if [ "$SB3" = 1 ]; then
-  echo "== SB3 PPO (2.9.2, CPU, 1 torch thread each) over 16 processes, HalfCheetah-v5, 40960 steps each"
-  pids=()
-  for i in $(seq 1 16); do
-    timeout 200 $PY experiments/baseline/throughput.py --worker sb3 --envs halfcheetah --steps 40960 \
-      > $ROOT/sb3_$i.txt 2>&1 & pids+=($!)
-  done
-  wait "${pids[@]}"  # not a bare wait: that also waits for the tee of the log (never ends)
-  $PY - "$ROOT" <<'PYEOF' | tee "$OUT/sb3_16.json"
-import json, pathlib, sys
-rates = []
-for f in sorted(pathlib.Path(sys.argv[1]).glob("sb3_*.txt")):
-    try:
-        rates.append(float(f.read_text().strip().splitlines()[-1]))
-    except (ValueError, IndexError):
-        print("failed:", f, f.read_text()[-500:], file=sys.stderr)
-print(json.dumps({"processes": len(rates), "per_process": [round(r) for r in rates], "sum_env_steps_per_s": round(sum(rates))}))
-PYEOF
-fi
+[ "$SB3" = 1 ] && box_sb3 16 ${SB3_STEPS:-20480} $ROOT/sb3
 date -u

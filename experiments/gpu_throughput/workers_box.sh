@@ -29,24 +29,5 @@ for w in $WS; do
   $PY experiments/gpu_throughput/timing_summary.py $ROOT/w$w
   cp $ROOT/w$w/timing.json $OUT/timing_mixed_w$w.json 2>/dev/null
 done
-echo "== SB3 PPO (2.9.2, CPU, OMP/torch 1 thread) over 16 processes, HalfCheetah-v5, $SB3_STEPS steps each"
-s=$(date +%s)
-pids=()
-for i in $(seq 1 16); do
-  OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 timeout 150 $PY experiments/baseline/throughput.py --worker sb3 --envs halfcheetah \
-    --steps $SB3_STEPS > $ROOT/sb3_$i.txt 2>&1 & pids+=($!)
-done
-sleep 20; steal 5; wait "${pids[@]}"  # not a bare wait: that also waits for the tee of the log (never ends)
-echo "sb3 wall_s=$(( $(date +%s) - s ))"
-$PY - "$ROOT" <<'PYEOF' | tee "$OUT/sb3_16.json"
-import json, pathlib, sys
-rates, bad = [], []
-for f in sorted(pathlib.Path(sys.argv[1]).glob("sb3_*.txt")):
-    try:
-        rates.append(float(f.read_text().strip().splitlines()[-1]))
-    except (ValueError, IndexError):
-        bad.append(f.read_text()[-300:])
-print(json.dumps({"processes": len(rates), "failed": len(bad), "per_process": [round(r) for r in rates],
-                  "sum_env_steps_per_s": round(sum(rates)), "first_failure": bad[:1]}))
-PYEOF
+box_sb3 16 $SB3_STEPS $ROOT/sb3
 date -u
