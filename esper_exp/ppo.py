@@ -343,7 +343,9 @@ class PPO:
                 if stage[i] != DONE and advance(i, False):
                     moved = True
             if moved:
-                idle = None
+                if idle is not None:
+                    timers["env"] += time.perf_counter() - idle
+                    idle = None
                 continue
             now = time.perf_counter()
             if idle is None:
@@ -587,8 +589,8 @@ class PPO:
 
     def _call(self, name: str, fn: Callable):
         """``fn()`` as a CUDA graph: captured on the first call (after two warm-up runs on a side stream, whose effects
-        the caller makes harmless), replayed afterwards; returns the graph's static outputs. ``graph_capture`` off:
-        ``fn()`` eagerly."""
+        the caller makes harmless), replayed afterwards on the current stream; returns the graph's static outputs.
+        ``graph_capture`` off: ``fn()`` eagerly."""
         if not self.graph_capture:
             return fn()
         if name not in self._graphs:
@@ -597,7 +599,11 @@ class PPO:
         graph.replay()
         return out
 
-    def _capture(self, name: str, fn: Callable) -> None:
+    def _capture(self, name: str, fn: Callable, stream: torch.cuda.Stream | None = None) -> None:
+        """Capture ``fn`` as graph ``name``. ``stream``: the capture stream, for a graph that is replayed alongside
+        others: cuBLAS's workspace is per stream and a captured graph keeps the one of the stream it was captured on,
+        so graphs captured on one stream and replayed at once on several would share it (wrong results, seen on
+        an H100 as non-finite gradients). Default: torch's one capture stream (graphs replayed one after another)."""
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -605,7 +611,7 @@ class PPO:
                 fn()
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=stream):
             out = fn()
         self._graphs[name] = (graph, out)
 
@@ -618,7 +624,7 @@ class PPO:
         if self.graph_capture:
             for i in range(len(self._st_parts)):
                 if f"step{i}" not in self._graphs:  # the warm-up runs write steps 0-1 and move t: both undone below
-                    self._capture(f"step{i}", functools.partial(self._graph_step, i))
+                    self._capture(f"step{i}", functools.partial(self._graph_step, i), self._st_parts[i].stream)
         for st in self._st_parts:
             st.t.zero_()
             if st.stream is not None:  # each part's steps run on its own stream, after all of the above
