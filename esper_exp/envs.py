@@ -699,13 +699,6 @@ class _EnvWorkers:
             self.go_release[w]()
         self._posting = False
 
-    def finished(self, part: int = 0) -> bool:
-        """Whether :meth:`wait` for ``part`` would return at once (every worker of it has acknowledged its step, or
-        one of them reported an error, which :meth:`wait` raises). A read of shared memory: no system call, no wait;
-        a worker that died is found by :meth:`wait`, not here."""
-        w0, w1 = self.part_workers[part]
-        return bool(self.acked[w0:w1].min() >= self.sent[w0]) or bool((self.status[w0:w1] == _ERROR).any())
-
     def wait(self, part: int = 0) -> None:
         """Wait until the sub-envs of ``part`` have stepped (see :meth:`post`)."""
         w0, w1 = self.part_workers[part]
@@ -843,7 +836,6 @@ class GroupEnvs:
         if self.num_workers and (self.num_workers < len(parts) or _ONE_WAKEUP):
             parts = [(0, self.num_members)]
         self.parts = parts
-        self.spin_s = float(spin_us) * 1e-6 if self.num_workers else 0.0  # how long a caller may poll (ready)
         self._pending: dict[int, np.ndarray] = {}  # in-process: a part's actions between step_async and step_wait
         if self.num_workers:
             spec = gym.registry[env_id]
@@ -967,11 +959,6 @@ class GroupEnvs:
             self._workers.post(actions, part)
         else:
             self._pending[part] = actions
-
-    def ready(self, part: int = 0) -> bool:
-        """Whether :meth:`step_wait` for ``parts[part]`` would find its step done (without env workers always: the
-        step happens in step_wait). Lets a caller with several parts in flight take whichever finished first."""
-        return self._workers is None or self._workers.finished(part)
 
     def step_wait(self, part: int = 0) -> GroupStep:
         """The step started by :meth:`step_async` for ``parts[part]``: a GroupStep of those members (member

@@ -147,21 +147,6 @@ class _single_index_writes:
 
 
 @functools.cache
-class _on_stream:
-    """``torch.cuda.stream(stream)``, or nothing for None (the graph path run uncaptured on CPU)."""
-
-    def __init__(self, stream):
-        self.ctx = torch.cuda.stream(stream) if stream is not None else None
-
-    def __enter__(self):
-        if self.ctx is not None:
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
-
-
 def _member_rows(K: int, device: torch.device) -> torch.Tensor:
     return torch.arange(K, device=device).unsqueeze(1)  # [K, 1]: row k picks member k's samples
 
@@ -273,8 +258,6 @@ class PPO:
             self._start_graphed_rollout(noise)
             self._rollout_steps(buf, noise, rewards, episode_ends, dead, on_episode, timers)
             for (a, b), st in zip(self.envs.parts, self._st_parts):
-                if st.stream is not None:  # what follows (GAE, the update) reads the buffers the parts wrote
-                    torch.cuda.current_stream(self.device).wait_stream(st.stream)
                 self.next_obs[a:b].copy_(st.obs_host)
         else:  # eager: no autograd bookkeeping at all, and the policy's stacked heads built once per rollout
             with torch.inference_mode(), self.policy.frozen():
@@ -285,19 +268,12 @@ class PPO:
     def _rollout_steps(self, buf, noise, rewards, episode_ends, dead, on_episode, timers) -> None:
         """The rollout's T steps: act, step the envs, bootstrap truncations, record episodes.
 
-        Every part of the envs (``envs.parts``: a mixed group's precision segments, each with its own env workers)
-        goes through its steps on its own: act (compute and send its actions), step (its envs), record (rewards,
-        truncation bootstrap, episodes). A small scheduler takes whichever part is ready next: a part whose actions
-        are computed is sent; a part whose envs have stepped is received, its next actions are launched (the graph
-        path: on the part's own CUDA stream, so parts' steps also overlap on the GPU) and its step is recorded while
-        they compute. So env stepping, the policy and the bookkeeping of different parts overlap, and no part waits
-        for another. When nothing is ready for the envs' spin time, it waits (blocking) for the part that has waited
-        longest. With one part (every group but a mixed one) this is the plain loop: act, step, record. A member's
-        numbers do not depend on the order (each part is a whole policy segment; the envs are per member; the
-        bookkeeping reads no policy output); ``on_episode`` sees each member's episodes in order.
-
-        Timers: ``env`` is the time spent waiting for envs (and for their results' normalisation), including the
-        scheduler's idle polling; ``inference`` the rest (launching and waiting for the policy, bookkeeping)."""
+        Pipelined over the envs' parts (``envs.parts``: a mixed group's precision segments, where each has its own
+        env workers): part i's actions for step t + 1 are computed and sent while the other parts' envs step, so
+        env stepping overlaps with the policy; and step t's bookkeeping is done while step t + 1's actions are being
+        computed (the graph path launches them first). One part (every other group) is the plain loop: act, step,
+        record. A member's numbers do not depend on it (each part is a whole policy segment; the envs are per member;
+        the bookkeeping reads no policy output)."""
         T, parts, K = self.num_steps, self.envs.parts, self.members
         # per part, views of everything a step reads or writes (the whole tensors when one part holds every member,
         # so the plain loop pays nothing for the parts)
@@ -308,66 +284,23 @@ class PPO:
                 members=(a, b), next_obs=self.next_obs[sl], obs=buf.obs[:, sl], actions=buf.actions[:, sl],
                 logprobs=buf.logprobs[:, sl], values=buf.values[:, sl], noise=noise[:, sl], rewards=rewards[:, sl],
                 episode_ends=episode_ends[:, sl], dead=dead[sl] if dead[sl].any() else None))
-        P = len(parts)
-        SEND, STEP, DONE = 0, 1, 2
-        stage, t, action, since = [SEND] * P, [0] * P, [None] * P, list(range(P))
-        for i in range(P):
-            action[i] = self._act(i, 0, views[i], timers)
-        clock, left, spin, idle = P, P, self.envs.spin_s, None
-
-        def advance(i: int, block: bool) -> bool:
-            """Part i's next stage if it is ready (or, ``block``, once it is)."""
-            nonlocal clock, left
-            v = views[i]
-            if stage[i] == SEND:
-                if not (block or self._acted(i)):
-                    return False
-                self._send(i, v, action[i], timers)
-                stage[i] = STEP
-            else:
-                if not (block or self.envs.ready(i)):
-                    return False
-                step = self._receive(i, v, timers)
-                if t[i] + 1 < T:
-                    action[i] = self._act(i, t[i] + 1, v, timers)
-                self._record(i, t[i], v, step, on_episode, timers)
-                t[i] += 1
-                stage[i] = SEND if t[i] < T else DONE
-                left -= stage[i] == DONE
-            since[i], clock = clock, clock + 1
-            return True
-
-        while left:
-            moved = False
-            for i in range(P):
-                if stage[i] != DONE and advance(i, False):
-                    moved = True
-            if moved:
-                if idle is not None:
-                    timers["env"] += time.perf_counter() - idle
-                    idle = None
-                continue
-            now = time.perf_counter()
-            if idle is None:
-                idle = now
-            if now - idle >= spin:  # nothing ready for a while: wait for the part that has waited longest
-                timers["env"] += now - idle
-                advance(min((i for i in range(P) if stage[i] != DONE), key=since.__getitem__), True)
-                idle = None
-        if idle is not None:
-            timers["env"] += time.perf_counter() - idle
+        for i in range(len(parts)):
+            self._send(i, views[i], self._act(i, 0, views[i], timers), timers)
+        for t in range(T):
+            for i in range(len(parts)):
+                step = self._receive(i, views[i], timers)
+                if t + 1 < T:
+                    action = self._act(i, t + 1, views[i], timers)
+                self._record(i, t, views[i], step, on_episode, timers)
+                if t + 1 < T:
+                    self._send(i, views[i], action, timers)
 
     def _act(self, i: int, t: int, v: SimpleNamespace, timers: dict):
         """Part i's actions at step t (from its next observations), into the rollout buffer. The graph path only
-        launches its step graph on the part's stream (:meth:`_acted` says when it is done) and returns None; the
-        eager one returns the actions."""
+        launches its step graph (:meth:`_send` waits for it) and returns None; the eager one returns the actions."""
         t0 = time.perf_counter()
         if self.cuda_graphs:  # one graph: obs in from pinned memory, act, buffers written at step t, actions out
-            st = self._st_parts[i]
-            with _on_stream(st.stream):
-                self._call(f"step{i}", functools.partial(self._graph_step, i))
-                if st.done is not None:
-                    st.done.record()
+            self._call(f"step{i}", functools.partial(self._graph_step, i))
             action = None
         else:
             obs = v.next_obs
@@ -377,19 +310,13 @@ class PPO:
         timers["inference"] += time.perf_counter() - t0
         return action
 
-    def _acted(self, i: int) -> bool:
-        """Whether part i's actions from :meth:`_act` are ready to send without waiting."""
-        done = self._st_parts[i].done if self.cuda_graphs else None
-        return done is None or done.query()
-
     def _send(self, i: int, v: SimpleNamespace, action: torch.Tensor | None, timers: dict) -> None:
         """Part i's actions (from :meth:`_act`) off to its envs."""
         t0 = time.perf_counter()
         if action is None:  # the step graph's: in pinned memory once the graph is done
-            st = self._st_parts[i]
-            if st.done is not None:
-                st.done.synchronize()
-            action_np = st.act_np
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
+            action_np = self._st_parts[i].act_np
         else:
             action_np = action.cpu().numpy()
         if v.dead is not None:  # a failed member's actions may be NaN; its envs only idle along
@@ -571,9 +498,7 @@ class PPO:
             act_host = host(hi - lo, N, *a, dtype=torch.long if self.policy.discrete else torch.float32)
             self._st_parts.append(SimpleNamespace(obs=z(hi - lo, N, self.obs_dim), obs_host=obs_host,
                                                   obs_np=obs_host.numpy(), act_host=act_host, act_np=act_host.numpy(),
-                                                  t=z(1, dtype=torch.long),
-                                                  stream=torch.cuda.Stream(dev) if pin else None,
-                                                  done=torch.cuda.Event() if pin else None))
+                                                  t=z(1, dtype=torch.long)))
         self._st = SimpleNamespace(
             noise=z(self.num_steps, K, N, *(a if a else (1,))), last_value=z(K, N),
             batch=Minibatch(z(K, B, self.obs_dim), z(K, B, *a), z(K, B), z(K, B), z(K, B), z(K, B)),
@@ -589,8 +514,8 @@ class PPO:
 
     def _call(self, name: str, fn: Callable):
         """``fn()`` as a CUDA graph: captured on the first call (after two warm-up runs on a side stream, whose effects
-        the caller makes harmless), replayed afterwards on the current stream; returns the graph's static outputs.
-        ``graph_capture`` off: ``fn()`` eagerly."""
+        the caller makes harmless), replayed afterwards; returns the graph's static outputs. ``graph_capture`` off:
+        ``fn()`` eagerly."""
         if not self.graph_capture:
             return fn()
         if name not in self._graphs:
@@ -599,11 +524,7 @@ class PPO:
         graph.replay()
         return out
 
-    def _capture(self, name: str, fn: Callable, stream: torch.cuda.Stream | None = None) -> None:
-        """Capture ``fn`` as graph ``name``. ``stream``: the capture stream, for a graph that is replayed alongside
-        others: cuBLAS's workspace is per stream and a captured graph keeps the one of the stream it was captured on,
-        so graphs captured on one stream and replayed at once on several would share it (wrong results, seen on
-        an H100 as non-finite gradients). Default: torch's one capture stream (graphs replayed one after another)."""
+    def _capture(self, name: str, fn: Callable) -> None:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -611,7 +532,7 @@ class PPO:
                 fn()
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
+        with torch.cuda.graph(graph):
             out = fn()
         self._graphs[name] = (graph, out)
 
@@ -624,11 +545,9 @@ class PPO:
         if self.graph_capture:
             for i in range(len(self._st_parts)):
                 if f"step{i}" not in self._graphs:  # the warm-up runs write steps 0-1 and move t: both undone below
-                    self._capture(f"step{i}", functools.partial(self._graph_step, i), self._st_parts[i].stream)
+                    self._capture(f"step{i}", functools.partial(self._graph_step, i))
         for st in self._st_parts:
             st.t.zero_()
-            if st.stream is not None:  # each part's steps run on its own stream, after all of the above
-                st.stream.wait_stream(torch.cuda.current_stream(self.device))
 
     def _graph_step(self, i: int) -> None:
         """Part i's rollout step t (t: a device index, advanced here), all on the device: observations copied in from

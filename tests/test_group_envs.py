@@ -643,9 +643,8 @@ def test_interrupted_calls():
 
 @pytest.mark.parametrize("workers", [0, 3])
 def test_parts_step_apart_bitwise_as_one_group(workers):
-    """GroupEnvs(parts=...): member ranges stepped separately (step_async / step_wait, interleaved, polled with
-    ready; or all at once by step()) give bitwise the whole group's steps; with workers each part has its own (3
-    workers: 1 + 2)."""
+    """GroupEnvs(parts=...): member ranges stepped separately (step_async / step_wait, interleaved; or all at once by
+    step()) give bitwise the whole group's steps; with workers each part has its own (3 workers: 1 + 2)."""
     seeds, kw = [21, 22, 23], HALFCHEETAH_KW
     whole = GroupEnvs("HalfCheetah-v5", seeds, 1, 0.99, **kw)
     parted = GroupEnvs("HalfCheetah-v5", seeds, 1, 0.99, workers=workers, parts=[(0, 1), (1, 3)], **kw)
@@ -664,12 +663,7 @@ def test_parts_step_apart_bitwise_as_one_group(workers):
             else:  # the second part is sent before the first is collected
                 parted.step_async(actions[1:], 1)
                 parted.step_async(actions[:1], 0)
-                polls = 0
-                while not parted.ready(0):  # ready: polled without waiting; True once part 0 has stepped
-                    polls += 1
-                    assert polls < 10**7, "part 0 never became ready"
                 a, b = parted.step_wait(0), parted.step_wait(1)
-                assert parted.ready(0) and parted.ready(1)  # collected: nothing in flight
                 x = GroupStep(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in
                                 ("obs", "reward", "terminated", "truncated", "final_obs")), a.episodes + b.episodes)
             assert_same_step(x, y, f"step {t}")
