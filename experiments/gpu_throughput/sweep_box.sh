@@ -5,8 +5,10 @@
 # most LIMIT seconds, then SIGTERM: every member checkpoints and the next call's identical command resumes it.
 # The grouped launcher's defaults on CUDA put all 60 runs in ONE process (mix_cells, max_members auto); W env
 # workers with SPIN us of polling. PRE=1: first the GPU suite and a single run (one run per process) for reference;
-# the sweep is not started if the suite fails. WH: the wheels to install (.wheelhouse/sweep: .wheelhouse/issue12 less
-# mujoco_studio, pyopengl and websockets, which simulation does not import: 11 MB instead of 27).
+# the sweep is not started if the suite fails. sysmon.py samples the box's CPUs and GPU every 5 s meanwhile
+# ($OUT/sysmon.jsonl: steal, clocks, runnable processes, the busiest processes). WH: the wheels to install
+# (.wheelhouse/sweep: .wheelhouse/issue12 less mujoco_studio, pyopengl and websockets, which simulation does not
+# import: 11 MB instead of 27).
 #   LIMIT=500 W=15 SPIN=1000 bash experiments/gpu_throughput/sweep_box.sh
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; PY=${PY:-python3}
@@ -31,11 +33,13 @@ if [ "$PRE" = 1 ]; then
   $PY experiments/gpu_throughput/timing_summary.py /tmp/single; cp /tmp/single/timing.json "$OUT/timing_single.json"
 fi
 $PY experiments/gpu_throughput/progress.py "$SWEEP" "$BOX/progress_before.json" > /dev/null 2>&1 || true
-s=$(date +%s.%N)
+$PY experiments/gpu_throughput/sysmon.py "$OUT/sysmon.jsonl" 5 & mon=$!  # the box's CPUs and GPU every 5 s
+s=$(date +%s.%N); echo "sweep start epoch $s"
 timeout -s TERM -k 60 "$LIMIT" $PY -m esper_exp.train -m experiment=gelu_amp env=halfcheetah "seed=$SEEDS" \
   hydra/launcher=grouped hydra.launcher.n_jobs=$NJ device=$DEV env_workers=$W env_spin_us=$SPIN \
   tracking.wandb.mode=disabled tracking.progress=off $EXTRA > "$BOX/sweep_call.log" 2>&1
 echo "sweep rc=$? wall_s=$($PY -c "import time; print(round(time.time() - $s, 1))")"
+kill $mon 2>/dev/null
 tail -25 "$BOX/sweep_call.log" | cut -c1-250
 $PY experiments/gpu_throughput/progress.py "$SWEEP" "$OUT/progress.json" "$BOX/progress_before.json" "$s"
 # the small per-run files (no checkpoints) come back every call
