@@ -293,6 +293,33 @@ def test_nonfinite_is_flagged_from_each_signal_alone(tmp_path):
     assert only_episode["flagged"] and only_episode["nonfinite_episode_returns"] == 1
 
 
+def test_a_stalled_fp16_run_is_counted_and_flagged(tmp_path):
+    """A run whose fp16 loss scaler skipped every minibatch step of some updates (seen on CUDA: the scale halved to 0
+    and the policy stopped changing while the run went on) is flagged with its stalled updates: from the skipped-step
+    counter against epochs x num_minibatches, or, without those, from a loss scale of 0. Skipping some of an
+    update's steps is not a stall."""
+    from esper_exp.analysis.load import load_run
+
+    d = write_run(tmp_path / "stalled", precision="fp16", total_timesteps=8_000)
+    info = json.loads((d / "run.json").read_text())
+    info["config"]["ppo"]["num_minibatches"] = 4
+    (d / "run.json").write_text(json.dumps(info))
+    rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    skipped = 0
+    for u, r in enumerate(rows):
+        r["epochs"] = 2 if u == 9 else 3  # a target-KL stop: fewer steps attempted
+        skipped += {4: 5, 7: 12, 8: 12, 9: 8, 10: 11}.get(u, 0)  # 7-9 stalled; 4 and 10 partly skipped
+        r["nonfinite_grad_steps"], r["loss_scale"] = skipped, 0.0 if 7 <= u <= 9 else 1024.0
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = load_run(d).nonfinite_summary()
+    assert summary["stalled_updates"] == 3 and summary["flagged"]
+    del info["config"]["ppo"]["num_minibatches"]  # an older run.json: the loss scale says it
+    (d / "run.json").write_text(json.dumps(info))
+    assert load_run(d).nonfinite_summary()["stalled_updates"] == 3
+    clean = write_run(tmp_path / "clean", precision="fp16", total_timesteps=8_000)
+    assert load_run(clean).nonfinite_summary()["stalled_updates"] == 0
+
+
 def test_sweep_with_no_completed_run_still_reports(tmp_path):
     for s in range(2):
         write_run(run_path(tmp_path / "s", "cartpole", "exact", "fp32", s), seed=s, status="running",

@@ -119,13 +119,30 @@ class Run:
                     present = ~self.absent[k]
                     bad |= present & ~np.isfinite(v)
             bad_updates = int(bad.sum())
+        stalled = self.stalled_updates()
         return {
             "nonfinite_events": int(events),
             "skipped_steps": skipped_max,
             "nonfinite_metric_updates": bad_updates,
             "nonfinite_episode_returns": int(self.dropped_episodes),
-            "flagged": bool(events or skipped_max or bad_updates or self.dropped_episodes),
+            "stalled_updates": stalled,
+            "flagged": bool(events or skipped_max or bad_updates or self.dropped_episodes or stalled),
         }
+
+    def stalled_updates(self) -> int:
+        """Updates in which every minibatch step was skipped (the fp16 loss scaler found non-finite gradients at
+        each one): the policy did not change. The per-update count is the rise of the cumulative
+        ``nonfinite_grad_steps``; the steps attempted are ``epochs`` x the config's ``ppo.num_minibatches``. Without
+        those, the updates that ended with a loss scale of 0 (from which no step can succeed)."""
+        m = self.metrics
+        mbs = ((self.info.get("config") or {}).get("ppo") or {}).get("num_minibatches")
+        if mbs and "nonfinite_grad_steps" in m and "epochs" in m:
+            cum = np.nan_to_num(m["nonfinite_grad_steps"], nan=0.0)
+            per_update = np.diff(np.concatenate([[0.0], cum]))
+            attempted = np.nan_to_num(m["epochs"], nan=0.0) * float(mbs)
+            return int(((attempted > 0) & (per_update >= attempted)).sum())
+        scale = m.get("loss_scale")
+        return int((scale == 0).sum()) if scale is not None else 0
 
 
 class RunReadError(Exception):

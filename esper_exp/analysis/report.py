@@ -125,6 +125,7 @@ def analyse(sweep: Sweep, rule: Rule, o: dict) -> dict:
             row["nonfinite_events"] = sum(n["nonfinite_events"] for n in nfs)
             row["skipped_steps"] = sum(n["skipped_steps"] for n in nfs)
             row["runs_flagged_nonfinite"] = sum(n["flagged"] for n in nfs)
+            row["runs_stalled"] = sum(n["stalled_updates"] > 0 for n in nfs)
             e["outcomes"].append(row)
             if used:
                 cv = np.stack([out["per_run"][(c, r.seed)]["curve"] for r in used])
@@ -356,9 +357,16 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
         if flagged:
             L += ["Runs with non-finite events:", ""]
             L += [_table(["cell", "seed", "status", "nonfinite_events (run.json)", "skipped steps",
-                          "updates with non-finite metrics", "non-finite episode returns"],
+                          "stalled updates (every step skipped)", "updates with non-finite metrics",
+                          "non-finite episode returns"],
                          [[f_["cell"], f_["seed"], f_["status"], f_["nonfinite_events"], f_["skipped_steps"],
-                           f_["nonfinite_metric_updates"], f_["nonfinite_episode_returns"]] for f_ in flagged]), ""]
+                           f_["stalled_updates"], f_["nonfinite_metric_updates"], f_["nonfinite_episode_returns"]]
+                          for f_ in flagged]), ""]
+            stalled = [f_ for f_ in flagged if f_["stalled_updates"]]
+            if stalled:
+                L += [f"{len(stalled)} run(s) stalled: in a stalled update every minibatch step was skipped (the fp16 "
+                      "loss scaler found non-finite gradients at each), so the policy did not change; such a run "
+                      "goes on to the end with the weights it had.", ""]
         else:
             L += ["No non-finite events in any run.", ""]
         if env["health"]["metrics"]:
