@@ -9,12 +9,15 @@
 # ($OUT/sysmon.jsonl: steal, clocks, runnable processes, the busiest processes). WH: the wheels to install
 # (.wheelhouse/sweep: .wheelhouse/issue12 less mujoco_studio, pyopengl and websockets, which simulation does not
 # import: 11 MB instead of 27).
+# EXP / ENVS / SWEEP: another experiment, env(s) and its sweep directory, e.g. issue 13's pilot on one env:
+#   EXP=mujoco_gelu_amp ENVS=hopper SWEEP=outputs/sweeps/mujoco_gelu_amp ... sweep_box.sh
 #   LIMIT=500 W=15 SPIN=1000 bash experiments/gpu_throughput/sweep_box.sh
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; PY=${PY:-python3}
 LIMIT=${LIMIT:-500}; W=${W:-15}; SPIN=${SPIN:-1000}; NJ=${NJ:-1}; SEEDS=${SEEDS:-range(1,11)}; DEV=${DEV:-cuda}
 EXTRA=${EXTRA:-}; PRE=${PRE:-0}
-WH=${WH:-$PWD/.wheelhouse/issue12}; BOX=$PWD/.box; SWEEP=outputs/sweeps/gelu_amp_halfcheetah
+WH=${WH:-$PWD/.wheelhouse/issue12}; BOX=$PWD/.box
+EXP=${EXP:-gelu_amp}; ENVS=${ENVS:-halfcheetah}; SWEEP=${SWEEP:-outputs/sweeps/gelu_amp_halfcheetah}
 exec > >(tee "$OUT/log.txt") 2>&1
 date -u; nproc; nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader 2>/dev/null
 mkdir -p "$BOX"; [ -f "$BOX/calls" ] && echo "previous calls on this box: $(cat "$BOX/calls")" || echo "fresh box"
@@ -35,7 +38,7 @@ fi
 $PY experiments/gpu_throughput/progress.py "$SWEEP" "$BOX/progress_before.json" > /dev/null 2>&1 || true
 $PY experiments/gpu_throughput/sysmon.py "$OUT/sysmon.jsonl" 5 & mon=$!  # the box's CPUs and GPU every 5 s
 s=$(date +%s.%N); echo "sweep start epoch $s"
-timeout -s TERM -k 60 "$LIMIT" $PY -m esper_exp.train -m experiment=gelu_amp env=halfcheetah "seed=$SEEDS" \
+timeout -s TERM -k 60 "$LIMIT" $PY -m esper_exp.train -m experiment=$EXP env=$ENVS "seed=$SEEDS" \
   hydra/launcher=grouped hydra.launcher.n_jobs=$NJ device=$DEV env_workers=$W env_spin_us=$SPIN \
   tracking.wandb.mode=disabled tracking.progress=off $EXTRA > "$BOX/sweep_call.log" 2>&1
 echo "sweep rc=$? wall_s=$($PY -c "import time; print(round(time.time() - $s, 1))")"
