@@ -9,6 +9,9 @@
 # ($OUT/sysmon.jsonl: steal, clocks, runnable processes, the busiest processes). WH: the wheels to install
 # (.wheelhouse/sweep: .wheelhouse/issue12 less mujoco_studio, pyopengl and websockets, which simulation does not
 # import: 11 MB instead of 27).
+# CKPT=1: also bring the sweep's state back (carry.py pack: newest checkpoint per run, parts of 15 MB; about 40 runs
+# fit the 64 MiB a call carries, with the wheels); RESTORE=DIR: on a box without the sweep, unpack such parts first
+# (copy the returned parts into a git-ignored .carry/ and carry it with the wheels).
 # EXP / ENVS / SWEEP: another experiment, env(s) and its sweep directory, e.g. issue 13's pilot on one env:
 #   EXP=mujoco_gelu_amp ENVS=hopper SWEEP=outputs/sweeps/mujoco_gelu_amp ... sweep_box.sh
 #   LIMIT=500 W=15 SPIN=1000 bash experiments/gpu_throughput/sweep_box.sh
@@ -35,6 +38,9 @@ if [ "$PRE" = 1 ]; then
     --out /tmp/single > /tmp/single.log 2>&1 || tail -3 /tmp/single.log
   $PY experiments/gpu_throughput/timing_summary.py /tmp/single; cp /tmp/single/timing.json "$OUT/timing_single.json"
 fi
+if [ -n "${RESTORE:-}" ] && [ ! -d "$SWEEP" ]; then  # a fresh box: the state a previous box packed (CKPT=1)
+  $PY experiments/gpu_throughput/carry.py unpack "$RESTORE" "$SWEEP" || exit 1
+fi
 $PY experiments/gpu_throughput/progress.py "$SWEEP" "$BOX/progress_before.json" > /dev/null 2>&1 || true
 $PY experiments/gpu_throughput/sysmon.py "$OUT/sysmon.jsonl" 5 & mon=$!  # the box's CPUs and GPU every 5 s
 s=$(date +%s.%N); echo "sweep start epoch $s"
@@ -47,4 +53,6 @@ tail -25 "$BOX/sweep_call.log" | cut -c1-250
 $PY experiments/gpu_throughput/progress.py "$SWEEP" "$OUT/progress.json" "$BOX/progress_before.json" "$s"
 # the small per-run files (no checkpoints) come back every call
 tar -czf "$OUT/runs.tar.gz" --exclude='checkpoints' --exclude='*.pt' --exclude='drift' "$SWEEP" 2>/dev/null
+# CKPT=1: the whole state (newest checkpoint per run) in parts of 15 MB, for RESTORE on another box
+[ "${CKPT:-0}" = 1 ] && $PY experiments/gpu_throughput/carry.py pack "$SWEEP" "$OUT"
 ls -la "$OUT"; date -u

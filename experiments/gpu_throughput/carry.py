@@ -1,0 +1,142 @@
+"""Carry a sweep's state from one lent GPU box to the next (a box is wiped when it is handed back).
+
+    python carry.py pack SWEEP_DIR OUT_DIR [--part-mb 15]   # on the box, after a sweep call
+    python carry.py unpack PARTS_DIR SWEEP_DIR                # on the next box, before the same sweep command
+
+``pack`` writes OUT_DIR/carry.tgz.part-000, -001, ... (each at most --part-mb MB: a device call returns at most 8
+files of 16 MiB): every file of the sweep directory except older checkpoints (a run keeps only its newest
+``ckpt-*.pt`` and its ``.sha256``, which is all a resume reads) and drift snapshots. Paths are stored as given
+(relative to the checkout, e.g. outputs/sweeps/gelu_amp_halfcheetah/...), so ``unpack`` in the checkout's root puts
+them back where the sweep command looks; it refuses when SWEEP_DIR already exists (a warm box still holds a newer
+state) or when a file lies outside it. A run's checkpoint is 0.95 MB (HalfCheetah, width 64: weights and Adam moments, which compress
+little), so the parts plus the wheels must fit the 64 MiB that travel with a call: about 40 runs, not 60."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tarfile
+from pathlib import Path
+
+PREFIX = "carry.tgz.part-"
+
+
+def members(sweep: Path) -> list[Path]:
+    """The files to carry: all, less drift snapshots and every checkpoint but a run's newest."""
+    keep = []
+    for p in sorted(sweep.rglob("*")):
+        if not p.is_file() or "drift" in p.relative_to(sweep).parts:
+            continue
+        if p.parent.name == "checkpoints" and p.name.startswith("ckpt-"):
+            newest = sorted(p.parent.glob("ckpt-*.pt"))[-1:]
+            if not newest or p.name not in (newest[0].name, newest[0].name + ".sha256"):
+                continue
+        keep.append(p)
+    return keep
+
+
+class _Parts(io.RawIOBase):
+    """A write-only stream split into files of at most ``size`` bytes."""
+
+    def __init__(self, out: Path, size: int):
+        self.out, self.size, self.n, self.f, self.left = out, size, 0, None, 0
+        self.paths: list[Path] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        view, done = memoryview(b), 0
+        while done < len(view):
+            if self.left == 0:
+                if self.f:
+                    self.f.close()
+                path = self.out / f"{PREFIX}{self.n:03d}"
+                self.f, self.left, self.n = open(path, "wb"), self.size, self.n + 1
+                self.paths.append(path)
+            k = min(self.left, len(view) - done)
+            self.f.write(view[done:done + k])
+            self.left -= k
+            done += k
+        return done
+
+    def close(self) -> None:
+        if self.f:
+            self.f.close()
+            self.f = None
+        super().close()
+
+
+def pack(sweep: Path, out: Path, part_mb: float) -> list[Path]:
+    if not sweep.is_dir():
+        raise SystemExit(f"carry.py: no sweep directory {sweep}")
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(PREFIX + "*"):
+        old.unlink()
+    parts = _Parts(out, int(part_mb * 1e6))
+    with tarfile.open(fileobj=parts, mode="w|gz") as tar:
+        for p in members(sweep):
+            tar.add(p, arcname=str(p), recursive=False)
+    parts.close()
+    total = sum(p.stat().st_size for p in parts.paths)
+    print(f"carry.py: {len(parts.paths)} part(s), {total / 2**20:.1f} MiB, from {sweep}")
+    return parts.paths
+
+
+class _Joined(io.RawIOBase):
+    def __init__(self, paths: list[Path]):
+        self.paths, self.f = list(paths), None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while True:
+            if self.f is None:
+                if not self.paths:
+                    return 0
+                self.f = open(self.paths.pop(0), "rb")
+            n = self.f.readinto(b)
+            if n:
+                return n
+            self.f.close()
+            self.f = None
+
+
+def unpack(parts_dir: Path, sweep: Path) -> None:
+    paths = sorted(parts_dir.glob(PREFIX + "*"))
+    if not paths:
+        raise SystemExit(f"carry.py: no {PREFIX}* files in {parts_dir}")
+    if sweep.exists():
+        raise SystemExit(f"carry.py: {sweep} exists already (a newer state?): not unpacked")
+    n = 0
+    with tarfile.open(fileobj=_Joined(paths), mode="r|gz") as tar:
+        for m in tar:
+            name = Path(m.name)
+            if name.is_absolute() or ".." in name.parts or name.parts[:len(sweep.parts)] != sweep.parts:
+                raise SystemExit(f"carry.py: {m.name} is not inside {sweep}: stopped")
+            tar.extract(m, filter="data")
+            n += 1
+    print(f"carry.py: {n} files from {len(paths)} part(s) into {sweep}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack")
+    p.add_argument("sweep", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--part-mb", type=float, default=15.0)
+    u = sub.add_parser("unpack")
+    u.add_argument("parts", type=Path)
+    u.add_argument("sweep", type=Path)
+    a = ap.parse_args(argv)
+    if a.cmd == "pack":
+        pack(a.sweep, a.out, a.part_mb)
+    else:
+        unpack(a.parts, a.sweep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
