@@ -293,6 +293,32 @@ def test_nonfinite_is_flagged_from_each_signal_alone(tmp_path):
     assert only_episode["flagged"] and only_episode["nonfinite_episode_returns"] == 1
 
 
+def test_vs_with_pairs_compares_an_arm_whose_cells_the_primary_lacks(tmp_path, capsys):
+    """esper-report PRIMARY --vs ARM --pair exact/fp16=exact/fp32 (issue 13's fp16 arm against the primary's fp32
+    cells): only the named pairs, ARM's cell minus PRIMARY's, by PRIMARY's rule; a planted shift is found with its
+    sign; a bad pair, a pair no env holds, or --pair without --vs: one line, exit 2."""
+    from esper_exp.analysis.report import main
+
+    kw = dict(seeds=range(8), total_timesteps=40_000, data_seed_offset=3, seed_effect_sd=30.0)
+    primary = make_sweep(tmp_path / "primary", precisions=("fp32", "bf16"), **kw)
+    arm = make_sweep(tmp_path / "arm", precisions=("fp16",), shifts={"tanh/fp16": -300.0}, **kw)
+    out = tmp_path / "twin"
+    assert main([str(primary), "--vs", str(arm), "--pair", "exact/fp16=exact/fp32", "--pair",
+                 "tanh/fp16=tanh/fp32", "--out", str(out), "--reps", "500"]) == 0
+    rows = {(r["a"], r["b"]): r for r in json.loads((out / "twin.json").read_text())["rows"] if r["scope"] == "all"}
+    assert sorted(rows) == [("B:exact/fp16", "A:exact/fp32"), ("B:tanh/fp16", "A:tanh/fp32")]
+    shifted = rows[("B:tanh/fp16", "A:tanh/fp32")]
+    assert shifted["verdict"] == "different" and shifted["estimate"] < 0 and shifted["n"] == 8
+    assert "tanh/fp16 - tanh/fp32" in (out / "twin.md").read_text()
+    assert "2 cells compared" in capsys.readouterr().out
+    for bad in (["--pair", "exact-fp16"], ["--pair", "exact/fp16=exact/fp8"]):
+        assert main([str(primary), "--vs", str(arm), "--out", str(tmp_path / "x"), *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and bad[1] in err[0]
+    assert main([str(primary), "--pair", "exact/fp16=exact/fp32", "--out", str(tmp_path / "y")]) == 2
+    assert "--vs" in capsys.readouterr().err
+
+
 def test_a_stalled_fp16_run_is_counted_and_flagged(tmp_path):
     """A run whose fp16 loss scaler skipped every minibatch step of some updates (seen on CUDA: the scale halved to 0
     and the policy stopped changing while the run went on) is flagged with its stalled updates: from the skipped-step

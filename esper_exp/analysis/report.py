@@ -495,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vs", metavar="OTHER_SWEEP", default=None,
                    help="compare another sweep of the same cells with this one, cell by cell (e.g. a CPU twin of a "
                         "CUDA sweep), by this sweep's stored rule; writes twin.md / twin.json")
+    p.add_argument("--pair", metavar="OTHER_CELL=THIS_CELL", action="append", default=None,
+                   help="with --vs: compare only these cells, the other sweep's OTHER_CELL against this sweep's "
+                        "THIS_CELL (e.g. exact/fp16=exact/fp32 for an fp16 arm against the primary); repeatable")
     p.add_argument("--pilot", action="store_true",
                    help="a pre-registered pilot: only the largest per env x cell SD of the normalised primary "
                         "endpoint and the seed count it gives (no contrasts; writes pilot.md / pilot.json)")
@@ -580,7 +583,7 @@ def _twin(args) -> int:
         root = Path(args.sweep_dir)
         sweep, rule, meta = _load_and_rule(root, bool(args.include_damaged), _cli_overrides(args), o)
         other = load_sweep_or_raise(Path(args.vs), AnalysisError, include_damaged=bool(args.include_damaged))
-        res = compare(sweep, other, rule, o)
+        res = compare(sweep, other, rule, o, _pairs(args.pair))
     except AnalysisError as e:
         return fail("esper-report", e)
     res["rule_source"] = meta["source"]
@@ -589,6 +592,20 @@ def _twin(args) -> int:
     counts = ", ".join(f"{verdicts.count(v)} {v}" for v in sorted(set(verdicts)))
     print(f"esper-report: {len(verdicts)} cells compared ({counts}); wrote {path}")
     return _damaged_exit(sweep.damaged + other.damaged, bool(args.include_damaged))
+
+
+def _pairs(given: list[str] | None) -> list[tuple[str, str]] | None:
+    """--pair values as (other cell, this cell); a bad one is an AnalysisError naming it."""
+    if not given:
+        return None
+    pairs = []
+    for g in given:
+        sides = g.split("=")
+        if len(sides) != 2 or not all(len(x.split("/")) >= 2 and all(x.split("/")) for x in sides):
+            raise AnalysisError(f"--pair {g!r}: expected OTHER_CELL=THIS_CELL with cells as gelu/precision, e.g. "
+                                f"exact/fp16=exact/fp32")
+        pairs.append((sides[0], sides[1]))
+    return pairs
 
 
 def _cli_overrides(args) -> dict:
@@ -608,6 +625,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.pilot and args.vs:
         return fail("esper-report", AnalysisError("--pilot and --vs are separate reports; give one"))
+    if args.pair and not args.vs:
+        return fail("esper-report", AnalysisError("--pair names cells of two sweeps: give the other with --vs"))
     if args.pilot:
         return _pilot(args)
     if args.vs:
