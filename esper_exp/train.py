@@ -155,6 +155,7 @@ class _Member:
         self.status: str | None = None
         self.window = None
         self.lock: RunLock | None = None
+        self.stalled_noted = False  # train.log says once per attempt that the fp16 scaler skipped a whole update
 
     def accept(self) -> str | None:
         """Validate and look at the run directory: None to train (fresh or resumed), else 'skipped'.
@@ -407,7 +408,7 @@ def _loop(members: list[_Member], ppo, cfg: DictConfig, device, stop: StopReques
                                      dynamic_ncols=True) as bar:
         while any(ppo.live):
             due = [k for k in range(K) if ppo.live[k] and d.probe_every and (ppo.update_idx[k] + 1) % d.probe_every == 0]
-            before = sum(ppo.global_step)
+            before, skipped_before = sum(ppo.global_step), list(ppo.nonfinite_grad_steps)
             if due:
                 result, steps = probe.run_update(on_episode)
                 for k, rec in probe_records(ppo, steps, [k for k in due if k in result.records]).items():
@@ -424,6 +425,14 @@ def _loop(members: list[_Member], ppo, cfg: DictConfig, device, stop: StopReques
                 record["sps"] = (record["global_step"] - start_steps[k]) / elapsed
                 record["return_mean"] = m.window.mean()
                 m.tracker.log_update(record)
+                if not m.stalled_noted and record["epochs"] > 0 and record["nonfinite_grad_steps"] - skipped_before[k] \
+                        >= record["epochs"] * ppo.hp.num_minibatches:
+                    m.stalled_noted = True
+                    line = (f"stalled at update {record['update']}: the fp16 loss scaler skipped every minibatch step "
+                            f"(non-finite gradients at every scale; loss scale now {record.get('loss_scale')}); the "
+                            f"run goes on with unchanged weights while this lasts")
+                    m.tracker.note(line)
+                    print_err(f"run stalled: {m.run_dir}: {line}")
                 if snapshot is not None:
                     if k in initial:
                         take_snapshot(k, initial.pop(k))

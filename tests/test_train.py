@@ -59,6 +59,32 @@ def test_run_json_fingerprint_and_episode_records(train_run):
     assert episodes and all(e["return"] == e["length"] for e in episodes)  # CartPole: +1 per step
 
 
+def test_a_stalled_fp16_run_says_so_and_goes_on(train_run, monkeypatch, capsys):
+    """An fp16 run whose loss scaler skips every minibatch step of an update (gradients non-finite at every scale, as
+    seen on CUDA) is not failed: it goes on with unchanged weights, and train.log and stderr say once that it stalled."""
+    from esper_exp.stacked import MemberGradScaler
+
+    unscale = MemberGradScaler.unscale_
+
+    def non_finite(self, grad):  # every fp16 gradient non-finite, whatever the scale; the loss stays finite
+        unscale(self, grad)
+        if self.enabled:
+            grad.mul_(float("inf"))
+
+    monkeypatch.setattr(MemberGradScaler, "unscale_", non_finite)
+    run_dir = train_run(*TINY_CARTPOLE, "precision=fp16", "ppo.total_timesteps=768", name="stalled")
+    assert read_run_json(run_dir)["status"] == "completed"
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    steps = [m["epochs"] * 4 for m in metrics]  # every step of every update skipped (4 minibatches per epoch)
+    assert [m["nonfinite_grad_steps"] for m in metrics] == [sum(steps[:i + 1]) for i in range(3)] and min(steps) > 0
+    assert metrics[-1]["approx_kl"] == 0 and metrics[-1]["clipfrac"] == 0  # the weights never changed
+    notes = [line for line in (run_dir / "train.log").read_text().splitlines() if "stalled" in line]
+    assert len(notes) == 1 and "stalled at update 1:" in notes[0]
+    assert capsys.readouterr().err.count("run stalled:") == 1
+    fine = train_run(*TINY_CARTPOLE, "ppo.total_timesteps=768", name="fp32")  # fp32: the patch does nothing
+    assert "stalled" not in (fine / "train.log").read_text()
+
+
 def test_cartpole_learns(train_run):
     run_dir = train_run("env=cartpole", "ppo.total_timesteps=60000", name="learn")
     returns = [e["return"] for e in read_jsonl(run_dir / "episodes.jsonl")]
