@@ -1,5 +1,6 @@
 """experiments/gpu_throughput/carry.py: a sweep's state carried from one lent GPU box to the next (the study's runs
-outlive a box only this way). Packed: every file but older checkpoints and drift snapshots, in parts of a given size;
+outlive a box only this way). Packed: every file but older checkpoints, finished runs' checkpoints and drift
+snapshots, in parts of a given size;
 unpacked: bitwise the same files where they were; refused over an existing sweep directory or for a file outside it."""
 
 import importlib.util
@@ -17,11 +18,12 @@ spec.loader.exec_module(carry)
 
 
 def _sweep(root: Path) -> dict[str, bytes]:
-    """A sweep directory: two runs with two checkpoints each (the trainer keeps two), drift snapshots, sweep files."""
+    """A sweep directory: two interrupted runs and a completed one, each with two checkpoints (the trainer keeps two)
+    and drift snapshots; sweep files."""
     files = {"outputs/sweeps/s/multirun.yaml": b"x: 1\n", "outputs/sweeps/s/summary.json": b"{}"}
-    for run in ("a-exact-fp32/seed=1", "a-tanh-fp16/seed=2"):
+    for run in ("a-exact-fp32/seed=1", "a-tanh-fp16/seed=2", "a-tanh-fp32/seed=3"):
         d = f"outputs/sweeps/s/{run}"
-        files[f"{d}/run.json"] = b'{"status": "interrupted"}'
+        files[f"{d}/run.json"] = b'{"status": "completed"}' if run.endswith("3") else b'{"status": "interrupted"}'
         files[f"{d}/metrics.jsonl"] = b'{"update": 1}\n' * 50
         rng = np.random.default_rng(len(run))  # incompressible, like weights
         for u, payload in ((25, rng.bytes(40_000)), (50, rng.bytes(40_000))):  # the newest is 50
@@ -44,7 +46,8 @@ def test_pack_keeps_the_newest_checkpoint_and_unpack_restores_the_files(tmp_path
     monkeypatch.chdir(box2)
     carry.unpack(tmp_path / "back", Path("outputs/sweeps/s"))
     got = {str(p.relative_to(box2)): p.read_bytes() for p in box2.rglob("*") if p.is_file()}
-    kept = {n: d for n, d in files.items() if "/drift/" not in n and "ckpt-00000025" not in n}
+    kept = {n: d for n, d in files.items() if "/drift/" not in n and "ckpt-00000025" not in n
+            and not ("seed=3/checkpoints" in n)}  # a completed run's checkpoints are not needed to go on
     assert got == kept
     with pytest.raises(SystemExit, match="exists already"):  # a warm box's newer state is never overwritten
         carry.unpack(tmp_path / "back", Path("outputs/sweeps/s"))

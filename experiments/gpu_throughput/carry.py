@@ -4,17 +4,19 @@
     python carry.py unpack PARTS_DIR SWEEP_DIR                # on the next box, before the same sweep command
 
 ``pack`` writes OUT_DIR/carry.tgz.part-000, -001, ... (each at most --part-mb MB: a device call returns at most 8
-files of 16 MiB): every file of the sweep directory except older checkpoints (a run keeps only its newest
-``ckpt-*.pt`` and its ``.sha256``, which is all a resume reads) and drift snapshots. Paths are stored as given
+files of 16 MiB): every file of the sweep directory except older checkpoints (an unfinished run keeps only its newest
+``ckpt-*.pt`` and its ``.sha256``, which is all a resume reads), the checkpoints of finished runs (completed or
+failed: the sweep command skips them) and drift snapshots. Paths are stored as given
 (relative to the checkout, e.g. outputs/sweeps/gelu_amp_halfcheetah/...), so ``unpack`` in the checkout's root puts
 them back where the sweep command looks; it refuses when SWEEP_DIR already exists (a warm box still holds a newer
 state) or when a file lies outside it. A run's checkpoint is 0.95 MB (HalfCheetah, width 64: weights and Adam moments, which compress
-little), so the parts plus the wheels must fit the 64 MiB that travel with a call: about 40 runs, not 60."""
+little), so the parts plus the wheels must fit the 64 MiB that travel with a call: about 40 unfinished runs, not 60."""
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import tarfile
 from pathlib import Path
@@ -22,15 +24,24 @@ from pathlib import Path
 PREFIX = "carry.tgz.part-"
 
 
+def _finished(run_dir: Path) -> bool:
+    """A run the sweep command will skip (its run.json says completed or failed): its checkpoints are not needed."""
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("status") in ("completed", "failed")
+    except (OSError, ValueError):
+        return False
+
+
 def members(sweep: Path) -> list[Path]:
-    """The files to carry: all, less drift snapshots and every checkpoint but a run's newest."""
+    """The files to carry: all, less drift snapshots, finished runs' checkpoints and every other run's checkpoints
+    but its newest."""
     keep = []
     for p in sorted(sweep.rglob("*")):
         if not p.is_file() or "drift" in p.relative_to(sweep).parts:
             continue
         if p.parent.name == "checkpoints" and p.name.startswith("ckpt-"):
             newest = sorted(p.parent.glob("ckpt-*.pt"))[-1:]
-            if not newest or p.name not in (newest[0].name, newest[0].name + ".sha256"):
+            if _finished(p.parent.parent) or not newest or p.name not in (newest[0].name, newest[0].name + ".sha256"):
                 continue
         keep.append(p)
     return keep
