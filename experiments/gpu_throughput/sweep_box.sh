@@ -9,8 +9,8 @@
 # ($OUT/sysmon.jsonl: steal, clocks, runnable processes, the busiest processes). WH: the wheels to install
 # (.wheelhouse/sweep: .wheelhouse/issue12 less mujoco_studio, pyopengl and websockets, which simulation does not
 # import: 11 MB instead of 27).
-# CKPT=1: also bring the sweep's state back (carry.py pack: newest checkpoint per unfinished run, parts of 15 MB; ~40 unfinished runs
-# fit the 64 MiB a call carries, with the wheels); RESTORE=DIR: on a box without the sweep, unpack such parts first
+# CKPT=1: also bring the sweep's state back (carry.py pack: newest checkpoint per unfinished run, 15 MB parts; ~40
+# unfinished runs fit the 64 MiB a call carries, with the wheels); RESTORE=DIR: on a box without the sweep, unpack such parts first
 # (copy the returned parts into a git-ignored .carry/ and carry it with the wheels).
 # EXP / ENVS / SWEEP: another experiment, env(s) and its sweep directory, e.g. issue 13's pilot on one env:
 #   EXP=mujoco_gelu_amp ENVS=hopper SWEEP=outputs/sweeps/mujoco_gelu_amp ... sweep_box.sh
