@@ -4,7 +4,9 @@ PY := $(VENV)/bin/python
 # The CPU build of torch 2.13.0; an unpinned torch would pull a multi-GB CUDA build.
 # On a GPU machine: make setup TORCH="torch==2.13.0 --index-url <your CUDA wheel index>" (or keep your own torch).
 TORCH ?= torch==2.13.0
-PYTEST_ARGS ?=
+# Two test processes (pytest-xdist): the suite is mostly single-threaded process launches; on 2 cores this is ~1.6x
+# faster than one (one run each on the dev VM, 2026-11-23: 9:30 vs 5:53 and 5:34). PYTEST_ARGS= runs it in one process.
+PYTEST_ARGS ?= -n 2
 
 .PHONY: setup test test-slow demo sweep-smoke wheelhouse sweep-bench clean
 
