@@ -429,8 +429,9 @@ def _loop(members: list[_Member], ppo, cfg: DictConfig, device, stop: StopReques
                         >= record["epochs"] * ppo.hp.num_minibatches:
                     m.stalled_noted = True
                     line = (f"stalled at update {record['update']}: the fp16 loss scaler skipped every minibatch step "
-                            f"(non-finite gradients at every scale; loss scale now {record.get('loss_scale')}); the "
-                            f"run goes on with unchanged weights while this lasts")
+                            f"(non-finite gradients), loss scale now {record.get('loss_scale')} (at 0 it never "
+                            f"recovers, as with torch's GradScaler); the run goes on with unchanged weights while "
+                            f"this lasts")
                     m.tracker.note(line)
                     print_err(f"run stalled: {m.run_dir}: {line}")
                 if snapshot is not None:
