@@ -55,6 +55,16 @@ def cell_name(config: dict, sep: str = "/") -> str:
     return sep.join([config["env"]["name"], *label.split("/")])
 
 
+# --- metrics -----------------------------------------------------------------------------------------------------
+
+def stalled(skipped, epochs, num_minibatches: int):
+    """Whether an update was stalled: the fp16 loss scaler skipped every minibatch step it attempted (``skipped``: the
+    update's rise of ``nonfinite_grad_steps``; ``epochs``: its ``epochs``), so the policy did not change. Scalars or
+    numpy arrays (one element per update). The trainer notes it, esper-report counts it: one definition for both."""
+    attempted = epochs * num_minibatches
+    return (attempted > 0) & (skipped >= attempted)
+
+
 # --- strict JSON -------------------------------------------------------------------------------------------------
 
 def finite_safe(obj: Any) -> Any:

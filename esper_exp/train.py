@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from esper_exp import checkpoint
 from esper_exp.config import ConfigError, register_configs, validate
-from esper_exp.runformat import RunLock, RunLocked
+from esper_exp.runformat import RunLock, RunLocked, stalled
 from esper_exp.tracking import Tracker, config_hash, print_err, read_run_json
 
 # esper_exp/configs: in a checkout a symlink to the top-level configs/, in an installed wheel a copy of it
@@ -425,8 +425,8 @@ def _loop(members: list[_Member], ppo, cfg: DictConfig, device, stop: StopReques
                 record["sps"] = (record["global_step"] - start_steps[k]) / elapsed
                 record["return_mean"] = m.window.mean()
                 m.tracker.log_update(record)
-                if not m.stalled_noted and record["epochs"] > 0 and record["nonfinite_grad_steps"] - skipped_before[k] \
-                        >= record["epochs"] * ppo.hp.num_minibatches:
+                if not m.stalled_noted and stalled(record["nonfinite_grad_steps"] - skipped_before[k], record["epochs"],
+                                                   ppo.hp.num_minibatches):
                     m.stalled_noted = True
                     line = (f"stalled at update {record['update']}: the fp16 loss scaler skipped every minibatch step "
                             f"(non-finite gradients), loss scale now {record.get('loss_scale')} (at 0 it never "

@@ -33,6 +33,7 @@ from esper_exp.runformat import (
     check_run_files,
     decode_nonfinite,
     read_json,
+    stalled,
 )
 
 REQUIRED_RUN_FIELDS = ("status", "seed", "env", "gelu", "precision")
@@ -139,8 +140,7 @@ class Run:
         if mbs and "nonfinite_grad_steps" in m and "epochs" in m:
             cum = np.nan_to_num(m["nonfinite_grad_steps"], nan=0.0)
             per_update = np.diff(np.concatenate([[0.0], cum]))
-            attempted = np.nan_to_num(m["epochs"], nan=0.0) * float(mbs)
-            return int(((attempted > 0) & (per_update >= attempted)).sum())
+            return int(stalled(per_update, np.nan_to_num(m["epochs"], nan=0.0), int(mbs)).sum())
         scale = m.get("loss_scale")
         return int((scale == 0).sum()) if scale is not None else 0
 

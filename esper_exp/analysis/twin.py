@@ -3,10 +3,11 @@ arms, e.g. the CPU-numerics twin of the primary cells: do CPU and CUDA agree?).
 
 For every env and GELU x precision cell that both sweeps hold, the contrast "OTHER's cell - SWEEP's cell" is judged
 (or, with ``--pair OTHER_CELL=THIS_CELL``, only the named pairs: an arm whose cells the primary lacks, e.g. the fp16
-arm's exact/fp16 against the primary's exact/fp32) by SWEEP's stored decision rule (endpoint, margin delta, alpha, pairing, anchors), with the same estimator, intervals,
-Holm correction and verdict as esper-report's own contrasts (analysis/decision.py): one Holm family pooled over the
-envs (bootstrap stratified over env x seed) and one per env. Paired by seed when the rule pairs (seed k of both sweeps
-starts from the same weights, env seeds and noise). Each sweep's runs are scored on that sweep's own curve grid.
+arm's exact/fp16 against the primary's exact/fp32) by SWEEP's stored decision rule (endpoint, margin delta, alpha,
+pairing, anchors), with the same estimator, intervals, Holm correction and verdict as esper-report's own contrasts
+(analysis/decision.py): one Holm family pooled over the envs (bootstrap stratified over env x seed) and one per env.
+Paired by seed when the rule pairs (seed k of both sweeps starts from the same weights, env seeds and noise). Each
+sweep's runs are scored on that sweep's own curve grid.
 """
 
 from __future__ import annotations
@@ -63,14 +64,16 @@ def compare(sweep: Sweep, other: Sweep, rule: Rule, o: dict, pairs: list[tuple[s
             "other": str(other.root), "rows": [{k: r[k] for k in keep} for r in rows]}
 
 
+def _cells(row: dict) -> str:
+    """A row's cell, or "other's - this one's" where a --pair named two different cells."""
+    a, b = row["a"].split(":", 1)[1], row["b"].split(":", 1)[1]
+    return b if a == b else f"{a} - {b}"
+
+
 def write_twin(res: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "twin.json").write_text(json.dumps(_jsonable(res), indent=1, allow_nan=False))
-    def cells(r):
-        a, b = r["a"].split(":", 1)[1], r["b"].split(":", 1)[1]
-        return b if a == b else f"{a} - {b}"
-
-    rows = [[r["scope"], cells(r), str(r["n"]), f"{r['estimate']:+.4f}",
+    rows = [[r["scope"], _cells(r), str(r["n"]), f"{r['estimate']:+.4f}",
              f"[{r['ci90'][0]:+.4f}, {r['ci90'][1]:+.4f}]", r["verdict"], r["why"]] for r in res["rows"]]
     lines = [f"# {res['other']} vs {res['sweep']}, cell by cell", "",
              f"Contrast: the other sweep's cell minus this sweep's (where they differ: other's - this one's), "
