@@ -21,6 +21,19 @@ box_banner() {
   ${PY:-python3} -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 }
 
+# The GPU test suite (tests/test_cuda.py, tests/test_cuda_graphs.py) into OUTFILE, at most TIMEOUT_S seconds; prints
+# its tail, exit code and wall time (and its error lines if it failed); returns its exit code.
+#   box_suite OUTFILE [TIMEOUT_S (240)]
+box_suite() {
+  local out=$1 limit=${2:-240} s rc
+  echo "== GPU suite"; s=$(date +%s)
+  timeout "$limit" ${PY:-python3} -m pytest tests/test_cuda.py tests/test_cuda_graphs.py -q -p no:cacheprovider -rs \
+    > "$out" 2>&1
+  rc=$?; tail -6 "$out"; echo "suite rc=$rc wall_s=$(( $(date +%s) - s ))"
+  [ $rc = 0 ] || grep -n "Error\|error\|FAILED" "$out" | head -30
+  return $rc
+}
+
 # SB3 PPO (CPU, one thread each) in N processes at once on HalfCheetah-v5, STEPS steps each
 # (experiments/baseline/throughput.py's SB3 worker); writes $OUT/sb3_<N>.json with the per-process and summed env
 # steps/s. Waits for its own children only: a bare `wait` also waits for a script's `exec > >(tee LOG)`.

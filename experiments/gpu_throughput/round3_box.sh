@@ -14,12 +14,7 @@ box_banner
 NEED="gymnasium, hydra, mujoco, pytest, stable_baselines3" \
   WHEELS="$PWD/.wheelhouse/issue12/*.whl $PWD/.wheelhouse/pytest/*.whl $PWD/.wheelhouse/sb3/*.whl" box_install || exit 1
 rm -rf "$ROOT"; mkdir -p "$ROOT"
-if [ "$SUITE" = 1 ]; then
-  echo "== GPU suite"; s=$(date +%s)
-  timeout 240 $PY -m pytest tests/test_cuda.py tests/test_cuda_graphs.py -q -p no:cacheprovider -rs > "$OUT/suite.txt" 2>&1
-  rc=$?; tail -6 "$OUT/suite.txt"; echo "suite rc=$rc wall_s=$(( $(date +%s) - s ))"
-  [ $rc = 0 ] || { grep -n "Error\|error\|FAILED" "$OUT/suite.txt" | head -30; }
-fi
+[ "$SUITE" = 1 ] && box_suite "$OUT/suite.txt"
 echo "== env ceiling (no policy)"
 timeout 120 $PY experiments/gpu_throughput/env_ceiling.py --k 60 --workers $W --parts 1 3 --spin $SPIN --steps 2000 \
   | tee "$OUT/env_ceiling.jsonl"

@@ -18,10 +18,7 @@ mkdir -p .box
 NEED="gymnasium, hydra, mujoco, pytest, stable_baselines3" PFX=$PWD/.box/pfx \
   WHEELS="$PWD/.wheelhouse/sweep/*.whl $PWD/.wheelhouse/pytest/*.whl $PWD/.wheelhouse/sb3/*.whl" box_install || exit 1
 rm -rf "$ROOT"; mkdir -p "$ROOT"
-echo "== GPU suite"; s=$(date +%s)
-timeout 240 $PY -m pytest tests/test_cuda.py tests/test_cuda_graphs.py -q -p no:cacheprovider -rs > "$OUT/suite.txt" 2>&1
-suite=$?; tail -6 "$OUT/suite.txt"; echo "suite rc=$suite wall_s=$(( $(date +%s) - s ))"
-[ $suite = 0 ] || { grep -n "Error\|error\|FAILED" "$OUT/suite.txt" | head -30; }
+box_suite "$OUT/suite.txt"; suite=$?
 for v in $VARIANTS; do
   echo "== K=60 mixed ($v), env_workers=$W env_spin_us=$SPIN"
   pp=$PYTHONPATH; [ "$v" = old ] && pp=$PWD/ab_old:$PYTHONPATH

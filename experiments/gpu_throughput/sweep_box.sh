@@ -30,9 +30,7 @@ if [ "$PRE" = 1 ]; then NEED="gymnasium, hydra, mujoco, pytest"; WHL="$WH/*.whl 
 else NEED="gymnasium, hydra, mujoco"; WHL="$WH/*.whl"; fi
 NEED=$NEED PFX="$BOX/pfx" WHEELS=$WHL box_install || exit 1
 if [ "$PRE" = 1 ]; then
-  echo "== GPU suite"; t=$(date +%s)
-  timeout 200 $PY -m pytest tests/test_cuda.py tests/test_cuda_graphs.py -q -p no:cacheprovider -rs > "$OUT/suite.txt" 2>&1
-  rc=$?; tail -4 "$OUT/suite.txt"; echo "suite rc=$rc wall_s=$(( $(date +%s) - t ))"; [ $rc = 0 ] || exit 1
+  box_suite "$OUT/suite.txt" 200 || exit 1
   echo "== one run per process (HalfCheetah, exact/fp32, device=cuda, in-process envs)"
   timeout 120 $PY experiments/cuda_eager/group_run.py --k 1 --device cuda --updates 8 --env halfcheetah \
     --out /tmp/single > /tmp/single.log 2>&1 || tail -3 /tmp/single.log
