@@ -47,72 +47,23 @@ def members(sweep: Path) -> list[Path]:
     return keep
 
 
-class _Parts(io.RawIOBase):
-    """A write-only stream split into files of at most ``size`` bytes."""
-
-    def __init__(self, out: Path, size: int):
-        self.out, self.size, self.n, self.f, self.left = out, size, 0, None, 0
-        self.paths: list[Path] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        view, done = memoryview(b), 0
-        while done < len(view):
-            if self.left == 0:
-                if self.f:
-                    self.f.close()
-                path = self.out / f"{PREFIX}{self.n:03d}"
-                self.f, self.left, self.n = open(path, "wb"), self.size, self.n + 1
-                self.paths.append(path)
-            k = min(self.left, len(view) - done)
-            self.f.write(view[done:done + k])
-            self.left -= k
-            done += k
-        return done
-
-    def close(self) -> None:
-        if self.f:
-            self.f.close()
-            self.f = None
-        super().close()
-
-
 def pack(sweep: Path, out: Path, part_mb: float) -> list[Path]:
     if not sweep.is_dir():
         raise SystemExit(f"carry.py: no sweep directory {sweep}")
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob(PREFIX + "*"):
         old.unlink()
-    parts = _Parts(out, int(part_mb * 1e6))
-    with tarfile.open(fileobj=parts, mode="w|gz") as tar:
+    buf = io.BytesIO()  # the whole archive in memory: tens of MB (a call carries at most 64 MiB anyway)
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for p in members(sweep):
             tar.add(p, arcname=str(p), recursive=False)
-    parts.close()
-    total = sum(p.stat().st_size for p in parts.paths)
-    print(f"carry.py: {len(parts.paths)} part(s), {total / 2**20:.1f} MiB, from {sweep}")
-    return parts.paths
-
-
-class _Joined(io.RawIOBase):
-    def __init__(self, paths: list[Path]):
-        self.paths, self.f = list(paths), None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        while True:
-            if self.f is None:
-                if not self.paths:
-                    return 0
-                self.f = open(self.paths.pop(0), "rb")
-            n = self.f.readinto(b)
-            if n:
-                return n
-            self.f.close()
-            self.f = None
+    data, size = buf.getvalue(), int(part_mb * 1e6)
+    paths = []
+    for i in range(0, len(data), size):
+        paths.append(out / f"{PREFIX}{i // size:03d}")
+        paths[-1].write_bytes(data[i:i + size])
+    print(f"carry.py: {len(paths)} part(s), {len(data) / 2**20:.1f} MiB, from {sweep}")
+    return paths
 
 
 def unpack(parts_dir: Path, sweep: Path) -> None:
@@ -122,7 +73,7 @@ def unpack(parts_dir: Path, sweep: Path) -> None:
     if sweep.exists():
         raise SystemExit(f"carry.py: {sweep} exists already (a newer state?): not unpacked")
     n = 0
-    with tarfile.open(fileobj=_Joined(paths), mode="r|gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in paths)), mode="r:gz") as tar:
         for m in tar:
             name = Path(m.name)
             if name.is_absolute() or ".." in name.parts or name.parts[:len(sweep.parts)] != sweep.parts:
