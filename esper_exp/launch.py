@@ -191,6 +191,20 @@ def status_from_run_dir(run_dir: Path, before: tuple[int, int] | None, not_run: 
     return not_run  # 'running': the process died before writing a status
 
 
+def _record_crash(group: _Group) -> None:
+    """A group process that died without a result: each member that never wrote a run.json gets one saying failed
+    and why (tracking.record_not_started), so the sweep summary and esper-report count it instead of missing it."""
+    from esper_exp.tracking import record_not_started
+
+    hint = group.log_hint.replace("its output is above", "its output is in the sweep command's output")
+    reason = f"its group process died before the run started{hint}"
+    for cfg, run_dir in zip(group.spec.configs, group.spec.run_dirs):
+        try:
+            record_not_started(run_dir, OmegaConf.to_container(_task_config(cfg), resolve=True), reason)
+        except Exception as e:  # noqa: BLE001 - an unresolvable config or an unwritable dir: the log line stays
+            log.warning(f"{run_dir}: could not record the crash in run.json ({e})")
+
+
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -519,6 +533,7 @@ class GroupedLaunch:
                           f"{group.log_hint}; its unfinished members count as failed")
                 result = {"statuses": [status_from_run_dir(d, b, "failed")
                                        for d, b in zip(group.spec.run_dirs, group.before)]}
+                _record_crash(group)
             elif result.get("error"):
                 log.error(f"group {group.spec.index} raised {result['error']}{group.log_hint}")
             elif result.get("interrupted"):

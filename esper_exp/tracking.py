@@ -99,6 +99,53 @@ def cuda_record(device, group: dict) -> dict:
             "layout": {"group_size": group["size"], "member_index": group["member_index"], "note": LAYOUT_NOTE}}
 
 
+def run_info(config: dict, run_dir: Path, device: str, group: dict | None = None) -> dict:
+    """A new run.json (status running): what the run is (cell, seed, config and its hash), where and with what it
+    runs. The Tracker writes it when a run starts; :func:`record_not_started` when a run never could."""
+    return {
+        "status": "running",
+        "reason": None,
+        "seed": config["seed"],
+        "env": config["env"]["name"],
+        "env_id": config["env"]["id"],
+        "gelu": config["model"]["gelu"],
+        "precision": config["precision"]["name"],
+        "compile": bool(config["model"]["compile"]),
+        "perturb": config["drift"]["perturb"],
+        "cell": cell_name(config),
+        "config_hash": config_hash(config),
+        "git_sha": git_sha(),
+        "versions": versions(),
+        "device": device,
+        "host": platform.node(),
+        "pid": os.getpid(),  # with host: lets a sweep summary tell a live run from a dead one
+        "started_at": now(),
+        "ended_at": None,
+        "total_timesteps": config["ppo"]["total_timesteps"],
+        "global_step": 0,
+        "update": 0,
+        "nonfinite_events": 0,
+        "wandb_run_dir": None,
+        "group": group or {"size": 1, "member_index": 0, "members": [str(run_dir)]},
+        "config": config,
+    }
+
+
+def record_not_started(run_dir: Path, config: dict, reason: str) -> None:
+    """A run whose process died before the run started (e.g. a group process that crashed on start-up): a run.json
+    saying failed and why, and the line in train.log, so the sweep summary and esper-report count it. Only where
+    the directory holds no run.json (an earlier attempt's record, e.g. a resumable interrupted run, is kept)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "run.json").exists():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = run_info(config, run_dir, "none (not started)")
+    info.update(status="failed", reason=reason, pid=None, started_at=None, ended_at=now())
+    write_json_atomic(run_dir / "run.json", info)
+    with open(run_dir / "train.log", "a", encoding="utf-8") as f:
+        f.write(f"[{now()}] failed before it started: {reason}\n")
+
+
 class Tracker:
     def __init__(self, run_dir: Path, config: dict, device, resume_at: tuple[int, int] | None = None,
                  group: dict | None = None):
@@ -118,33 +165,7 @@ class Tracker:
         self._metrics = open(self.run_dir / "metrics.jsonl", self._mode)
         self._episodes = open(self.run_dir / "episodes.jsonl", self._mode)
         self._extra: dict[str, object] = {}  # probe.jsonl, snapshots.jsonl: opened on first use
-        self.info = {
-            "status": "running",
-            "reason": None,
-            "seed": config["seed"],
-            "env": config["env"]["name"],
-            "env_id": config["env"]["id"],
-            "gelu": config["model"]["gelu"],
-            "precision": config["precision"]["name"],
-            "compile": bool(config["model"]["compile"]),
-            "perturb": config["drift"]["perturb"],
-            "cell": self.cell,
-            "config_hash": config_hash(config),
-            "git_sha": git_sha(),
-            "versions": versions(),
-            "device": device_name(device),
-            "host": platform.node(),
-            "pid": os.getpid(),  # with host: lets a sweep summary tell a live run from a dead one
-            "started_at": now(),
-            "ended_at": None,
-            "total_timesteps": config["ppo"]["total_timesteps"],
-            "global_step": 0,
-            "update": 0,
-            "nonfinite_events": 0,
-            "wandb_run_dir": None,
-            "group": group or {"size": 1, "member_index": 0, "members": [str(self.run_dir)]},
-            "config": config,
-        }
+        self.info = run_info(config, self.run_dir, device_name(device), group)
         if getattr(device, "type", None) == "cuda":
             self.info["cuda"] = cuda_record(device, self.info["group"])
         previous = (read_run_json(self.run_dir) or {}) if resumed else {}

@@ -1,7 +1,8 @@
 """experiments/gpu_throughput/carry.py: a sweep's state carried from one lent GPU box to the next (the study's runs
 outlive a box only this way). Packed: every file but older checkpoints, finished runs' checkpoints and drift
 snapshots, in parts of a given size;
-unpacked: bitwise the same files where they were; refused over an existing sweep directory or for a file outside it."""
+unpacked: bitwise the same files where they were; refused over an existing sweep directory or for a file outside it.
+Checkpoints travel byte-shuffled in an xz tar (smaller than gzip for float weights); older gzip parts still unpack."""
 
 import importlib.util
 import io
@@ -25,8 +26,9 @@ def _sweep(root: Path) -> dict[str, bytes]:
         d = f"outputs/sweeps/s/{run}"
         files[f"{d}/run.json"] = b'{"status": "completed"}' if run.endswith("3") else b'{"status": "interrupted"}'
         files[f"{d}/metrics.jsonl"] = b'{"update": 1}\n' * 50
-        rng = np.random.default_rng(len(run))  # incompressible, like weights
-        for u, payload in ((25, rng.bytes(40_000)), (50, rng.bytes(40_000))):  # the newest is 50
+        rng = np.random.default_rng(len(run))  # float32 weights (compress little unless shuffled), odd lengths
+        for u in (25, 50):  # the newest is 50
+            payload = (rng.normal(0, 0.1, 10_000).astype(np.float32).tobytes() + b"tail"[:u % 3 + 1])
             files[f"{d}/checkpoints/ckpt-{u:08d}.pt"] = payload
             files[f"{d}/checkpoints/ckpt-{u:08d}.pt.sha256"] = f"sha-{u}".encode()
         files[f"{d}/drift/snap-00000010.pt"] = b"snapshot"
@@ -49,6 +51,12 @@ def test_pack_keeps_the_newest_checkpoint_and_unpack_restores_the_files(tmp_path
     kept = {n: d for n, d in files.items() if "/drift/" not in n and "ckpt-00000025" not in n
             and not ("seed=3/checkpoints" in n)}  # a completed run's checkpoints are not needed to go on
     assert got == kept
+    assert all(p.name.startswith("carry.txz.part-") for p in parts)
+    plain = io.BytesIO()  # the same files in a gzip tar, unshuffled (the format before 2026-11-23, session 7)
+    with tarfile.open(fileobj=plain, mode="w:gz") as tar:
+        for name in sorted(kept):
+            tar.add(box1 / name, arcname=name)
+    assert sum(p.stat().st_size for p in parts) < 0.96 * len(plain.getvalue())  # unshuffled xz: ~1.0
     with pytest.raises(SystemExit, match="exists already"):  # a warm box's newer state is never overwritten
         carry.unpack(tmp_path / "back", Path("outputs/sweeps/s"))
 
@@ -66,3 +74,26 @@ def test_unpack_refuses_a_file_outside_the_sweep(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="not inside"):
         carry.unpack(bad, Path("outputs/sweeps/s"))
     assert not (tmp_path / "outputs" / "sweeps" / "other").exists()
+
+
+def test_shuffle4_is_undone_for_every_length():
+    rng = np.random.default_rng(0)
+    for n in range(0, 13):
+        data = rng.bytes(n)
+        assert carry.unshuffle4(carry.shuffle4(data)) == data
+    floats = np.arange(8, dtype=np.float32).tobytes()
+    assert carry.shuffle4(floats)[:8] == floats[0::4]  # the low bytes of the 8 words first
+
+
+def test_older_gzip_parts_still_unpack(tmp_path, monkeypatch):
+    old = tmp_path / "old"
+    old.mkdir()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("outputs/sweeps/s/a/seed=1/checkpoints/ckpt-00000001.pt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"12345"))
+    (old / "carry.tgz.part-000").write_bytes(buf.getvalue())
+    monkeypatch.chdir(tmp_path)
+    carry.unpack(old, Path("outputs/sweeps/s"))
+    assert (tmp_path / "outputs/sweeps/s/a/seed=1/checkpoints/ckpt-00000001.pt").read_bytes() == b"12345"

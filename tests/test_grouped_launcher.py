@@ -251,6 +251,31 @@ def test_a_group_process_that_dies_does_not_stop_the_other_groups(tmp_path):
     assert "died" in cats["cartpole-exact-fp32/seed=1"]["reason"]
 
 
+def test_a_group_process_that_dies_before_its_runs_start_leaves_them_failed_and_counted(tmp_path):
+    """A group process that dies on start-up (here: at once, exit code 3, through a sitecustomize that only the group
+    processes act on) leaves no run of its own; each member still gets a run.json saying failed and why, the sweep
+    summary counts them, and the same command run again trains them."""
+    sw, site = tmp_path / "dead", tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if any(a.endswith('.pkl') for a in sys.argv) and os.environ.get('ESPER_TEST_KILL_GROUPS'):\n"
+        "    os._exit(3)\n")
+    env = {**os.environ, "ESPER_TEST_KILL_GROUPS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(command(sw, "seed=1,2", "hydra/launcher=grouped"), capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    s = summary(sw)
+    assert s["counts"]["failed"] == 2 and s["launched"] == 2
+    for seed in (1, 2):
+        info = run_json(sw / "cartpole-exact-fp32" / f"seed={seed}")
+        assert info["status"] == "failed" and info["seed"] == seed
+        assert "died before the run started" in info["reason"] and "exit code 3" in info["reason"]
+    sweep(sw, "seed=1,2", "hydra/launcher=grouped")  # the same command, now able to start: both train
+    assert summary(sw)["counts"]["completed"] == 2
+
+
 def test_slurm_backend_submits_one_array_task_per_group_with_the_submitit_parameters(tmp_path, monkeypatch):
     """No Slurm here: the sbatch file the submitit_slurm backend would submit for 10 groups."""
     from esper_exp.launch import GroupedLaunch
