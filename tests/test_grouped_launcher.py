@@ -231,7 +231,7 @@ def test_submitit_local_backend_runs_a_group_as_one_task(tmp_path):
 def test_a_group_process_that_dies_does_not_stop_the_other_groups(tmp_path):
     sw = tmp_path / "crash"
     proc = subprocess.Popen(command(sw, "seed=1,2", "hydra/launcher=grouped", "hydra.launcher.max_members=1",
-                                    "hydra.launcher.n_jobs=2", steps=4096),
+                                    "hydra.launcher.n_jobs=2", steps=16384),  # long enough not to end first
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     victim, other = (sw / "cartpole-exact-fp32" / f"seed={s}" for s in (1, 2))
     deadline = time.time() + 120
