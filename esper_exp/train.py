@@ -264,11 +264,12 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device, cells: list[tuple[str, 
                        for gelu, precision in cells)
     numerics = per_member[0] if len(set(per_member)) == 1 else MemberNumerics(per_member)
     segments = [(a, b) for a, b, _ in member_segments(numerics, len(seeds))]  # a mixed group: one per precision
+    parts = env_parts(segments)
     envs = GroupEnvs(e.id, seeds, e.num_envs, p.gamma, clip_action=e.clip_action, normalize_obs=e.normalize_obs,
                      normalize_reward=e.normalize_reward, clip_obs=e.clip_obs, clip_reward=e.clip_reward,
                      max_episode_steps=e.max_episode_steps, kwargs=dict(e.kwargs),
                      workers=int(cfg.get("env_workers", 0)), spin_us=int(cfg.get("env_spin_us", 0)),
-                     worker_spin_us=int(cfg.get("env_spin_us", 0)), parts=segments)
+                     worker_spin_us=int(cfg.get("env_spin_us", 0)), parts=parts)
     generators = [torch.Generator().manual_seed(s) for s in seeds]  # initial weights: member k's own seed
     policy = ActorCritic(obs_dim_of(envs.single_observation_space), envs.single_action_space, generators,
                          width=mc.width, depth=mc.depth, blueprint=mc.blueprint, checkpointing=mc.checkpointing,
@@ -286,6 +287,24 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device, cells: list[tuple[str, 
     ppo = PPO(envs, policy, numerics, [AlphaSchedule(**mc.alpha) for _ in seeds], p, seeds, device,
               cuda_graphs=use_cuda_graphs(cfg, device))
     return ppo, perturbations
+
+
+ENV_PARTS = ("segments", "one")
+
+
+def env_parts(segments: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """How a group's rollout is pipelined (esper_exp/ppo.py ``_rollout_steps``): ``segments`` (default) steps a
+    mixed group's precision segments as separate parts, so one segment's envs step while another's actions are
+    computed, at one step graph, env round trip and bookkeeping pass per part and step; ``one`` steps every member
+    as one part (one graph with the segments on their own streams, one round trip). Set by the environment variable
+    ESPER_ENV_PARTS, not a config key: a member's numbers do not depend on it (tests/test_cuda_graphs.py), only the
+    speed does; run.json records ``env_parts`` (the number of parts)."""
+    import os
+
+    how = os.environ.get("ESPER_ENV_PARTS", "segments")
+    if how not in ENV_PARTS:
+        raise ConfigError(f"ESPER_ENV_PARTS={how!r} is not allowed; allowed: {', '.join(ENV_PARTS)}")
+    return segments if how == "segments" else [(segments[0][0], segments[-1][1])]
 
 
 def use_cuda_graphs(cfg: DictConfig, device) -> bool:
@@ -328,6 +347,7 @@ def _train_group(members: list[_Member], job_num: int | None) -> None:
             if perturbations[k]:
                 m.tracker.info["perturbation"] = perturbations[k]
             m.tracker.info["segment_streams"] = ppo.policy.segment_streams
+            m.tracker.info["env_parts"] = len(ppo.envs.parts)
             m.tracker.info["cuda_graphs"] = ppo.cuda_graphs  # part of a CUDA run's identity (graphed Adam rounds apart)
         _loop(members, ppo, cfg, device, stop)
     except KeyboardInterrupt as e:
@@ -614,6 +634,10 @@ def precheck(argv: list[str]) -> None:
         return
     multirun = parsed[0]
     try:
+        try:
+            env_parts([(0, 1)])  # the environment's ESPER_ENV_PARTS, before anything is composed or written
+        except ConfigError as e:
+            raise _Refused(str(e)) from None
         try:
             primary, jobs = _compose_jobs(*parsed)
         except (HydraException, OmegaConfBaseException) as e:

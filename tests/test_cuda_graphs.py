@@ -123,16 +123,23 @@ def test_static_buffer_update_fails_a_non_finite_member_alone_with_its_reason():
     assert torch.isfinite(dev.optimizer.exp_avg[1]).all()
 
 
-@pytest.mark.parametrize("env,cells", [
-    ("cartpole", None),
-    ("cartpole", [("exact", "fp32"), ("tanh", "fp32"), ("tanh", "bf16"), ("exact", "fp16")]),
-    ("halfcheetah", [("exact", "fp32"), ("tanh", "bf16"), ("exact", "bf16")]),
+MIXED4 = [("exact", "fp32"), ("tanh", "fp32"), ("tanh", "bf16"), ("exact", "fp16")]
+MIXED3 = [("exact", "fp32"), ("tanh", "bf16"), ("exact", "bf16")]
+
+
+@pytest.mark.parametrize("env,cells,parts", [
+    ("cartpole", None, "segments"),
+    ("cartpole", MIXED4, "segments"),
+    ("cartpole", MIXED4, "one"),
+    ("halfcheetah", MIXED3, "segments"),
+    ("halfcheetah", MIXED3, "one"),
 ])
-def test_graph_path_rollout_equals_the_host_rollout(env, cells):
+def test_graph_path_rollout_equals_the_host_rollout(env, cells, parts, monkeypatch):
     """The rollout step graph's code (obs in from host memory, act at a device step index, buffers written with
     index_copy_, actions out), run uncaptured on CPU over whole rollouts, one part or a mixed group's parts (with the
     truncation bootstrap: HalfCheetah's 1000-step limit falls inside the second rollout): buffers, next observations
-    and the episodes seen are bitwise the host loop's."""
+    and the episodes seen are bitwise the host loop's (one part per precision segment). ESPER_ENV_PARTS=one (a mixed
+    group stepped as one part) changes no number."""
     if env == "halfcheetah":
         pytest.importorskip("mujoco")
     steps = 600 if env == "halfcheetah" else 64
@@ -140,10 +147,12 @@ def test_graph_path_rollout_equals_the_host_rollout(env, cells):
     prepare(cfg.seed, torch.device("cpu"), True, 1)
     seeds = [1, 2, 3, 4][:len(cells) if cells else 3]
     host = build_ppo(cfg, seeds, torch.device("cpu"), cells)[0]
+    monkeypatch.setenv("ESPER_ENV_PARTS", parts)
     dev = build_ppo(cfg, seeds, torch.device("cpu"), cells)[0]
     dev.cuda_graphs, dev.graph_capture = True, False
     dev._init_static()
-    assert len(dev.envs.parts) == (1 if cells is None else len({p for _, p in cells}))
+    assert len(host.envs.parts) == (1 if cells is None else len({p for _, p in cells}))
+    assert len(dev.envs.parts) == (1 if parts == "one" else len(host.envs.parts))
     for _ in range(2):
         seen = []
         for ppo in (host, dev):

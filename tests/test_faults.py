@@ -312,3 +312,12 @@ def test_two_sweep_commands_on_one_sweep_dir_one_refuses_and_writes_nothing(tmp_
         stamps = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sw.rglob("*") if p.is_file()}
         _one_line_exit_2(_train(*args[3:]), f"sweep directory {sw} is in use", f"pid {os.getpid()}")
         assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sw.rglob("*") if p.is_file()} == stamps
+
+
+def test_a_bad_env_parts_setting_is_refused_with_one_line_and_nothing_written(tmp_path):
+    out = tmp_path / "run"
+    proc = _train(*TINY, f"hydra.run.dir={out}", env={**os.environ, "ESPER_ENV_PARTS": "two"})
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["error: ESPER_ENV_PARTS='two' is not allowed; allowed: segments, one"], proc.stderr
+    assert not out.exists()
