@@ -83,7 +83,8 @@ def test_a_deterministic_cuda_group_repeats_bitwise_and_esper_repro_says_identic
 def test_a_mixed_cuda_group_completes_and_repeats_bitwise(tmp_path, monkeypatch):
     """A mixed group (the GPU sweep's layout: several GELU x precision cells in one process, CUDA graphs):
     every member completes in its own cell, only fp16 members carry a loss scale, and the group trained twice
-    gives the same bits (deterministic algorithms), also with its segments on one stream instead of one each."""
+    gives the same bits (deterministic algorithms), also with its segments on one stream instead of one each, and
+    with its rollout stepped as one part instead of one part per precision segment (ESPER_ENV_PARTS=one)."""
     cells = [("exact", "fp32", 1), ("tanh", "bf16", 1), ("exact", "fp16", 2), ("tanh", "fp16", 2)]
 
     def train(name):
@@ -93,12 +94,17 @@ def test_a_mixed_cuda_group_completes_and_repeats_bitwise(tmp_path, monkeypatch)
         return [d for _, d in jobs]
 
     first, second = train("a"), train("b")
+    monkeypatch.setenv("ESPER_ENV_PARTS", "one")
+    one_part = train("d")
+    monkeypatch.delenv("ESPER_ENV_PARTS")
     monkeypatch.setenv("ESPER_SEGMENT_STREAMS", "0")
     one_stream = train("c")
-    for a, b, c in zip(first, second, one_stream):
-        assert without_wall_clock(read_jsonl(a / "metrics.jsonl")) == without_wall_clock(read_jsonl(b / "metrics.jsonl"))
-        assert without_wall_clock(read_jsonl(a / "metrics.jsonl")) == without_wall_clock(read_jsonl(c / "metrics.jsonl"))
+    for a, b, c, d in zip(first, second, one_stream, one_part):
+        for other in (b, c, d):
+            assert without_wall_clock(read_jsonl(a / "metrics.jsonl")) == \
+                without_wall_clock(read_jsonl(other / "metrics.jsonl")), other
         assert read_run_json(a)["cuda_graphs"] is True and read_run_json(a)["group"]["size"] == 4
         assert read_run_json(a)["segment_streams"] is True and read_run_json(c)["segment_streams"] is False
+        assert read_run_json(a)["env_parts"] == 3 and read_run_json(d)["env_parts"] == 1
     assert ["loss_scale" in read_jsonl(d / "metrics.jsonl")[0] for d in first] == [False, False, True, True]
     assert len({read_jsonl(d / "metrics.jsonl")[-1]["value_loss"] for d in first}) == 4
