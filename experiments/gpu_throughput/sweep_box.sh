@@ -9,8 +9,9 @@
 # ($OUT/sysmon.jsonl: steal, clocks, runnable processes, the busiest processes). WH: the wheels to install
 # (.wheelhouse/sweep: .wheelhouse/issue12 less mujoco_studio, pyopengl and websockets, which simulation does not
 # import: 11 MB instead of 27).
-# CKPT=1: also bring the sweep's state back (carry.py pack: newest checkpoint per unfinished run, 15 MB parts; ~40
-# unfinished runs fit the 64 MiB a call carries, with the wheels); RESTORE=DIR: on a box without the sweep, unpack such parts first
+# CKPT=1: also bring the sweep's state back (carry.py pack: newest checkpoint per unfinished run, 15 MB parts, xz
+# preset XZ (6; 0 is ~4x faster, ~7% larger); 60 unfinished HalfCheetah runs: 48.6 MB, which fits beside the wheels
+# only with a slim tree, box_tree.sh); RESTORE=DIR: on a box without the sweep, unpack such parts first
 # (copy the returned parts into a git-ignored .carry/ and carry it with the wheels).
 # EXP / ENVS / SWEEP: another experiment, env(s) and its sweep directory, e.g. issue 13's pilot on one env:
 #   EXP=mujoco_gelu_amp ENVS=hopper SWEEP=outputs/sweeps/mujoco_gelu_amp ... sweep_box.sh
@@ -52,5 +53,5 @@ $PY experiments/gpu_throughput/progress.py "$SWEEP" "$OUT/progress.json" "$BOX/p
 # the small per-run files (no checkpoints) come back every call
 tar -czf "$OUT/runs.tar.gz" --exclude='checkpoints' --exclude='*.pt' --exclude='drift' "$SWEEP" 2>/dev/null
 # CKPT=1: the whole state (newest checkpoint per run) in parts of 15 MB, for RESTORE on another box
-[ "${CKPT:-0}" = 1 ] && $PY experiments/gpu_throughput/carry.py pack "$SWEEP" "$OUT"
+[ "${CKPT:-0}" = 1 ] && $PY experiments/gpu_throughput/carry.py pack "$SWEEP" "$OUT" --preset "${XZ:-6}"
 ls -la "$OUT"; date -u
