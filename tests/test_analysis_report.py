@@ -474,6 +474,28 @@ def test_pilot_reads_only_the_largest_sd_and_gives_the_registered_seed_count(swe
     assert err == ["esper-report: error: --pilot-sd-max must be > 0 (got 0.0)"]
 
 
+def test_a_pilot_missing_a_registered_env_is_provisional(tmp_path, capsys):
+    """A pilot run one env at a time (issue 13's plan on lent boxes): the registered envs are the sweep's own env
+    sweeper parameter (multirun.yaml); while one has no runs, pilot.md / pilot.json / the summary line say
+    PROVISIONAL and the count is a lower bound. With every registered env present it is the count."""
+    from esper_exp.analysis.report import main
+
+    sw = make_sweep(tmp_path / "sw", seeds=range(4), precisions=("fp32",), total_timesteps=20_000)
+    (sw / "multirun.yaml").write_text("hydra:\n  sweeper:\n    params:\n      env: cartpole,hopper\n"
+                                      "      seed: range(1,11)\n")
+    assert main([str(sw), "--pilot", "--out", str(tmp_path / "p1")]) == 0
+    res = json.loads((tmp_path / "p1" / "pilot.json").read_text())
+    assert res["registered_envs"] == ["cartpole", "hopper"] and res["missing_envs"] == ["hopper"]
+    assert res["complete"] is False
+    assert "PROVISIONAL: 1 of the 2 registered envs" in (tmp_path / "p1" / "pilot.md").read_text()
+    assert "PROVISIONAL (no runs of hopper): at least" in capsys.readouterr().out
+    (sw / "multirun.yaml").write_text("hydra:\n  sweeper:\n    params:\n      env: cartpole\n")
+    assert main([str(sw), "--pilot", "--out", str(tmp_path / "p2")]) == 0
+    res = json.loads((tmp_path / "p2" / "pilot.json").read_text())
+    assert res["complete"] is True and res["missing_envs"] == []
+    assert "PROVISIONAL" not in (tmp_path / "p2" / "pilot.md").read_text() + capsys.readouterr().out
+
+
 def test_vs_compares_two_sweeps_cell_by_cell(tmp_path, capsys):
     """esper-report SWEEP --vs OTHER (issue 13's twins, e.g. CPU vs CUDA): per shared cell, OTHER - SWEEP by SWEEP's
     rule: a copy of the same runs is equivalent (paired differences all 0), a planted shift is different."""

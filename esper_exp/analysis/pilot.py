@@ -6,6 +6,11 @@ endpoint on the normalised scale (``auc_norm``); SD = the largest of them. If SD
 raised to ``10 * ceil(base / 10 * (SD / sd_max)^2)`` (which keeps the CI half-width, proportional to SD / sqrt(n), at
 what ``base`` seeds give at SD = ``sd_max``); else it stays ``base``. The margin is never touched, and no contrast,
 interval or decision is computed: the pilot must not be looked at for effects.
+
+The rule is over every registered env x cell group. The registered envs are the sweep's own ``env`` sweeper
+parameter (``multirun.yaml`` in the sweep directory, written by Hydra: the experiment config's list, which a
+command-line ``env=...`` narrows for one command but does not change). A pilot run one env at a time therefore
+reads as PROVISIONAL until every registered env has runs: its count is a lower bound (the largest SD can only grow).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from . import outcomes as O
 from .cli import AnalysisError
@@ -31,6 +37,17 @@ def seed_count(sd: float, sd_max: float, base: int) -> int:
     if sd <= sd_max:
         return base
     return 10 * math.ceil(base / 10 * (sd / sd_max) ** 2)
+
+
+def registered_envs(sweep_dir: Path) -> list[str] | None:
+    """The env names of the sweep's ``env`` sweeper parameter (multirun.yaml), or None where it has none."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    try:
+        params = OmegaConf.to_container(OmegaConf.load(path).hydra.sweeper.params or {})
+    except Exception:  # noqa: BLE001 - no multirun.yaml, or not Hydra's: nothing registered to compare with
+        return None
+    value = params.get("env") if isinstance(params, dict) else None
+    return sorted({v.strip() for v in str(value).split(",") if v.strip()}) if value else None
 
 
 def pilot(sweep: Sweep, rule: Rule, o: dict, sd_max: float, base: int) -> dict:
@@ -52,7 +69,9 @@ def pilot(sweep: Sweep, rule: Rule, o: dict, sd_max: float, base: int) -> dict:
     if not valid:
         raise AnalysisError("no env x cell group of the pilot has two completed runs: no SD to read")
     worst = max(valid, key=lambda g: g["sd"])
-    return {"endpoint": key, "sd_max": sd_max, "base_seeds": base, "groups": groups, "sd": worst["sd"],
+    registered = registered_envs(sweep.root)
+    missing = sorted(set(registered or []) - set(sweep.envs()))
+    return {"registered_envs": registered, "missing_envs": missing, "complete": not missing, "endpoint": key, "sd_max": sd_max, "base_seeds": base, "groups": groups, "sd": worst["sd"],
             "worst": f"{worst['env']} {worst['cell']}", "seeds": seed_count(worst["sd"], sd_max, base),
             "groups_without_sd": [f"{g['env']} {g['cell']}" for g in groups if not math.isfinite(g["sd"])]}
 
@@ -62,11 +81,15 @@ def write_pilot(res: dict, out: Path) -> Path:
     (out / "pilot.json").write_text(json.dumps(_jsonable(res), indent=1, allow_nan=False))
     rows = [[g["env"], g["cell"], str(g["n"]), f"{g['sd']:.4f}"] for g in res["groups"]]
     raised = res["seeds"] != res["base_seeds"]
-    lines = ["# Pilot: the seed count (no contrasts computed)", "",
-             f"Endpoint {res['endpoint']}; the largest per-group SD is **{res['sd']:.4f}** ({res['worst']}); "
-             f"limit {res['sd_max']}: the study runs **{res['seeds']} seeds**"
-             + (f" (raised from {res['base_seeds']})." if raised else " (as registered)."), "",
-             _table(["env", "cell", "runs", "SD"], rows)]
+    lines = ["# Pilot: the seed count (no contrasts computed)", ""]
+    if not res["complete"]:
+        lines += [f"**PROVISIONAL: {len(res['missing_envs'])} of the {len(res['registered_envs'])} registered envs "
+                  f"have no runs yet ({', '.join(res['missing_envs'])}).** The rule is over every env x cell group: "
+                  "the count below is a lower bound until they are in (the largest SD can only grow).", ""]
+    lines += [f"Endpoint {res['endpoint']}; the largest per-group SD is **{res['sd']:.4f}** ({res['worst']}); "
+              f"limit {res['sd_max']}: the study runs **{'at least ' if not res['complete'] else ''}"
+              f"{res['seeds']} seeds**" + (f" (raised from {res['base_seeds']})." if raised else " (as registered)."), "",
+              _table(["env", "cell", "runs", "SD"], rows)]
     if res["groups_without_sd"]:
         lines += ["", "Groups with fewer than two completed runs (no SD): " + ", ".join(res["groups_without_sd"])]
     path = out / "pilot.md"

@@ -569,8 +569,9 @@ def _pilot(args) -> int:
     except AnalysisError as e:
         return fail("esper-report", e)
     path = write_pilot(res, Path(args.out) if args.out is not None else root / "pilot")
-    print(f"esper-report: pilot SD {res['sd']:.4f} ({res['worst']}), limit {res['sd_max']}: {res['seeds']} seeds; "
-          f"wrote {path}")
+    provisional = "" if res["complete"] else f"PROVISIONAL (no runs of {', '.join(res['missing_envs'])}): at least "
+    print(f"esper-report: pilot SD {res['sd']:.4f} ({res['worst']}), limit {res['sd_max']}: {provisional}"
+          f"{res['seeds']} seeds; wrote {path}")
     return _damaged_exit(sweep.damaged, bool(args.include_damaged))
 
 
