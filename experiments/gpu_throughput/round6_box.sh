@@ -5,7 +5,7 @@
 # K = 60 HalfCheetah, 6 cells mixed, W workers, UPD updates each (experiments/cuda_eager/group_run.py); then, if
 # the call has time left (PROFILE=1), one more run of each layout under py-spy (12 s of samples after the start-up, the
 # main process and the env workers: $OUT/pyspy_<parts>.txt, collapsed stacks), to see where the main process's time
-# per step goes (round 5: the rollout's host time is ~1.0 s of 2.2 s per update).
+# per step goes (round 5: the rollout's host time is ~1.0 s of 2.2 s per update); summarise with spy_summary.py.
 # The carry (state 48.6 MB + wheels) fits the 64 MiB only beside a slim tree: run `box_tree.sh slim` before the call
 # and `box_tree.sh full` after it. Carry: .carry, .wheelhouse/sweep, .wheelhouse/sb3, .wheelhouse/pyspy.
 #   LIMIT=240 bash experiments/gpu_throughput/round6_box.sh
