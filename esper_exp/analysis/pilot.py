@@ -71,7 +71,8 @@ def pilot(sweep: Sweep, rule: Rule, o: dict, sd_max: float, base: int) -> dict:
     worst = max(valid, key=lambda g: g["sd"])
     registered = registered_envs(sweep.root)
     missing = sorted(set(registered or []) - set(sweep.envs()))
-    return {"registered_envs": registered, "missing_envs": missing, "complete": not missing, "endpoint": key, "sd_max": sd_max, "base_seeds": base, "groups": groups, "sd": worst["sd"],
+    return {"registered_envs": registered, "missing_envs": missing, "complete": not missing, "endpoint": key,
+            "sd_max": sd_max, "base_seeds": base, "groups": groups, "sd": worst["sd"],
             "worst": f"{worst['env']} {worst['cell']}", "seeds": seed_count(worst["sd"], sd_max, base),
             "groups_without_sd": [f"{g['env']} {g['cell']}" for g in groups if not math.isfinite(g["sd"])]}
 
