@@ -299,12 +299,17 @@ def env_parts(segments: list[tuple[int, int]]) -> list[tuple[int, int]]:
     as one part (one graph with the segments on their own streams, one round trip). Set by the environment variable
     ESPER_ENV_PARTS, not a config key: a member's numbers do not depend on it (tests/test_cuda_graphs.py), only the
     speed does; run.json records ``env_parts`` (the number of parts)."""
+    return segments if env_parts_setting() == "segments" else [(segments[0][0], segments[-1][1])]
+
+
+def env_parts_setting() -> str:
+    """ESPER_ENV_PARTS (default segments); ConfigError naming the bad value and the allowed ones."""
     import os
 
     how = os.environ.get("ESPER_ENV_PARTS", "segments")
     if how not in ENV_PARTS:
         raise ConfigError(f"ESPER_ENV_PARTS={how!r} is not allowed; allowed: {', '.join(ENV_PARTS)}")
-    return segments if how == "segments" else [(segments[0][0], segments[-1][1])]
+    return how
 
 
 def use_cuda_graphs(cfg: DictConfig, device) -> bool:
@@ -635,7 +640,7 @@ def precheck(argv: list[str]) -> None:
     multirun = parsed[0]
     try:
         try:
-            env_parts([(0, 1)])  # the environment's ESPER_ENV_PARTS, before anything is composed or written
+            env_parts_setting()  # the environment's ESPER_ENV_PARTS, before anything is composed or written
         except ConfigError as e:
             raise _Refused(str(e)) from None
         try:

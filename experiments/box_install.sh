@@ -15,6 +15,15 @@ box_install() {
   export PYTHONPATH=$PWD${sp:+:$sp} WANDB_MODE=disabled
 }
 
+# A box script's start: its identity (box_banner), then the wheels installed into .box/pfx (kept while the box stays
+# warm, where sweep_box.sh finds them).
+#   box_setup "NEED (import names)" "WHEELS (globs)"
+box_setup() {
+  box_banner
+  mkdir -p .box
+  NEED=$1 PFX=$PWD/.box/pfx WHEELS=$2 box_install
+}
+
 # The box's identity at the top of a log: date, cores, GPU and driver, torch and its CUDA.
 box_banner() {
   date -u; nproc; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null

@@ -38,6 +38,16 @@ def _sweep(root: Path) -> dict[str, bytes]:
     return files
 
 
+def _tgz(name: str, data: bytes) -> bytes:
+    """A gzip tar holding one file (the parts format before 2026-11-23, session 7; unpack reads any tar)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def test_pack_keeps_the_newest_checkpoint_and_unpack_restores_the_files(tmp_path, monkeypatch):
     box1, box2 = tmp_path / "box1", tmp_path / "box2"
     box1.mkdir(), box2.mkdir()
@@ -64,12 +74,7 @@ def test_pack_keeps_the_newest_checkpoint_and_unpack_restores_the_files(tmp_path
 def test_unpack_refuses_a_file_outside_the_sweep(tmp_path, monkeypatch):
     bad = tmp_path / "bad"
     bad.mkdir()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        info = tarfile.TarInfo("outputs/sweeps/other/run.json")
-        info.size = 2
-        tar.addfile(info, io.BytesIO(b"{}"))
-    (bad / f"{carry.PREFIX}000").write_bytes(buf.getvalue())
+    (bad / f"{carry.PREFIX}000").write_bytes(_tgz("outputs/sweeps/other/run.json", b"{}"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="not inside"):
         carry.unpack(bad, Path("outputs/sweeps/s"))
@@ -88,12 +93,7 @@ def test_shuffle4_is_undone_for_every_length():
 def test_older_gzip_parts_still_unpack(tmp_path, monkeypatch):
     old = tmp_path / "old"
     old.mkdir()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        info = tarfile.TarInfo("outputs/sweeps/s/a/seed=1/checkpoints/ckpt-00000001.pt")
-        info.size = 5
-        tar.addfile(info, io.BytesIO(b"12345"))
-    (old / "carry.tgz.part-000").write_bytes(buf.getvalue())
+    (old / "carry.tgz.part-000").write_bytes(_tgz("outputs/sweeps/s/a/seed=1/checkpoints/ckpt-00000001.pt", b"12345"))
     monkeypatch.chdir(tmp_path)
     carry.unpack(old, Path("outputs/sweeps/s"))
     assert (tmp_path / "outputs/sweeps/s/a/seed=1/checkpoints/ckpt-00000001.pt").read_bytes() == b"12345"

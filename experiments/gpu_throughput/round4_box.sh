@@ -13,10 +13,8 @@ GR=$PWD/experiments/cuda_eager/group_run.py
 CELLS=exact/fp32,tanh/fp32,exact/bf16,tanh/bf16,exact/fp16,tanh/fp16
 exec > >(tee "$OUT/round4_log.txt") 2>&1
 source "$PWD/experiments/box_install.sh"
-box_banner
-mkdir -p .box
-NEED="gymnasium, hydra, mujoco, pytest, stable_baselines3" PFX=$PWD/.box/pfx \
-  WHEELS="$PWD/.wheelhouse/sweep/*.whl $PWD/.wheelhouse/pytest/*.whl $PWD/.wheelhouse/sb3/*.whl" box_install || exit 1
+box_setup "gymnasium, hydra, mujoco, pytest, stable_baselines3" \
+  "$PWD/.wheelhouse/sweep/*.whl $PWD/.wheelhouse/pytest/*.whl $PWD/.wheelhouse/sb3/*.whl" || exit 1
 rm -rf "$ROOT"; mkdir -p "$ROOT"
 box_suite "$OUT/suite.txt"; suite=$?
 for v in $VARIANTS; do

@@ -18,10 +18,7 @@ HALF_A=exact/bf16,tanh/bf16,exact/fp16  # launcher order: (precision, gelu) sort
 HALF_B=tanh/fp16,exact/fp32,tanh/fp32   #                                        | fp16/tanh, fp32/exact, fp32/tanh
 exec > >(tee "$OUT/round5_log.txt") 2>&1
 source "$PWD/experiments/box_install.sh"
-box_banner
-mkdir -p .box
-NEED="gymnasium, hydra, mujoco, pytest" PFX=$PWD/.box/pfx \
-  WHEELS="$PWD/.wheelhouse/sweep/*.whl $PWD/.wheelhouse/pytest/*.whl" box_install || exit 1
+box_setup "gymnasium, hydra, mujoco, pytest" "$PWD/.wheelhouse/sweep/*.whl $PWD/.wheelhouse/pytest/*.whl" || exit 1
 rm -rf "$ROOT"; mkdir -p "$ROOT"
 suite=0; [ "$SUITE" = 1 ] && { box_suite "$OUT/suite.txt"; suite=$?; }
 n=0
@@ -44,19 +41,11 @@ for v in $ORDER; do
     $PY experiments/gpu_throughput/timing_summary.py ${d}a ${d}b
   fi
 done
-$PY - "$ROOT" > "$OUT/round5_timings.json" <<'PYEOF'
-import json, pathlib, sys
-out = {}
-for f in sorted(pathlib.Path(sys.argv[1]).glob("*/timing.json")):
-    out[f.parent.name] = json.loads(f.read_text())
-print(json.dumps(out))
-PYEOF
+$PY experiments/gpu_throughput/timing_summary.py --collect "$OUT/round5_timings.json" "$ROOT"
 layout=$($PY - "$ROOT" <<'PYEOF'
 import json, pathlib, statistics, sys
-def rate(d):  # env steps/s over the updates after the first (graph capture), as timing_summary.py
-    t = json.loads((d / "timing.json").read_text())
-    u = t["updates"][1:] or t["updates"]
-    return t["steps_per_update"] * len(u) / sum(x["wall_s"] for x in u)
+sys.path.insert(0, "experiments/gpu_throughput")
+from timing_summary import rate  # env steps/s over the updates after the first (graph capture)
 rates = {"one": [], "two": []}
 root = pathlib.Path(sys.argv[1])
 for d in sorted(p for p in root.iterdir() if p.is_dir()):

@@ -17,10 +17,7 @@ GR=$PWD/experiments/cuda_eager/group_run.py
 ALL=exact/fp32,tanh/fp32,exact/bf16,tanh/bf16,exact/fp16,tanh/fp16
 exec > >(tee "$OUT/round6_log.txt") 2>&1
 source "$PWD/experiments/box_install.sh"
-box_banner
-mkdir -p .box
-NEED="gymnasium, hydra, mujoco, stable_baselines3" PFX=$PWD/.box/pfx \
-  WHEELS="$PWD/.wheelhouse/sweep/*.whl $PWD/.wheelhouse/sb3/*.whl" box_install || exit 1
+box_setup "gymnasium, hydra, mujoco, stable_baselines3" "$PWD/.wheelhouse/sweep/*.whl $PWD/.wheelhouse/sb3/*.whl" || exit 1
 rm -rf "$ROOT"; mkdir -p "$ROOT"
 echo "== finish the sweep (RESTORE=.carry, at most $LIMIT s)"
 RESTORE=.carry LIMIT=$LIMIT W=$W SPIN=$SPIN WH=$PWD/.wheelhouse/sweep OUT=$OUT \
@@ -51,8 +48,5 @@ if [ "$PROFILE" = 1 ] && [ $(( $(date +%s) - S )) -lt 430 ]; then
     $PY experiments/gpu_throughput/timing_summary.py $d
   done
 fi
-$PY - "$ROOT" > "$OUT/round6_timings.json" <<'PYEOF'
-import json, pathlib, sys
-print(json.dumps({f.parent.name: json.loads(f.read_text()) for f in sorted(pathlib.Path(sys.argv[1]).glob("*/timing.json"))}))
-PYEOF
+$PY experiments/gpu_throughput/timing_summary.py --collect "$OUT/round6_timings.json" "$ROOT"
 date -u
