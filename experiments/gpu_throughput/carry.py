@@ -4,19 +4,21 @@
     python carry.py unpack PARTS_DIR SWEEP_DIR                # on the next box, before the same sweep command
 
 ``pack`` writes OUT_DIR/carry.txz.part-000, -001, ... (each at most --part-mb MB: a device call returns at most 8
-files of 16 MiB): an xz tar of every file of the sweep directory except older checkpoints (an unfinished run keeps only its newest
-``ckpt-*.pt`` and its ``.sha256``, which is all a resume reads), the checkpoints of finished runs (completed or
-failed: the sweep command skips them) and drift snapshots. Paths are stored as given
-(relative to the checkout, e.g. outputs/sweeps/gelu_amp_halfcheetah/...), so ``unpack`` in the checkout's root puts
-them back where the sweep command looks; it refuses when SWEEP_DIR already exists (a warm box still holds a newer
-state) or when a file lies outside it; it also reads the older gzip parts (carry.tgz.part-*).
+files of 16 MiB): an xz tar of every file of the sweep directory except older checkpoints (an unfinished run keeps
+only its newest ``ckpt-*.pt`` and its ``.sha256``, which is all a resume reads), the checkpoints of finished runs
+(completed or failed: the sweep command skips them) and drift snapshots. Paths are stored as given (relative to the
+checkout, e.g. outputs/sweeps/gelu_amp_halfcheetah/...), so ``unpack`` in the checkout's root puts them back where
+the sweep command looks; it refuses when SWEEP_DIR already exists (a warm box still holds a newer state) or when a
+file lies outside it; it also reads the older gzip parts (carry.tgz.part-*).
 
 Size: a run's checkpoint is 0.95 MB (HalfCheetah, width 64: float32 weights and Adam moments, which compress little:
 gzip 0.95x). So checkpoints are stored byte-shuffled (``shuffle4``: byte j of every 4-byte word together, as blosc
-and HDF5's shuffle filter do; torch.save aligns every tensor to 64 bytes, so the words are the floats) and the tar is
-xz-compressed: the sign/exponent bytes then compress well. Measured on the 60-run HalfCheetah sweep's state (dev
-CPU, 2026-11-23): gzip 57.2 MB, xz 54.0 MB, shuffled + xz 48.6 MB (37 s to pack; --preset 0: 52.0 MB in 7 s). Unpacked files are bitwise the
-originals (their .sha256 files still match)."""
+and HDF5's shuffle filter do; torch.save stores tensors uncompressed at 64-byte aligned offsets, so the words are the
+floats) and the tar is xz-compressed: the sign/exponent bytes then compress well. The 60-run HalfCheetah sweep's
+state (round 5): gzip 57.2 MB, xz 54.0 MB, shuffled + xz 48.6 MB. Unpacked files are bitwise the originals (their
+.sha256 files still match). Pack time, dev CPU, 2026-11-23, `farm-bench -n 3 --warmup 0 --vs "... --preset 6" --
+... --preset 0` on that state: median wall 7.4 s (--preset 0, 52.0 MB) vs 33.8 s (--preset 6, 48.6 MB), ratio 0.22.
+"""
 
 from __future__ import annotations
 
@@ -124,8 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--part-mb", type=float, default=15.0)
     p.add_argument("--preset", type=int, default=6, choices=range(10),
-                   help="xz preset: 6 (default) smallest for its time; 0 ~4x faster, ~7%% larger (60 runs, dev CPU: "
-                        "48.6 MB in 37 s vs 52.0 MB in 7 s)")
+                   help="xz preset: 6 (default) or 0 (the 60-run state, dev CPU: 0.22x the wall time, 7%% larger)")
     u = sub.add_parser("unpack")
     u.add_argument("parts", type=Path)
     u.add_argument("sweep", type=Path)

@@ -10,7 +10,7 @@
 # (.wheelhouse/sweep: .wheelhouse/issue12 less mujoco_studio, pyopengl and websockets, which simulation does not
 # import: 11 MB instead of 27).
 # CKPT=1: also bring the sweep's state back (carry.py pack: newest checkpoint per unfinished run, 15 MB parts, xz
-# preset XZ (6; 0 is ~4x faster, ~7% larger); 60 unfinished HalfCheetah runs: 48.6 MB, which fits beside the wheels
+# preset XZ (6; 0 packs in 0.22x the time, 7% larger); 60 unfinished HalfCheetah runs: 48.6 MB, which fits beside the wheels
 # only with a slim tree, box_tree.sh); RESTORE=DIR: on a box without the sweep, unpack such parts first
 # (copy the returned parts into a git-ignored .carry/ and carry it with the wheels).
 # EXP / ENVS / SWEEP: another experiment, env(s) and its sweep directory, e.g. issue 13's pilot on one env:
