@@ -487,13 +487,30 @@ def test_a_pilot_missing_a_registered_env_is_provisional(tmp_path, capsys):
     res = json.loads((tmp_path / "p1" / "pilot.json").read_text())
     assert res["registered_envs"] == ["cartpole", "hopper"] and res["missing_envs"] == ["hopper"]
     assert res["complete"] is False
-    assert "PROVISIONAL: 1 of the 2 registered envs" in (tmp_path / "p1" / "pilot.md").read_text()
+    assert "PROVISIONAL (no runs of hopper; registered envs: cartpole, hopper)" in \
+        (tmp_path / "p1" / "pilot.md").read_text()
     assert "PROVISIONAL (no runs of hopper): at least" in capsys.readouterr().out
     (sw / "multirun.yaml").write_text("hydra:\n  sweeper:\n    params:\n      env: cartpole\n")
     assert main([str(sw), "--pilot", "--out", str(tmp_path / "p2")]) == 0
     res = json.loads((tmp_path / "p2" / "pilot.json").read_text())
     assert res["complete"] is True and res["missing_envs"] == []
     assert "PROVISIONAL" not in (tmp_path / "p2" / "pilot.md").read_text() + capsys.readouterr().out
+    # a run carried to the next box unfinished (interrupted) will resume and enter an SD: still provisional
+    run_json = sw / "cartpole" / "tanh" / "fp32" / "seed=2" / "run.json"
+    info = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**info, "status": "interrupted"}))
+    assert main([str(sw), "--pilot", "--out", str(tmp_path / "p3")]) == 0
+    res = json.loads((tmp_path / "p3" / "pilot.json").read_text())
+    assert res["complete"] is False and res["unfinished_runs"] == {"cartpole": 1}
+    assert "PROVISIONAL (1 run(s) of cartpole not finished): at least" in capsys.readouterr().out
+    # a failed run is finished: complete again, the run left out of the SD and listed
+    run_json.write_text(json.dumps({**info, "status": "failed", "reason": "test"}))
+    assert main([str(sw), "--pilot", "--out", str(tmp_path / "p4")]) == 0
+    res = json.loads((tmp_path / "p4" / "pilot.json").read_text())
+    assert res["complete"] is True and res["failed_runs"] == ["cartpole tanh/fp32 seed=2"]
+    assert [g["n"] for g in res["groups"] if g["cell"] == "tanh/fp32"] == [3]
+    assert "Failed runs (finished, left out of the SDs): cartpole tanh/fp32 seed=2" in \
+        (tmp_path / "p4" / "pilot.md").read_text()
 
 
 def test_vs_compares_two_sweeps_cell_by_cell(tmp_path, capsys):

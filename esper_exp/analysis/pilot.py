@@ -9,8 +9,10 @@ interval or decision is computed: the pilot must not be looked at for effects.
 
 The rule is over every registered env x cell group. The registered envs are the sweep's own ``env`` sweeper
 parameter (``multirun.yaml`` in the sweep directory, written by Hydra: the experiment config's list, which a
-command-line ``env=...`` narrows for one command but does not change). A pilot run one env at a time therefore
-reads as PROVISIONAL until every registered env has runs: its count is a lower bound (the largest SD can only grow).
+command-line ``env=...`` narrows for one command but does not change). A pilot run one env at a time, or carried
+from one box to the next, therefore reads as PROVISIONAL while a registered env has no runs or a run is not finished
+(``running`` / ``interrupted``: it will resume and enter an SD): its count is a lower bound (the largest SD can only
+grow). A ``failed`` run is finished: it is left out of the SD, and listed.
 """
 
 from __future__ import annotations
@@ -53,13 +55,18 @@ def registered_envs(sweep_dir: Path) -> list[str] | None:
 def pilot(sweep: Sweep, rule: Rule, o: dict, sd_max: float, base: int) -> dict:
     """{"groups": [{env, cell, n, sd}], "sd", "worst", "seeds"} of the normalised primary endpoint's SDs."""
     key = ENDPOINT_KEY[rule.endpoint]
-    groups = []
+    groups, unfinished, failed = [], {}, []
     for env in sweep.envs():
         if env not in rule.anchors:
             raise AnalysisError(f"env {env} has no anchors in the stored rule: the pilot's SD is on the normalised "
                                 "scale")
         cells = sweep.cells(env)
-        out = O.env_outcomes(env, cells, {c: sweep.runs_of(env, c, status=None) for c in cells}, rule, o)
+        runs = {c: sweep.runs_of(env, c, status=None) for c in cells}
+        out = O.env_outcomes(env, cells, runs, rule, o)
+        pending = sum(r.status in ("running", "interrupted") for c in cells for r in runs[c])
+        if pending:
+            unfinished[env] = pending
+        failed += [f"{env} {c} seed={r.seed}" for c in cells for r in runs[c] if r.status == "failed"]
         for c in cells:
             x = np.array([out["per_run"][(c, r.seed)][key] for r in out["used"][c]], dtype=float)
             x = x[np.isfinite(x)]
@@ -71,10 +78,18 @@ def pilot(sweep: Sweep, rule: Rule, o: dict, sd_max: float, base: int) -> dict:
     worst = max(valid, key=lambda g: g["sd"])
     registered = registered_envs(sweep.root)
     missing = sorted(set(registered or []) - set(sweep.envs()))
-    return {"registered_envs": registered, "missing_envs": missing, "complete": not missing, "endpoint": key,
+    return {"registered_envs": registered, "missing_envs": missing, "unfinished_runs": unfinished, "failed_runs": failed,
+            "complete": not missing and not unfinished, "endpoint": key,
             "sd_max": sd_max, "base_seeds": base, "groups": groups, "sd": worst["sd"],
             "worst": f"{worst['env']} {worst['cell']}", "seeds": seed_count(worst["sd"], sd_max, base),
             "groups_without_sd": [f"{g['env']} {g['cell']}" for g in groups if not math.isfinite(g["sd"])]}
+
+
+def incomplete_reason(res: dict) -> str:
+    """Why a pilot is PROVISIONAL, in words ("" when it is complete)."""
+    parts = [f"no runs of {', '.join(res['missing_envs'])}"] if res["missing_envs"] else []
+    parts += [f"{n} run(s) of {env} not finished" for env, n in sorted(res["unfinished_runs"].items())]
+    return "; ".join(parts)
 
 
 def write_pilot(res: dict, out: Path) -> Path:
@@ -84,13 +99,15 @@ def write_pilot(res: dict, out: Path) -> Path:
     raised = res["seeds"] != res["base_seeds"]
     lines = ["# Pilot: the seed count (no contrasts computed)", ""]
     if not res["complete"]:
-        lines += [f"**PROVISIONAL: {len(res['missing_envs'])} of the {len(res['registered_envs'])} registered envs "
-                  f"have no runs yet ({', '.join(res['missing_envs'])}).** The rule is over every env x cell group: "
-                  "the count below is a lower bound until they are in (the largest SD can only grow).", ""]
+        lines += [f"**PROVISIONAL ({incomplete_reason(res)}; registered envs: "
+                  f"{', '.join(res['registered_envs'] or ['not recorded'])}).** The rule is over every env x cell "
+                  "group: the count below is a lower bound until they are in (the largest SD can only grow).", ""]
     lines += [f"Endpoint {res['endpoint']}; the largest per-group SD is **{res['sd']:.4f}** ({res['worst']}); "
               f"limit {res['sd_max']}: the study runs **{'at least ' if not res['complete'] else ''}"
               f"{res['seeds']} seeds**" + (f" (raised from {res['base_seeds']})." if raised else " (as registered)."), "",
               _table(["env", "cell", "runs", "SD"], rows)]
+    if res["failed_runs"]:
+        lines += ["", "Failed runs (finished, left out of the SDs): " + ", ".join(res["failed_runs"])]
     if res["groups_without_sd"]:
         lines += ["", "Groups with fewer than two completed runs (no SD): " + ", ".join(res["groups_without_sd"])]
     path = out / "pilot.md"

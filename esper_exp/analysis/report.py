@@ -556,7 +556,7 @@ def _report(sweep_dir, out=None, rule_overrides: dict | None = None, **opts) -> 
 
 
 def _pilot(args) -> int:
-    from .pilot import pilot, write_pilot
+    from .pilot import incomplete_reason, pilot, write_pilot
 
     o = dict(DEFAULTS)
     try:
@@ -569,7 +569,7 @@ def _pilot(args) -> int:
     except AnalysisError as e:
         return fail("esper-report", e)
     path = write_pilot(res, Path(args.out) if args.out is not None else root / "pilot")
-    provisional = "" if res["complete"] else f"PROVISIONAL (no runs of {', '.join(res['missing_envs'])}): at least "
+    provisional = "" if res["complete"] else f"PROVISIONAL ({incomplete_reason(res)}): at least "
     print(f"esper-report: pilot SD {res['sd']:.4f} ({res['worst']}), limit {res['sd_max']}: {provisional}"
           f"{res['seeds']} seeds; wrote {path}")
     return _damaged_exit(sweep.damaged, bool(args.include_damaged))
