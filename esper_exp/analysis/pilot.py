@@ -78,7 +78,8 @@ def pilot(sweep: Sweep, rule: Rule, o: dict, sd_max: float, base: int) -> dict:
     worst = max(valid, key=lambda g: g["sd"])
     registered = registered_envs(sweep.root)
     missing = sorted(set(registered or []) - set(sweep.envs()))
-    return {"registered_envs": registered, "missing_envs": missing, "unfinished_runs": unfinished, "failed_runs": failed,
+    return {"registered_envs": registered, "missing_envs": missing, "unfinished_runs": unfinished,
+            "failed_runs": failed,
             "complete": not missing and not unfinished, "endpoint": key,
             "sd_max": sd_max, "base_seeds": base, "groups": groups, "sd": worst["sd"],
             "worst": f"{worst['env']} {worst['cell']}", "seeds": seed_count(worst["sd"], sd_max, base),
@@ -104,7 +105,8 @@ def write_pilot(res: dict, out: Path) -> Path:
                   "group: the count below is a lower bound until they are in (the largest SD can only grow).", ""]
     lines += [f"Endpoint {res['endpoint']}; the largest per-group SD is **{res['sd']:.4f}** ({res['worst']}); "
               f"limit {res['sd_max']}: the study runs **{'at least ' if not res['complete'] else ''}"
-              f"{res['seeds']} seeds**" + (f" (raised from {res['base_seeds']})." if raised else " (as registered)."), "",
+              f"{res['seeds']} seeds**" + (f" (raised from {res['base_seeds']})." if raised else " (as registered)."),
+              "",
               _table(["env", "cell", "runs", "SD"], rows)]
     if res["failed_runs"]:
         lines += ["", "Failed runs (finished, left out of the SDs): " + ", ".join(res["failed_runs"])]
