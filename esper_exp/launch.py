@@ -434,7 +434,8 @@ class GroupedLaunch:
     # -- composing and grouping ---------------------------------------------------------------------------------
 
     def compose(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[DictConfig]:
-        """Each job's config as BasicLauncher composes it, with hydra.runtime.output_dir set as run_job sets it."""
+        """Each job's config as BasicLauncher composes it, with hydra.runtime.output_dir set as run_job sets it.
+        (Under esper-train a copy of the config precheck composed for the job: esper_exp/composing.py.)"""
         assert self.hydra_context is not None and self.config is not None
         configs = []
         saved = HydraConfig.instance().cfg

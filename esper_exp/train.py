@@ -495,7 +495,8 @@ def hydra_main(cfg: DictConfig) -> str:
 # .hydra/ and opens train.log in run_job, before the task function, so a command refused inside the task would
 # leave a trace (a rewritten .hydra/ of a finished run, an empty timestamped run dir) and an unwritable path would
 # end in Hydra's own traceback. main() therefore composes every job the way Hydra will (same search path, same
-# sweeper expansion), validates it and checks its run directory first; only then does Hydra start.
+# sweeper expansion), validates it and checks its run directory first; only then does Hydra start, and its sweeper
+# and launcher get copies of these compositions instead of composing each job twice more (esper_exp/composing.py).
 _INFO_FLAGS = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-p", "--package", "--info", "-i",
                "--resolve", "-sc", "--shell-completion", "-cp", "--config-path", "--experimental-rerun")
 
@@ -536,7 +537,11 @@ def _one_line(e: BaseException) -> str:
 def _compose_jobs(multirun: bool, config_dir: str | None, config_name: str,
                   overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], DictConfig]]]:
     """The primary config (a multirun's: where its sweep dir is) and every job's override list and composed config
-    (with its ``hydra`` node), as Hydra will compose them."""
+    (with its ``hydra`` node), composed as Hydra will compose them: the primary as ``Hydra.multirun`` (or ``run``)
+    does, each job as the sweeper and the launcher do (``load_sweep_config`` of the primary config and the job's
+    overrides, as BasicSweeper splits them). Under ``composing.compose_once`` (main) Hydra then reuses these."""
+    import os
+
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path
@@ -550,37 +555,41 @@ def _compose_jobs(multirun: bool, config_dir: str | None, config_name: str,
     setup_globals()
     search_path = create_config_search_path(CONFIG_DIR)
     if config_dir is not None:
-        path = Path(config_dir).resolve()
-        if not path.is_dir():
+        path = os.path.abspath(config_dir)  # as Hydra adds --config-dir (same search path: the same compositions)
+        if not os.path.isdir(path):
             raise _Refused(f"--config-dir {config_dir}: not a directory")
         search_path.prepend(provider="command-line", path=f"file://{path}", anchor=SearchPathQuery(provider="schema"))
     GlobalHydra.instance().clear()
     hydra = Hydra.create_main_hydra2(task_name="train", config_search_path=search_path)
     mode = RunMode.MULTIRUN if multirun else RunMode.RUN
-
-    def compose(job_overrides: list[str]) -> DictConfig:
-        try:
-            return hydra.compose_config(config_name, job_overrides, run_mode=mode, with_log_configuration=False)
-        except MissingConfigException as e:
-            missing = str(getattr(e, "missing_cfg_file", "") or "")
-            if "/" in missing and e.options:
-                group, value = missing.rsplit("/", 1)
-                options = sorted(o for o in e.options if not o.endswith("_schema"))  # ConfigStore schema nodes
-                raise _Refused(f"{group}={value!r} is not allowed; allowed: {', '.join(options)} "
-                               f"(the {group}/ configs of the config search path)") from None
-            raise _Refused(_one_line(e)) from None
-
     try:
-        primary = compose(overrides)
+        try:  # as hydra.main: the config's hydra.mode (Hydra.get_mode), else the command's, added as an override
+            configured = hydra.compose_config(config_name, overrides, run_mode=RunMode.MULTIRUN,
+                                              validate_sweep_overrides=False).hydra.mode
+        except Exception:  # noqa: BLE001 - as Hydra.get_mode: no mode
+            configured = None
+        if configured is None or (multirun and configured == RunMode.RUN):
+            overrides = [*overrides, f"hydra.mode={mode.name}"]
+        primary = hydra.compose_config(config_name, overrides, run_mode=mode, with_log_configuration=False)
         if not multirun:
             return primary, [(overrides, primary)]
         sweeper = str(primary.hydra.sweeper.get("_target_", ""))
         if not sweeper.endswith("BasicSweeper"):
             raise LookupError("not the basic sweeper")  # another sweeper expands jobs its own way
+        # BasicSweeper.sweep: its params, then the task overrides (Hydra's multirun passes it hydra.overrides.task)
         params = [f"{k}={v}" for k, v in (primary.hydra.sweeper.get("params") or {}).items()]
-        parsed = OverridesParser.create().parse_overrides(params + overrides)
+        params += OmegaConf.to_container(primary.hydra.overrides.task, resolve=False)
+        parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(params)
         jobs = BasicSweeper.split_arguments(parsed, None)[0]
-        return primary, [(job, compose(job)) for job in jobs]
+        return primary, [(job, hydra.config_loader.load_sweep_config(primary, job)) for job in jobs]
+    except MissingConfigException as e:
+        missing = str(getattr(e, "missing_cfg_file", "") or "")
+        if "/" in missing and e.options:
+            group, value = missing.rsplit("/", 1)
+            options = sorted(o for o in e.options if not o.endswith("_schema"))  # ConfigStore schema nodes
+            raise _Refused(f"{group}={value!r} is not allowed; allowed: {', '.join(options)} "
+                           f"(the {group}/ configs of the config search path)") from None
+        raise _Refused(_one_line(e)) from None
     finally:
         GlobalHydra.instance().clear()
 
@@ -706,6 +715,13 @@ def precheck(argv: list[str]) -> None:
 
 
 def main() -> None:
+    from esper_exp.composing import compose_once
+
+    with compose_once():  # each config composed once: Hydra's sweeper and launcher reuse precheck's compositions
+        _main()
+
+
+def _main() -> None:
     precheck(sys.argv[1:])
     try:
         from esper_exp import sweep
