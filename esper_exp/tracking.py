@@ -47,17 +47,22 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def git_sha() -> str | None:
-    here = Path(__file__).resolve().parent
+def git_state(where: Path | None = None, limit: int = 20) -> tuple[str | None, list[str]]:
+    """(commit, changes) of the checkout this package runs from (or ``where``): the commit, with "-dirty" where
+    tracked files differ from it, and those differences as ``git status --porcelain`` lines (the first ``limit``,
+    then a count), so that a run's "-dirty" says what was different; (None, []) outside a git checkout."""
+    here = where or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha.stdout.strip() + ("-dirty" if dirty else "")
+            return None, []
+        changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                 capture_output=True, text=True, timeout=5).stdout.splitlines()
     except (OSError, subprocess.SubprocessError):
-        return None
+        return None, []
+    changes = [c.rstrip() for c in changes if c.strip()]
+    shown = changes[:limit] + ([f"... and {len(changes) - limit} more"] if len(changes) > limit else [])
+    return sha.stdout.strip() + ("-dirty" if changes else ""), shown
 
 
 def versions() -> dict[str, str | None]:
@@ -102,6 +107,7 @@ def cuda_record(device, group: dict) -> dict:
 def run_info(config: dict, run_dir: Path, device: str, group: dict | None = None) -> dict:
     """A new run.json (status running): what the run is (cell, seed, config and its hash), where and with what it
     runs. The Tracker writes it when a run starts; :func:`record_not_started` when a run never could."""
+    sha, changes = git_state()
     return {
         "status": "running",
         "reason": None,
@@ -114,7 +120,8 @@ def run_info(config: dict, run_dir: Path, device: str, group: dict | None = None
         "perturb": config["drift"]["perturb"],
         "cell": cell_name(config),
         "config_hash": config_hash(config),
-        "git_sha": git_sha(),
+        "git_sha": sha,
+        "git_changes": changes,  # what "-dirty" means: tracked files that differ from the commit
         "versions": versions(),
         "device": device,
         "host": platform.node(),
