@@ -21,11 +21,14 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=100.0, help="the sampling rate given to py-spy (-r), per second")
     a = ap.parse_args()
     stacks: dict[str, list[tuple[list[str], int]]] = collections.defaultdict(list)
+    pending = ""  # a process's command line may hold newlines (python -c "..."): its record spans several lines
     for line in open(a.raw, encoding="utf-8", errors="replace"):
-        line = line.rstrip("\n")
-        if not line.strip():
-            continue
+        line = pending + line.rstrip("\n")
         stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            pending = line + " " if line.strip() else ""
+            continue
+        pending = ""
         frames = stack.split(";")  # a frame is "function (file:line)": counted per function, not per line
         stacks[frames[0]].append(([re.sub(r":\d+\)$", ")", f) for f in frames[1:]], int(n)))
     totals = {p: sum(n for _, n in v) for p, v in stacks.items()}
