@@ -74,11 +74,17 @@ def test_pack_keeps_the_newest_checkpoint_and_unpack_restores_the_files(tmp_path
 def test_unpack_refuses_a_file_outside_the_sweep(tmp_path, monkeypatch):
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / f"{carry.PREFIX}000").write_bytes(_tgz("outputs/sweeps/other/run.json", b"{}"))
+    buf = io.BytesIO()  # a good file first, then one outside: nothing at all is written
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in ("outputs/sweeps/s/run.json", "outputs/sweeps/other/run.json"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+    (bad / f"{carry.PREFIX}000").write_bytes(buf.getvalue())
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match="not inside"):
+    with pytest.raises(SystemExit, match="outputs/sweeps/other/run.json is not inside outputs/sweeps/s: nothing unp"):
         carry.unpack(bad, Path("outputs/sweeps/s"))
-    assert not (tmp_path / "outputs" / "sweeps" / "other").exists()
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_shuffle4_is_undone_for_every_length():

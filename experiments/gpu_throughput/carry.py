@@ -100,22 +100,24 @@ def unpack(parts_dir: Path, sweep: Path) -> None:
         raise SystemExit(f"carry.py: no {PREFIX}* (or carry.tgz.part-*) files in {parts_dir}")
     if sweep.exists():
         raise SystemExit(f"carry.py: {sweep} exists already (a newer state?): not unpacked")
-    n = 0
     with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in paths)), mode="r:*") as tar:
-        for m in tar:
+        todo = []
+        for m in tar.getmembers():  # every name checked before anything is written
             shuffled = m.name.endswith(SHUFFLED)
             name = Path(m.name[:-len(SHUFFLED)] if shuffled else m.name)
             if name.is_absolute() or ".." in name.parts or name.parts[:len(sweep.parts)] != sweep.parts:
-                raise SystemExit(f"carry.py: {m.name} is not inside {sweep}: stopped")
+                raise SystemExit(f"carry.py: {m.name} is not inside {sweep}: nothing unpacked (the parts hold paths "
+                                 "relative to the checkout's root: unpack there, with the sweep directory they name)")
+            if shuffled and not m.isfile():
+                raise SystemExit(f"carry.py: {m.name} is not a regular file: nothing unpacked")
+            todo.append((m, name, shuffled))
+        for m, name, shuffled in todo:
             if shuffled:
-                if not m.isfile():
-                    raise SystemExit(f"carry.py: {m.name} is not a regular file: stopped")
                 name.parent.mkdir(parents=True, exist_ok=True)
                 name.write_bytes(unshuffle4(tar.extractfile(m).read()))
             else:
                 tar.extract(m, filter="data")
-            n += 1
-    print(f"carry.py: {n} files from {len(paths)} part(s) into {sweep}")
+    print(f"carry.py: {len(todo)} files from {len(paths)} part(s) into {sweep}")
 
 
 def main(argv: list[str] | None = None) -> None:
