@@ -6,7 +6,9 @@
 ``pack`` writes OUT_DIR/carry.txz.part-000, -001, ... (each at most --part-mb MB: a device call returns at most 8
 files of 16 MiB): an xz tar of every file of the sweep directory except older checkpoints (an unfinished run keeps
 only its newest ``ckpt-*.pt`` and its ``.sha256``, which is all a resume reads), the checkpoints of finished runs
-(completed or failed: the sweep command skips them) and drift snapshots. Paths are stored as given (relative to the
+(the sweep command skips a completed run and starts a failed one over) and drift snapshots; of a completed run only
+its run.json and .hydra/ travel (enough for the command to skip it; its metrics and episodes are in the runs.tar.gz
+of the call that completed it, which sweep_box.sh returns every call). Paths are stored as given (relative to the
 checkout, e.g. outputs/sweeps/gelu_amp_halfcheetah/...), so ``unpack`` in the checkout's root puts them back where
 the sweep command looks; it refuses when SWEEP_DIR already exists (a warm box still holds a newer state) or when a
 file lies outside it; it also reads the older gzip parts (carry.tgz.part-*).
@@ -47,24 +49,32 @@ def unshuffle4(data: bytes) -> bytes:
     return np.frombuffer(data, np.uint8, n).reshape(4, -1).T.tobytes() + data[n:]
 
 
-def _finished(run_dir: Path) -> bool:
-    """A run the sweep command will skip (its run.json says completed or failed): its checkpoints are not needed."""
+def _status(run_dir: Path) -> str | None:
     try:
-        return json.loads((run_dir / "run.json").read_text()).get("status") in ("completed", "failed")
+        return json.loads((run_dir / "run.json").read_text()).get("status")
     except (OSError, ValueError):
-        return False
+        return None
 
 
 def members(sweep: Path) -> list[Path]:
-    """The files to carry: all, less drift snapshots, finished runs' checkpoints and every other run's checkpoints
-    but its newest."""
-    keep = []
+    """The files to carry: all, less drift snapshots, finished (completed or failed) runs' checkpoints, every other
+    run's checkpoints but its newest, and a completed run's files but its run.json and .hydra/ (the sweep command skips
+    a completed run by its run.json alone; its metrics and episodes came back in the runs.tar.gz of the call that
+    completed it, and a study of hundreds of runs would otherwise outgrow the 64 MiB that travel into a call)."""
+    keep, status = [], {}
     for p in sorted(sweep.rglob("*")):
-        if not p.is_file() or "drift" in p.relative_to(sweep).parts:
+        rel = p.relative_to(sweep).parts
+        if not p.is_file() or "drift" in rel:
+            continue
+        run = sweep / rel[0] / rel[1] if len(rel) > 2 and rel[1].startswith("seed=") else None
+        if run is not None and run not in status:
+            status[run] = _status(run)
+        if run is not None and status[run] == "completed" and rel[2] not in ("run.json", ".hydra"):
             continue
         if p.parent.name == "checkpoints" and p.name.startswith("ckpt-"):
             newest = sorted(p.parent.glob("ckpt-*.pt"))[-1:]
-            if _finished(p.parent.parent) or not newest or p.name not in (newest[0].name, newest[0].name + ".sha256"):
+            if status.get(run) in ("completed", "failed") or not newest \
+                    or p.name not in (newest[0].name, newest[0].name + ".sha256"):
                 continue
         keep.append(p)
     return keep

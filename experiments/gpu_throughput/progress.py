@@ -31,6 +31,8 @@ def scan(sweep: Path) -> dict:
                 steps, updates = m["global_step"], m["update"]
                 for k in t:
                     t[k] += m.get(f"time_{k}", 0.0)
+        if not mp.exists():  # a completed run carried as its run.json alone (carry.py)
+            steps, updates = info.get("global_step") or 0, info.get("update") or 0
         runs[f"{d.parent.name}/{d.name}"] = {"status": info.get("status"), "steps": steps, "updates": updates,
                                              **{f"time_{k}": v for k, v in t.items()}}
     return runs
