@@ -9,6 +9,7 @@ one update. run.json is rewritten atomically (temp file + rename) on every statu
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -65,6 +66,14 @@ def git_state(where: Path | None = None, limit: int = 20) -> tuple[str | None, l
     return sha.stdout.strip() + ("-dirty" if changes else ""), shown
 
 
+@functools.lru_cache(maxsize=1)
+def _code_state() -> tuple[str | None, tuple[str, ...]]:
+    """git_state() of this package's checkout, read once per process: the code a process runs is what it imported
+    at its start, and a group's members (60 and more) would otherwise each run git twice."""
+    sha, changes = git_state()
+    return sha, tuple(changes)
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for pkg in ("torch", "numpy", "gymnasium", "mujoco", "hydra-core", "wandb", "esper-exp"):
@@ -107,7 +116,7 @@ def cuda_record(device, group: dict) -> dict:
 def run_info(config: dict, run_dir: Path, device: str, group: dict | None = None) -> dict:
     """A new run.json (status running): what the run is (cell, seed, config and its hash), where and with what it
     runs. The Tracker writes it when a run starts; :func:`record_not_started` when a run never could."""
-    sha, changes = git_state()
+    sha, changes = _code_state()
     return {
         "status": "running",
         "reason": None,
@@ -121,7 +130,7 @@ def run_info(config: dict, run_dir: Path, device: str, group: dict | None = None
         "cell": cell_name(config),
         "config_hash": config_hash(config),
         "git_sha": sha,
-        "git_changes": changes,  # what "-dirty" means: tracked files that differ from the commit
+        "git_changes": list(changes),  # what "-dirty" means: tracked files that differ from the commit
         "versions": versions(),
         "device": device,
         "host": platform.node(),

@@ -6,6 +6,7 @@ config (compose + validate) -> PPO (envs, policy) -> loop -> Tracker (run dir) ;
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import signal
 import sys
@@ -245,8 +246,6 @@ def build_ppo(cfg: DictConfig, seeds: list[int], device, cells: list[tuple[str, 
     """The parts of a group, built from its (shared) config: envs, policy (one member per seed), numerics, alpha
     schedules -> PPO. ``cells``: each member's (model.gelu, precision.name) in a mixed group (default: the config's
     for all). Returns (ppo, perturbations applied per member)."""
-    import os
-
     import torch
 
     from esper_exp.blend import AlphaSchedule
@@ -304,8 +303,6 @@ def env_parts(segments: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def env_parts_setting() -> str:
     """ESPER_ENV_PARTS (default segments); ConfigError naming the bad value and the allowed ones."""
-    import os
-
     how = os.environ.get("ESPER_ENV_PARTS", "segments")
     if how not in ENV_PARTS:
         raise ConfigError(f"ESPER_ENV_PARTS={how!r} is not allowed; allowed: {', '.join(ENV_PARTS)}")
@@ -316,8 +313,6 @@ def use_cuda_graphs(cfg: DictConfig, device) -> bool:
     """CUDA graphs for the rollout step, GAE and the minibatch update (esper_exp/ppo.py): on for CUDA, except with
     model.compile or model.checkpointing, or where the environment says ESPER_CUDA_GRAPHS=0 (the eager CUDA path).
     Not a config key (a new key would change every existing run's config hash); run.json records ``cuda_graphs``."""
-    import os
-
     return (device.type == "cuda" and not cfg.model.compile and not cfg.model.checkpointing
             and os.environ.get("ESPER_CUDA_GRAPHS", "1") != "0")
 
@@ -540,8 +535,6 @@ def _compose_jobs(multirun: bool, config_dir: str | None, config_name: str,
     (with its ``hydra`` node), composed as Hydra will compose them: the primary as ``Hydra.multirun`` (or ``run``)
     does, each job as the sweeper and the launcher do (``load_sweep_config`` of the primary config and the job's
     overrides, as BasicSweeper splits them). Under ``composing.compose_once`` (main) Hydra then reuses these."""
-    import os
-
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path

@@ -61,7 +61,7 @@ def members(sweep: Path) -> list[Path]:
     run's checkpoints but its newest, and a completed run's files but its run.json and .hydra/ (the sweep command skips
     a completed run by its run.json alone; its metrics and episodes came back in the runs.tar.gz of the call that
     completed it, and a study of hundreds of runs would otherwise outgrow the 64 MiB that travel into a call)."""
-    keep, status = [], {}
+    keep, status, newest = [], {}, {}
     for p in sorted(sweep.rglob("*")):
         rel = p.relative_to(sweep).parts
         if not p.is_file() or "drift" in rel:
@@ -72,9 +72,10 @@ def members(sweep: Path) -> list[Path]:
         if run is not None and status[run] == "completed" and rel[2] not in ("run.json", ".hydra"):
             continue
         if p.parent.name == "checkpoints" and p.name.startswith("ckpt-"):
-            newest = sorted(p.parent.glob("ckpt-*.pt"))[-1:]
-            if status.get(run) in ("completed", "failed") or not newest \
-                    or p.name not in (newest[0].name, newest[0].name + ".sha256"):
+            if p.parent not in newest:
+                newest[p.parent] = ([c.name for c in sorted(p.parent.glob("ckpt-*.pt"))] or [None])[-1]
+            last = newest[p.parent]
+            if status.get(run) in ("completed", "failed") or last is None or p.name not in (last, last + ".sha256"):
                 continue
         keep.append(p)
     return keep
