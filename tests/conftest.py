@@ -37,6 +37,18 @@ def train_run(tmp_path):
     return _run
 
 
+# The engine's layout switches read from the environment (train.py). A caller's setting (a box script that exports
+# ESPER_ENV_PARTS=one for its sweep, then runs the suite) must not change what the tests check: each test starts
+# with them unset, and a test that wants one sets it with monkeypatch.
+LAYOUT_SWITCHES = ("ESPER_CUDA_GRAPHS", "ESPER_ENV_PARTS", "ESPER_SEGMENT_STREAMS")
+
+
+@pytest.fixture(autouse=True)
+def _default_layout(monkeypatch):
+    for name in LAYOUT_SWITCHES:
+        monkeypatch.delenv(name, raising=False)
+
+
 TINY_CARTPOLE = ("env=cartpole", "ppo.total_timesteps=2048", "ppo.num_steps=64")
 
 
