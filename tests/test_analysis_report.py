@@ -482,7 +482,7 @@ def test_a_pilot_missing_a_registered_env_is_provisional(tmp_path, capsys):
 
     sw = make_sweep(tmp_path / "sw", seeds=range(4), precisions=("fp32",), total_timesteps=20_000)
     (sw / "multirun.yaml").write_text("hydra:\n  sweeper:\n    params:\n      env: cartpole,hopper\n"
-                                      "      seed: range(1,11)\n")
+                                      "      seed: range(0,4)\n")
     assert main([str(sw), "--pilot", "--out", str(tmp_path / "p1")]) == 0
     res = json.loads((tmp_path / "p1" / "pilot.json").read_text())
     assert res["registered_envs"] == ["cartpole", "hopper"] and res["missing_envs"] == ["hopper"]
@@ -511,6 +511,38 @@ def test_a_pilot_missing_a_registered_env_is_provisional(tmp_path, capsys):
     assert [g["n"] for g in res["groups"] if g["cell"] == "tanh/fp32"] == [3]
     assert "Failed runs (finished, left out of the SDs): cartpole tanh/fp32 seed=2" in \
         (tmp_path / "p4" / "pilot.md").read_text()
+
+
+def test_the_pilot_is_the_first_n_registered_seeds_whatever_else_the_sweep_holds(tmp_path, capsys):
+    """The study goes on in the pilot's sweep directory (issue 13: seeds 11-20 run there after the pilot's 1-10):
+    the pilot reads the first --pilot-n of the registered seed list only, so later seeds, finished or not, neither
+    move its SD nor make it provisional; a pilot seed with no run directory yet makes it PROVISIONAL."""
+    from esper_exp.analysis.report import main
+
+    kw = dict(precisions=("fp32",), total_timesteps=20_000, seed_effect_sd=40.0)
+    only = make_sweep(tmp_path / "only", seeds=range(4), **kw)  # the pilot's runs alone
+    sw = make_sweep(tmp_path / "sw", seeds=range(6), **kw)  # the same runs and two later seeds
+    (sw / "multirun.yaml").write_text("hydra:\n  sweeper:\n    params:\n      env: cartpole\n"
+                                      "      seed: range(0,12)\n")
+    later = sw / "cartpole" / "exact" / "fp32" / "seed=5" / "run.json"
+    later.write_text(json.dumps({**json.loads(later.read_text()), "status": "interrupted"}))
+    assert main([str(only), "--pilot", "--out", str(tmp_path / "p0")]) == 0
+    assert main([str(sw), "--pilot", "--pilot-n", "4", "--out", str(tmp_path / "p1")]) == 0
+    ref, res = (json.loads((tmp_path / p / "pilot.json").read_text()) for p in ("p0", "p1"))
+    assert res["pilot_seeds"] == [0, 1, 2, 3] and res["runs_of_later_seeds"] == 4
+    assert res["complete"] is True and res["unfinished_runs"] == {} and res["sd"] == ref["sd"]
+    assert [g["n"] for g in res["groups"]] == [4, 4]
+    assert "Pilot seeds: 0-3 (the first 4 of the registered seed list); runs of later seeds in the sweep, " \
+        "left out: 4." in (tmp_path / "p1" / "pilot.md").read_text()
+    capsys.readouterr()
+    assert main([str(sw), "--pilot", "--pilot-n", "8", "--out", str(tmp_path / "p2")]) == 0  # seeds 6, 7 not run
+    res = json.loads((tmp_path / "p2" / "pilot.json").read_text())
+    assert res["complete"] is False and res["unlaunched_runs"] == {"cartpole": 4}
+    assert res["unfinished_runs"] == {"cartpole": 1}  # seed 5 is a pilot seed now
+    assert "PROVISIONAL (1 run(s) of cartpole not finished; 4 pilot run(s) of cartpole not launched): at least" \
+        in capsys.readouterr().out
+    assert main([str(sw), "--pilot", "--pilot-n", "0", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == "esper-report: error: --pilot-n must be a positive integer (got 0)"
 
 
 def test_vs_compares_two_sweeps_cell_by_cell(tmp_path, capsys):

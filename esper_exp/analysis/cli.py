@@ -47,7 +47,7 @@ def parse_rule_overrides(items) -> dict:
 def check_positive(**kw) -> None:
     for k, v in kw.items():
         if int(v) < 1:
-            raise AnalysisError(f"--{k} must be a positive integer (got {v})")
+            raise AnalysisError(f"--{k.replace('_', '-')} must be a positive integer (got {v})")
 
 
 def fail(prog: str, e: Exception) -> int:

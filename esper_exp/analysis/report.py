@@ -505,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--pilot: the SD above which the seed count is raised (default: %(default)s)")
     p.add_argument("--pilot-seeds", type=int, default=30,
                    help="--pilot: the registered seed count (default: %(default)s)")
+    p.add_argument("--pilot-n", type=int, default=10,
+                   help="--pilot: the pilot's seeds are the first N of the registered seed list (default: %(default)s)")
     p.add_argument("--include-damaged", action="store_true",
                    help="use what can be read of damaged runs (bad or cut lines, missing updates, run.json not "
                         "matching metrics.jsonl) instead of excluding them and exiting 1; they are still listed")
@@ -560,12 +562,12 @@ def _pilot(args) -> int:
 
     o = dict(DEFAULTS)
     try:
-        check_positive(pilot_seeds=args.pilot_seeds)
+        check_positive(pilot_seeds=args.pilot_seeds, pilot_n=args.pilot_n)
         if not args.pilot_sd_max > 0:
             raise AnalysisError(f"--pilot-sd-max must be > 0 (got {args.pilot_sd_max})")
         root = Path(args.sweep_dir)
         sweep, rule, _ = _load_and_rule(root, bool(args.include_damaged), _cli_overrides(args), o)
-        res = pilot(sweep, rule, o, float(args.pilot_sd_max), int(args.pilot_seeds))
+        res = pilot(sweep, rule, o, float(args.pilot_sd_max), int(args.pilot_seeds), int(args.pilot_n))
     except AnalysisError as e:
         return fail("esper-report", e)
     path = write_pilot(res, Path(args.out) if args.out is not None else root / "pilot")
