@@ -5,7 +5,7 @@
 
 ``pack`` writes OUT_DIR/carry.txz.part-000, -001, ... (each at most --part-mb MB: a device call returns at most 8
 files of 16 MiB): an xz tar of every file of the sweep directory except older checkpoints (an unfinished run keeps
-only its newest ``ckpt-*.pt`` and its ``.sha256``, which is all a resume reads), the checkpoints of finished runs
+only its newest ``ckpt-*.pt`` that has its ``.sha256``, which is all a resume reads), the checkpoints of finished runs
 (the sweep command skips a completed run and starts a failed one over) and drift snapshots; of a completed run only
 its run.json and .hydra/ travel (enough for the command to skip it; its metrics and episodes are in the runs.tar.gz
 of the call that completed it, which sweep_box.sh returns every call). Paths are stored as given (relative to the
@@ -73,7 +73,11 @@ def members(sweep: Path) -> list[Path]:
             continue
         if p.parent.name == "checkpoints" and p.name.startswith("ckpt-"):
             if p.parent not in newest:
-                newest[p.parent] = ([c.name for c in sorted(p.parent.glob("ckpt-*.pt"))] or [None])[-1]
+                # the newest checkpoint whose write finished (its .sha256 is written after it): a sweep packed while
+                # it runs (sweep_box.sh DETACH=1) may be caught between the two
+                done = [c.name for c in sorted(p.parent.glob("ckpt-*.pt"))
+                        if c.with_name(c.name + ".sha256").is_file()]
+                newest[p.parent] = (done or [None])[-1]
             last = newest[p.parent]
             if status.get(run) in ("completed", "failed") or last is None or p.name not in (last, last + ".sha256"):
                 continue

@@ -16,6 +16,10 @@
 # EXP / ENVS / SWEEP: another experiment, env(s) and its sweep directory, e.g. issue 13's pilot on one env:
 #   EXP=mujoco_gelu_amp ENVS=hopper SWEEP=outputs/sweeps/mujoco_gelu_amp ... sweep_box.sh
 #   LIMIT=500 W=15 SPIN=1000 bash experiments/gpu_throughput/sweep_box.sh
+# DETACH=1: the sweep runs detached across calls (no start-up or stop per call; ~30-75 s of each 9-minute call in
+# session 9); each call watches it for LIMIT seconds and returns the progress (and with CKPT=1 a carry packed from its
+# periodic checkpoints: `EXTRA=tracking.checkpoint_every=5` keeps them recent; tracking keys are not part of a run's
+# identity). The box's last call: STOP=1 CKPT=1 (the sweep stops as at its time limit, then the pack).
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; PY=${PY:-python3}
 LIMIT=${LIMIT:-500}; W=${W:-15}; SPIN=${SPIN:-1000}; NJ=${NJ:-1}; SEEDS=${SEEDS:-range(1,11)}; DEV=${DEV:-cuda}
@@ -43,15 +47,42 @@ fi
 $PY experiments/gpu_throughput/progress.py "$SWEEP" "$BOX/progress_before.json" > /dev/null 2>&1 || true
 $PY experiments/gpu_throughput/sysmon.py "$OUT/sysmon.jsonl" 5 & mon=$!  # the box's CPUs and GPU every 5 s
 s=$(date +%s.%N); echo "sweep start epoch $s"
-timeout -s TERM -k 60 "$LIMIT" $PY -m esper_exp.train -m experiment=$EXP env=$ENVS "seed=$SEEDS" \
-  hydra/launcher=grouped hydra.launcher.n_jobs=$NJ device=$DEV env_workers=$W env_spin_us=$SPIN \
-  tracking.wandb.mode=disabled tracking.progress=off $EXTRA > "$BOX/sweep_call.log" 2>&1
-echo "sweep rc=$? wall_s=$($PY -c "import time; print(round(time.time() - $s, 1))")"
+# shellcheck disable=SC2206  # EXTRA: overrides, split on purpose
+CMD=($PY -m esper_exp.train -m experiment=$EXP env=$ENVS "seed=$SEEDS" hydra/launcher=grouped hydra.launcher.n_jobs=$NJ
+     device=$DEV env_workers=$W env_spin_us=$SPIN tracking.wandb.mode=disabled tracking.progress=off $EXTRA)
+PIDF=$BOX/sweep.pid
+alive() { [ -f "$PIDF" ] && kill -0 "$(cat "$PIDF")" 2>/dev/null; }
+if [ "${DETACH:-0}" = 1 ]; then
+  # The sweep outlives the call: started detached by the first call (in its own session, at most TOTAL seconds), the
+  # next calls only watch it (no start-up, no checkpoint-and-stop per call); STOP=1 ends it as its time limit would.
+  # Calls must follow each other within the box's idle release (30 s), or the box goes back with the sweep.
+  if alive; then echo "sweep running detached since an earlier call (pid $(cat "$PIDF"))"
+  elif [ "${STOP:-0}" = 1 ]; then echo "no detached sweep running: nothing to stop"
+  else
+    setsid timeout -s TERM -k 60 "${TOTAL:-1700}" "${CMD[@]}" >> "$BOX/sweep_call.log" 2>&1 < /dev/null &
+    echo $! > "$PIDF"; echo "sweep started detached (pid $!, at most ${TOTAL:-1700} s)"
+  fi
+  if [ "${STOP:-0}" = 1 ]; then
+    kill -TERM "$(cat "$PIDF")" 2>/dev/null  # timeout relays it to the sweep's processes: each member checkpoints
+    for _ in $(seq 120); do alive || break; sleep 1; done
+  else
+    end=$(( $(date +%s) + LIMIT )); while alive && [ "$(date +%s)" -lt "$end" ]; do sleep 2; done
+  fi
+  alive && echo "sweep still running detached after wall_s=$($PY -c "import time; print(round(time.time() - $s, 1))")" \
+    || echo "sweep ended; wall_s=$($PY -c "import time; print(round(time.time() - $s, 1))") in this call"
+else
+  timeout -s TERM -k 60 "$LIMIT" "${CMD[@]}" > "$BOX/sweep_call.log" 2>&1
+  echo "sweep rc=$? wall_s=$($PY -c "import time; print(round(time.time() - $s, 1))")"
+fi
 kill $mon 2>/dev/null
 tail -25 "$BOX/sweep_call.log" | cut -c1-250
 $PY experiments/gpu_throughput/progress.py "$SWEEP" "$OUT/progress.json" "$BOX/progress_before.json" "$s"
+# a sweep still running is frozen while its files are read (SIGSTOP to its process group, then SIGCONT): no file
+# changes under tar or the pack, which takes each run's newest checkpoint whose write finished
+frozen=0; if alive; then kill -STOP -- "-$(cat "$PIDF")" && frozen=1; fi
 # the small per-run files (no checkpoints) come back every call
 tar -czf "$OUT/runs.tar.gz" --exclude='checkpoints' --exclude='*.pt' --exclude='drift' "$SWEEP" 2>/dev/null
 # CKPT=1: the whole state (newest checkpoint per run) in parts of 15 MB, for RESTORE on another box
 [ "${CKPT:-0}" = 1 ] && $PY experiments/gpu_throughput/carry.py pack "$SWEEP" "$OUT" --preset "${XZ:-6}"
+[ $frozen = 1 ] && kill -CONT -- "-$(cat "$PIDF")"
 ls -la "$OUT"; date -u
