@@ -77,12 +77,17 @@ fi
 kill $mon 2>/dev/null
 tail -25 "$BOX/sweep_call.log" | cut -c1-250
 $PY experiments/gpu_throughput/progress.py "$SWEEP" "$OUT/progress.json" "$BOX/progress_before.json" "$s"
-# a sweep still running is frozen while its files are read (SIGSTOP to its process group, then SIGCONT): no file
-# changes under tar or the pack, which takes each run's newest checkpoint whose write finished
-frozen=0; if alive; then kill -STOP -- "-$(cat "$PIDF")" && frozen=1; fi
+# a sweep still running is frozen while its files are read (SIGSTOP to it and every descendant, parents first: the
+# grouped launcher starts each group in a session of its own; then SIGCONT): no file changes under tar or the pack,
+# which takes each run's newest checkpoint whose write finished
+tree() { ps -eo pid=,ppid= | awk -v root="$1" '{kids[$2] = kids[$2] " " $1}
+  END {n = split(root, q, " "); for (i = 1; i <= n; i++) {print q[i]; m = split(kids[q[i]], k, " ");
+       for (j = 1; j <= m; j++) q[++n] = k[j]}}'; }
+frozen=""; if alive; then frozen=$(tree "$(cat "$PIDF")"); kill -STOP $frozen 2>/dev/null; sleep 1
+  echo "froze the running sweep's $(echo $frozen | wc -w) processes while its files are read"; fi
 # the small per-run files (no checkpoints) come back every call
 tar -czf "$OUT/runs.tar.gz" --exclude='checkpoints' --exclude='*.pt' --exclude='drift' "$SWEEP" 2>/dev/null
 # CKPT=1: the whole state (newest checkpoint per run) in parts of 15 MB, for RESTORE on another box
 [ "${CKPT:-0}" = 1 ] && $PY experiments/gpu_throughput/carry.py pack "$SWEEP" "$OUT" --preset "${XZ:-6}"
-[ $frozen = 1 ] && kill -CONT -- "-$(cat "$PIDF")"
+[ -n "$frozen" ] && kill -CONT $frozen 2>/dev/null
 ls -la "$OUT"; date -u
