@@ -83,7 +83,7 @@ def pilot_seeds(sweep: Sweep, n: int) -> tuple[list[int], str]:
     """The pilot's seeds (the first ``n`` registered, else the ``n`` smallest seen) and where they came from."""
     registered = registered_seeds(sweep.root)
     if registered:
-        return registered[:n], "the first {} of the registered seed list".format(n)
+        return registered[:n], f"the first {n} of the registered seed list"
     seen = sorted({r.seed for r in sweep.runs})
     return seen[:n], f"the {n} smallest seeds of the sweep's runs (no registered seed list)"
 

@@ -47,6 +47,7 @@ fi
 $PY experiments/gpu_throughput/progress.py "$SWEEP" "$BOX/progress_before.json" > /dev/null 2>&1 || true
 $PY experiments/gpu_throughput/sysmon.py "$OUT/sysmon.jsonl" 5 & mon=$!  # the box's CPUs and GPU every 5 s
 s=$(date +%s.%N); echo "sweep start epoch $s"
+elapsed() { echo "$(date +%s.%N) $s" | awk '{printf "%.1f", $1 - $2}'; }  # seconds since the sweep step began
 # shellcheck disable=SC2206  # EXTRA: overrides, split on purpose
 CMD=($PY -m esper_exp.train -m experiment=$EXP env=$ENVS "seed=$SEEDS" hydra/launcher=grouped hydra.launcher.n_jobs=$NJ
      device=$DEV env_workers=$W env_spin_us=$SPIN tracking.wandb.mode=disabled tracking.progress=off $EXTRA)
@@ -68,11 +69,10 @@ if [ "${DETACH:-0}" = 1 ]; then
   else
     end=$(( $(date +%s) + LIMIT )); while alive && [ "$(date +%s)" -lt "$end" ]; do sleep 2; done
   fi
-  alive && echo "sweep still running detached after wall_s=$($PY -c "import time; print(round(time.time() - $s, 1))")" \
-    || echo "sweep ended; wall_s=$($PY -c "import time; print(round(time.time() - $s, 1))") in this call"
+  alive && echo "sweep still running detached after wall_s=$(elapsed)" || echo "sweep ended; wall_s=$(elapsed) in this call"
 else
   timeout -s TERM -k 60 "$LIMIT" "${CMD[@]}" > "$BOX/sweep_call.log" 2>&1
-  echo "sweep rc=$? wall_s=$($PY -c "import time; print(round(time.time() - $s, 1))")"
+  echo "sweep rc=$? wall_s=$(elapsed)"
 fi
 kill $mon 2>/dev/null
 tail -25 "$BOX/sweep_call.log" | cut -c1-250
