@@ -1,6 +1,6 @@
 """experiments/gpu_throughput/carry.py: a sweep's state carried from one lent GPU box to the next (the study's runs
 outlive a box only this way). Packed: every file but older checkpoints, finished runs' checkpoints and drift
-snapshots, a completed run's files but its run.json (and .hydra/), in parts of a given size;
+snapshots, a completed run's files but its run.json (.hydra/, train.log), in parts of a given size;
 unpacked: bitwise the same files where they were; refused over an existing sweep directory or for a file outside it.
 Checkpoints travel byte-shuffled in an xz tar (smaller than gzip for float weights); older gzip parts still unpack."""
 
@@ -26,6 +26,7 @@ def _sweep(root: Path) -> dict[str, bytes]:
         d = f"outputs/sweeps/s/{run}"
         files[f"{d}/run.json"] = b'{"status": "completed"}' if run.endswith("3") else b'{"status": "interrupted"}'
         files[f"{d}/metrics.jsonl"] = b'{"update": 1}\n' * 50
+        files[f"{d}/train.log"] = b"2026-11-24 started\n"
         rng = np.random.default_rng(len(run))  # float32 weights (compress little unless shuffled), odd lengths
         for u in (25, 50):  # the newest is 50
             payload = (rng.normal(0, 0.1, 10_000).astype(np.float32).tobytes() + b"tail"[:u % 3 + 1])
@@ -59,7 +60,7 @@ def test_pack_keeps_the_newest_checkpoint_and_unpack_restores_the_files(tmp_path
     carry.unpack(tmp_path / "back", Path("outputs/sweeps/s"))
     got = {str(p.relative_to(box2)): p.read_bytes() for p in box2.rglob("*") if p.is_file()}
     kept = {n: d for n, d in files.items() if "/drift/" not in n and "ckpt-00000025" not in n
-            and not ("seed=3/" in n and not n.endswith("seed=3/run.json"))}  # a completed run: its run.json only
+            and not ("seed=3/" in n and not n.endswith(("seed=3/run.json", "seed=3/train.log")))}  # completed
     assert got == kept
     assert all(p.name.startswith("carry.txz.part-") for p in parts)
     plain = io.BytesIO()  # the same files in a gzip tar, unshuffled (the format before 2026-11-23, session 7)

@@ -7,8 +7,9 @@
 files of 16 MiB): an xz tar of every file of the sweep directory except older checkpoints (an unfinished run keeps
 only its newest ``ckpt-*.pt`` that has its ``.sha256``, which is all a resume reads), the checkpoints of finished runs
 (the sweep command skips a completed run and starts a failed one over) and drift snapshots; of a completed run only
-its run.json and .hydra/ travel (enough for the command to skip it; its metrics and episodes are in the runs.tar.gz
-of the call that completed it, which sweep_box.sh returns every call). Paths are stored as given (relative to the
+its run.json, .hydra/ and train.log travel (enough for the command to skip it; its metrics and episodes are in the
+runs.tar.gz of the call that completed it, which sweep_box.sh returns every call; train.log travels because Hydra
+opens it on every launch, so a box without it returned an empty one that overwrote the full log on extraction). Paths are stored as given (relative to the
 checkout, e.g. outputs/sweeps/gelu_amp_halfcheetah/...), so ``unpack`` in the checkout's root puts them back where
 the sweep command looks; it refuses when SWEEP_DIR already exists (a warm box still holds a newer state) or when a
 file lies outside it; it also reads the older gzip parts (carry.tgz.part-*).
@@ -58,8 +59,8 @@ def _status(run_dir: Path) -> str | None:
 
 def members(sweep: Path) -> list[Path]:
     """The files to carry: all, less drift snapshots, finished (completed or failed) runs' checkpoints, every other
-    run's checkpoints but its newest, and a completed run's files but its run.json and .hydra/ (the sweep command skips
-    a completed run by its run.json alone; its metrics and episodes came back in the runs.tar.gz of the call that
+    run's checkpoints but its newest, and a completed run's files but its run.json, .hydra/ and train.log (the sweep command
+    skips a completed run by its run.json alone; Hydra appends to its train.log on every launch, so that travels too; its metrics and episodes came back in the runs.tar.gz of the call that
     completed it, and a study of hundreds of runs would otherwise outgrow the 64 MiB that travel into a call)."""
     keep, status, newest = [], {}, {}
     for p in sorted(sweep.rglob("*")):
@@ -69,7 +70,7 @@ def members(sweep: Path) -> list[Path]:
         run = sweep / rel[0] / rel[1] if len(rel) > 2 and rel[1].startswith("seed=") else None
         if run is not None and run not in status:
             status[run] = _status(run)
-        if run is not None and status[run] == "completed" and rel[2] not in ("run.json", ".hydra"):
+        if run is not None and status[run] == "completed" and rel[2] not in ("run.json", ".hydra", "train.log"):
             continue
         if p.parent.name == "checkpoints" and p.name.startswith("ckpt-"):
             if p.parent not in newest:
