@@ -3,6 +3,8 @@ elsewhere. Tiny HalfCheetah / CartPole runs: CUDA single run and group complete 
 a bf16 member's seed MLP computes in bf16 on CUDA, every drift control runs on CUDA, and a deterministic CUDA run
 repeats bitwise (esper-repro re-runs its group and says identical)."""
 
+import math
+
 import pytest
 import torch
 
@@ -108,3 +110,28 @@ def test_a_mixed_cuda_group_completes_and_repeats_bitwise(tmp_path, monkeypatch)
         assert read_run_json(a)["env_parts"] == 3 and read_run_json(d)["env_parts"] == 1
     assert ["loss_scale" in read_jsonl(d / "metrics.jsonl")[0] for d in first] == [False, False, True, True]
     assert len({read_jsonl(d / "metrics.jsonl")[-1]["value_loss"] for d in first}) == 4
+
+
+def test_a_probed_cuda_group_records_the_applied_update_probe_and_trains_as_unprobed(tmp_path):
+    """The probe sweep's layout on CUDA (mujoco_gelu_amp_probe: HalfCheetah, one cell per process, deterministic, CUDA
+    graphs, every optimizer step of a probed update probed eagerly outside the graph), before its first run on a
+    box: the group completes, every member's probe.jsonl holds every optimizer step of every probed update with a
+    finite applied step, a non-zero bf16-vs-fp32 difference and a non-zero noise floor, and the probe changes none
+    of the training's numbers (the same group unprobed gives the same metrics and episodes)."""
+    base = (*CHEETAH, "device=cuda", "deterministic=true", "precision=bf16", "model.gelu=tanh")
+    statuses, probed = _group(tmp_path, (*base, "drift.probe_every=2"), seeds=(1, 2), name="probed")
+    assert statuses == ["completed"] * 2
+    _, plain = _group(tmp_path, base, seeds=(1, 2), name="plain")
+    updates = len(read_jsonl(probed[0] / "metrics.jsonl"))
+    steps_per_update = 2 * 4  # ppo.update_epochs x ppo.num_minibatches (CHEETAH)
+    for p, q in zip(probed, plain):
+        assert read_run_json(p)["cuda_graphs"] is True
+        records = read_jsonl(p / "probe.jsonl")
+        assert [r["update"] for r in records] == list(range(2, updates + 1, 2))
+        for r in records:
+            st = r["steps"]
+            assert all(len(v) == steps_per_update for v in st.values())
+            assert all(math.isfinite(a) and a > 0 for a in st["applied_norm"])
+            assert all(d > 0 for d in st["dtype_diff_norm"]) and all(n > 0 for n in st["noise_diff_norm"])
+        assert without_wall_clock(read_jsonl(p / "metrics.jsonl")) == without_wall_clock(read_jsonl(q / "metrics.jsonl"))
+        assert read_jsonl(p / "episodes.jsonl") == read_jsonl(q / "episodes.jsonl")
