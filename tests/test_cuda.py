@@ -135,3 +135,20 @@ def test_a_probed_cuda_group_records_the_applied_update_probe_and_trains_as_unpr
             assert all(d > 0 for d in st["dtype_diff_norm"]) and all(n > 0 for n in st["noise_diff_norm"])
         assert without_wall_clock(read_jsonl(p / "metrics.jsonl")) == without_wall_clock(read_jsonl(q / "metrics.jsonl"))
         assert read_jsonl(p / "episodes.jsonl") == read_jsonl(q / "episodes.jsonl")
+
+
+def test_a_compiled_cuda_group_completes_with_its_trunks_compiled(tmp_path):
+    """The compile arm's layout (model.compile=true, bf16, HalfCheetah: Inductor on CUDA, which turns CUDA graphs off)
+    before its first run on a box: Dynamo captured the trunks, the group completes with finite losses, and the two
+    members are two runs. (Compiled-vs-eager numbers: tests/test_group.py, on CPU.)"""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    statuses, dirs = _group(tmp_path, (*CHEETAH, "device=cuda", "precision=bf16", "model.compile=true"), seeds=(1, 2))
+    assert statuses == ["completed"] * 2
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert [read_run_json(d)["cuda_graphs"] for d in dirs] == [False, False]
+    last = [read_jsonl(d / "metrics.jsonl")[-1] for d in dirs]
+    assert all(math.isfinite(m["value_loss"]) and math.isfinite(m["policy_loss"]) for m in last)
+    assert last[0]["value_loss"] != last[1]["value_loss"]
