@@ -27,6 +27,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from omegaconf import DictConfig, open_dict, read_write
+
 
 @contextlib.contextmanager
 def compose_once() -> Iterator[dict[tuple, Any]]:
@@ -55,3 +57,12 @@ def compose_once() -> Iterator[dict[tuple, Any]]:
     finally:
         ConfigLoaderImpl.load_configuration = compose
         memo.clear()
+
+
+def task_config(config: DictConfig) -> DictConfig:
+    """A job's own config: a deep copy of its composition without Hydra's node (what its .hydra/config.yaml holds and
+    its run identity is computed from)."""
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        task.pop("hydra", None)
+    return task

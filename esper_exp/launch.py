@@ -52,6 +52,7 @@ from hydra.core.utils import (
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from esper_exp.composing import task_config
 from esper_exp.runformat import file_stamp
 
 log = logging.getLogger(__name__)
@@ -140,19 +141,11 @@ def _save_job_files(config: DictConfig) -> None:
     if config.hydra.output_subdir is None:
         return
     hydra_output = Path(str(config.hydra.runtime.output_dir)) / str(config.hydra.output_subdir)
-    task_cfg = _task_config(config)
+    task_cfg = task_config(config)
     hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
     _save_config(task_cfg, "config.yaml", hydra_output)
     _save_config(hydra_cfg, "hydra.yaml", hydra_output)
     _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
-
-
-def _task_config(config: DictConfig) -> DictConfig:
-    task_cfg = copy.deepcopy(config)
-    with read_write(task_cfg):
-        with open_dict(task_cfg):
-            del task_cfg["hydra"]
-    return task_cfg
 
 
 def _configure_group_logging(configs: list[DictConfig]) -> None:
@@ -200,7 +193,7 @@ def _record_crash(group: _Group) -> None:
     reason = f"its group process died before the run started{hint}"
     for cfg, run_dir in zip(group.spec.configs, group.spec.run_dirs):
         try:
-            record_not_started(run_dir, OmegaConf.to_container(_task_config(cfg), resolve=True), reason)
+            record_not_started(run_dir, OmegaConf.to_container(task_config(cfg), resolve=True), reason)
         except Exception as e:  # noqa: BLE001 - an unresolvable config or an unwritable dir: the log line stays
             log.warning(f"{run_dir}: could not record the crash in run.json ({e})")
 
@@ -268,7 +261,7 @@ def _run_group_members(spec: GroupSpec) -> list[str]:
         HydraConfig.instance().set_config(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
         _save_job_files(cfg)
-        task_cfg = _task_config(cfg)
+        task_cfg = task_config(cfg)
         try:  # resolve ${hydra:...} and friends against this member's own Hydra config
             OmegaConf.resolve(task_cfg)
         except Exception:
@@ -350,7 +343,7 @@ def worker_main(argv: list[str]) -> int:
 def _job_return(config: DictConfig, status: str) -> JobReturn:
     """What run_job returns for a job whose task function returned ``status`` (esper's hydra_main returns it)."""
     ret = JobReturn()
-    ret.cfg = _task_config(config)
+    ret.cfg = task_config(config)
     ret.hydra_cfg = OmegaConf.masked_copy(config, "hydra")
     ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
     ret.working_dir = os.getcwd()
@@ -472,7 +465,7 @@ class GroupedLaunch:
             for i, cfg in enumerate(configs):
                 HydraConfig.instance().set_config(cfg)
                 try:
-                    task = _task_config(cfg)
+                    task = task_config(cfg)
                     cuda = on_cuda(str(task.device))
                     mix = self.mix_cells is True or (self.mix_cells == "auto" and cuda)
                     keys.append(group_key(task, mix_cells=mix))

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from esper_exp.blend import blend_add
-from esper_exp.numerics import MemberNumerics, Numerics, member_segments
+from esper_exp.numerics import MemberNumerics, Numerics
 from esper_exp.seeds import make_seed
 from esper_exp.stacked import StackedLinear, orthogonal_init
 

@@ -5,7 +5,6 @@ config (compose + validate) -> PPO (envs, policy) -> loop -> Tracker (run dir) ;
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import signal
@@ -17,9 +16,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from esper_exp import checkpoint
+from esper_exp.composing import task_config
 from esper_exp.config import ConfigError, register_configs, validate
 from esper_exp.runformat import RunLock, RunLocked, stalled
 from esper_exp.tracking import Tracker, config_hash, print_err, read_run_json
@@ -587,13 +587,6 @@ def _compose_jobs(multirun: bool, config_dir: str | None, config_name: str,
         GlobalHydra.instance().clear()
 
 
-def _task_config(cfg: DictConfig) -> DictConfig:
-    task = copy.deepcopy(cfg)
-    with open_dict(task):
-        task.pop("hydra", None)
-    return task
-
-
 def _check_run_dir(run_dir: Path, config: dict) -> str | None:
     """Why ``run_dir`` cannot take this run (one line), or None. Creates nothing that stays."""
     import tempfile
@@ -668,7 +661,7 @@ def precheck(argv: list[str]) -> None:
         conflicts = []
         for num, (job, cfg) in enumerate(jobs):
             label = f"job #{num} ({' '.join(o for o in job if o.split('=', 1)[0] in varying)}): " if multirun else ""
-            task = _task_config(cfg)
+            task = task_config(cfg)
             try:
                 validate(task)
             except ConfigError as e:
