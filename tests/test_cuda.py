@@ -133,7 +133,8 @@ def test_a_probed_cuda_group_records_the_applied_update_probe_and_trains_as_unpr
             assert all(len(v) == steps_per_update for v in st.values())
             assert all(math.isfinite(a) and a > 0 for a in st["applied_norm"])
             assert all(d > 0 for d in st["dtype_diff_norm"]) and all(n > 0 for n in st["noise_diff_norm"])
-        assert without_wall_clock(read_jsonl(p / "metrics.jsonl")) == without_wall_clock(read_jsonl(q / "metrics.jsonl"))
+        assert without_wall_clock(read_jsonl(p / "metrics.jsonl")) == \
+            without_wall_clock(read_jsonl(q / "metrics.jsonl"))
         assert read_jsonl(p / "episodes.jsonl") == read_jsonl(q / "episodes.jsonl")
 
 

@@ -9,10 +9,10 @@ only its newest ``ckpt-*.pt`` that has its ``.sha256``, which is all a resume re
 (the sweep command skips a completed run and starts a failed one over) and drift snapshots; of a completed run only
 its run.json, .hydra/ and train.log travel (enough for the command to skip it; its metrics and episodes are in the
 runs.tar.gz of the call that completed it, which sweep_box.sh returns every call; train.log travels because Hydra
-opens it on every launch, so a box without it returned an empty one that overwrote the full log on extraction). Paths are stored as given (relative to the
-checkout, e.g. outputs/sweeps/gelu_amp_halfcheetah/...), so ``unpack`` in the checkout's root puts them back where
-the sweep command looks; it refuses when SWEEP_DIR already exists (a warm box still holds a newer state) or when a
-file lies outside it; it also reads the older gzip parts (carry.tgz.part-*).
+opens it on every launch, and a box without it returned an empty one that overwrote the full log on extraction).
+Paths are stored as given (relative to the checkout, e.g. outputs/sweeps/gelu_amp_halfcheetah/...), so ``unpack`` in
+the checkout's root puts them back where the sweep command looks; it refuses when SWEEP_DIR already exists (a warm box
+still holds a newer state) or when a file lies outside it; it also reads the older gzip parts (carry.tgz.part-*).
 
 Size: a run's checkpoint is 0.95 MB (HalfCheetah, width 64: float32 weights and Adam moments, which compress little:
 gzip 0.95x). So checkpoints are stored byte-shuffled (``shuffle4``: byte j of every 4-byte word together, as blosc
@@ -59,9 +59,10 @@ def _status(run_dir: Path) -> str | None:
 
 def members(sweep: Path) -> list[Path]:
     """The files to carry: all, less drift snapshots, finished (completed or failed) runs' checkpoints, every other
-    run's checkpoints but its newest, and a completed run's files but its run.json, .hydra/ and train.log (the sweep command
-    skips a completed run by its run.json alone; Hydra appends to its train.log on every launch, so that travels too; its metrics and episodes came back in the runs.tar.gz of the call that
-    completed it, and a study of hundreds of runs would otherwise outgrow the 64 MiB that travel into a call)."""
+    run's checkpoints but its newest, and a completed run's files but its run.json, .hydra/ and train.log (the sweep
+    command skips a completed run by its run.json alone, and Hydra appends to its train.log on every launch; its
+    metrics and episodes came back in the runs.tar.gz of the call that completed it, and a study of hundreds of runs
+    would otherwise outgrow the 64 MiB that travel into a call)."""
     keep, status, newest = [], {}, {}
     for p in sorted(sweep.rglob("*")):
         rel = p.relative_to(sweep).parts

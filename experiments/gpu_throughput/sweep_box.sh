@@ -15,11 +15,11 @@
 # (copy the returned parts into a git-ignored .carry/ and carry it with the wheels).
 # EXP / ENVS / SWEEP: another experiment, env(s) and its sweep directory, e.g. issue 13's pilot on one env:
 #   EXP=mujoco_gelu_amp ENVS=hopper SWEEP=outputs/sweeps/mujoco_gelu_amp ... sweep_box.sh
+#   LIMIT=500 W=15 SPIN=1000 bash experiments/gpu_throughput/sweep_box.sh
 # STAGES="ENVS@SEEDS ...": the sweep command once per stage, one after another in the same sweep dir (stages.sh;
 # default "$ENVS@$SEEDS"), e.g. a box's whole plan: STAGES="halfcheetah@range(11,21) hopper,walker2d@range(21,31)".
 # Keep each stage's unfinished runs within what a carry holds (~40-55 runs; a box's last call packs only the running
 # stage's unfinished runs, since stages and the launcher's env groups (NJ=1) run one after another).
-#   LIMIT=500 W=15 SPIN=1000 bash experiments/gpu_throughput/sweep_box.sh
 # DETACH=1: the sweep runs detached across calls (no start-up or stop per call; ~30-75 s of each 9-minute call in
 # session 9); each call watches it for LIMIT seconds and returns the progress (and with CKPT=1 a carry packed from its
 # periodic checkpoints: `EXTRA=tracking.checkpoint_every=5` keeps them recent; tracking keys are not part of a run's
