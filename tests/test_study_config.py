@@ -19,8 +19,9 @@ from omegaconf import OmegaConf
 from esper_exp.analysis.decision import resolve_contrasts
 from esper_exp.analysis.load import cell_label
 from esper_exp.analysis.rule import DEFAULT_ANCHORS, Rule
+from esper_exp.composing import task_config
 from esper_exp.config import validate
-from esper_exp.launch import GroupedLaunch, _task_config
+from esper_exp.launch import GroupedLaunch
 from esper_exp.train import CONFIG_DIR
 
 ENV_IDS = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
@@ -124,7 +125,7 @@ def test_every_composed_job_validates_and_carries_the_registered_values(experime
     assert sweep_dir == f"outputs/sweeps/{want['sweep']}"
     ppo = {**CLEANRL_MUJOCO, **want["ppo"]}
     for _, cfg in jobs:
-        task = _task_config(cfg)
+        task = task_config(cfg)
         validate(task)  # raises ConfigError on any value the trainer would refuse
         assert task.env.id == ENV_IDS[task.env.name] and task.env.name in want["envs"]
         assert (task.env.num_envs, task.env.clip_action, task.env.normalize_obs, task.env.normalize_reward) == \
@@ -146,7 +147,7 @@ def test_every_composed_job_validates_and_carries_the_registered_values(experime
         assert str(cfg.hydra.sweep.subdir) == f"{cell}/seed={task.seed}"
     # the rule resolves to the registered contrasts among the sweep's cells, and its reference cell is one of them
     # (esper-report refuses a reference the sweep lacks)
-    rule = Rule.from_dict(OmegaConf.to_container(_task_config(jobs[0][1]).analysis, resolve=True))
+    rule = Rule.from_dict(OmegaConf.to_container(task_config(jobs[0][1]).analysis, resolve=True))
     cells = [cell_label(g, p, want["compile"]) for g, p in want["cells"]]
     assert want["reference"] in cells
     assert [c.name for c in resolve_contrasts(rule, cells)] == want["contrasts"]
@@ -154,7 +155,7 @@ def test_every_composed_job_validates_and_carries_the_registered_values(experime
 
 def test_primary_contrasts_are_the_two_tickets_four_and_the_margin_in_return_units():
     _, jobs = _compose_jobs("mujoco_gelu_amp", "seed=1", "env=hopper")
-    rule = Rule.from_dict(OmegaConf.to_container(_task_config(jobs[0][1]).analysis, resolve=True))
+    rule = Rule.from_dict(OmegaConf.to_container(task_config(jobs[0][1]).analysis, resolve=True))
     assert list(rule.contrasts) == ["tanh_vs_exact", "dtype_vs_fp32"]
     got = [(c.name, c.family) for c in resolve_contrasts(rule, ["exact/fp32", "tanh/fp32", "exact/bf16", "tanh/bf16"])]
     assert got == [("tanh/fp32 - exact/fp32", "tanh_vs_exact"), ("tanh/bf16 - exact/bf16", "tanh_vs_exact"),
