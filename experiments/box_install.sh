@@ -24,9 +24,17 @@ box_setup() {
   NEED=$1 PFX=$PWD/.box/pfx WHEELS=$2 box_install
 }
 
+# The box's CPU in one line: model, sockets x cores x threads per core (hyperthread siblings share a core's units,
+# which matters to the env workers' physics), MHz.
+box_cpu() {
+  lscpu 2>/dev/null | awk -F: '/^Model name/ {m=$2} /^Socket\(s\)/ {s=$2} /^Core\(s\) per socket/ {c=$2}
+    /^Thread\(s\) per core/ {t=$2} /^CPU max MHz|^CPU MHz/ {if (!h) h=$2}
+    END {gsub(/^ +/, "", m); printf "cpu: %s, %d sockets x %d cores x %d threads per core, %s MHz\n", m, s, c, t, (h ? h + 0 : "?")}'
+}
+
 # The box's identity at the top of a log: date, cores, GPU and driver, torch and its CUDA.
 box_banner() {
-  date -u; nproc; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
+  date -u; nproc; box_cpu; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
   ${PY:-python3} -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 }
 

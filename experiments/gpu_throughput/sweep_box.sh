@@ -31,10 +31,10 @@ EXTRA=${EXTRA:-}; PRE=${PRE:-0}
 WH=${WH:-$PWD/.wheelhouse/issue12}; BOX=$PWD/.box
 EXP=${EXP:-gelu_amp}; ENVS=${ENVS:-halfcheetah}; SWEEP=${SWEEP:-outputs/sweeps/gelu_amp_halfcheetah}
 exec > >(tee "$OUT/log.txt") 2>&1
-date -u; nproc; nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader 2>/dev/null
+source "$PWD/experiments/box_install.sh"
+date -u; nproc; box_cpu; nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader 2>/dev/null
 mkdir -p "$BOX"; [ -f "$BOX/calls" ] && echo "previous calls on this box: $(cat "$BOX/calls")" || echo "fresh box"
 echo $(( $(cat "$BOX/calls" 2>/dev/null || echo 0) + 1 )) > "$BOX/calls"
-source "$PWD/experiments/box_install.sh"
 if [ "$PRE" = 1 ]; then NEED="gymnasium, hydra, mujoco, pytest"; WHL="$WH/*.whl $PWD/.wheelhouse/pytest/*.whl"
 else NEED="gymnasium, hydra, mujoco"; WHL="$WH/*.whl"; fi
 NEED=$NEED PFX="$BOX/pfx" WHEELS=$WHL box_install || exit 1
