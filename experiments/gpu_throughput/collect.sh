@@ -1,5 +1,5 @@
 #!/bin/bash
-# On the dev side, after each sweep_box.sh call: file what the call returned.
+# On the dev side, in the repository root, after each sweep_box.sh call: file what the call returned.
 #   bash experiments/gpu_throughput/collect.sh FILES_DIR RESULTS_PREFIX [CARRY_DIR]
 # e.g. collect.sh /work/.device/3 experiments/mujoco_gelu_amp/results/study_s11_call3 .carry_s11
 # - runs.tar.gz is extracted in the repository root (the sweep's small per-run files; extract every call's archive,
