@@ -41,6 +41,6 @@ def test_interval_means_are_over_the_runs_that_trained(tmp_path, monkeypatch):
     assert iv["env_steps"] == 2 * 600 and iv["runs_advanced"] == 2
     assert (iv["time_env_s_member_mean"], iv["time_inference_s_member_mean"], iv["time_update_s_member_mean"]) == \
         (12.0, 3.0, 1.5)  # over the two runs that trained, not over all three
-    assert abs(iv["outside_updates_s"] - (iv["wall_s"] - 16.5)) < 1e-9 and 3.0 < iv["outside_updates_s"] < 4.5
+    assert abs(iv["outside_updates_s"] - (iv["wall_s"] - 16.5)) < 1e-9  # wall minus the three means
     assert result["runs"]["a-exact-fp32/seed=1"]["steps"] == 1000
     assert result["statuses"] == {"completed": 1, "running": 2}
