@@ -107,3 +107,18 @@ def test_between_recomputes_a_saved_interval_with_the_groups_of_the_run_files(tm
     assert iv["wall_s"] == 100 and iv["env_steps"] == 2 * 600 + 2 * 800 and set(iv["groups"]) == \
         {"a-exact-fp32/seed=1", "b-exact-fp32/seed=1"}
     assert abs(iv["outside_updates_s"] - (100 - 16.5 - 22.0)) < 1e-9
+
+
+def test_a_wrong_argument_count_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    for argv in (["progress.py"], ["progress.py", str(tmp_path), str(tmp_path / "out.json"), "before.json"],
+                 ["progress.py", "--between", "a.json", "b.json"]):
+        monkeypatch.setattr(sys, "argv", argv)
+        try:
+            progress.main()
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError(f"{argv} was accepted")
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "usage: progress.py" in err
+    assert not (tmp_path / "out.json").exists()

@@ -72,8 +72,16 @@ def interval(runs: dict, before: dict, wall: float) -> dict:
             "outside_updates_s": wall - sum(means.values()) if moved else None, "groups": per_group}
 
 
+USAGE = ("usage: progress.py SWEEP_DIR OUT.json [BEFORE.json START_EPOCH_S] | "
+         "progress.py --between BEFORE.json AFTER.json SWEEP_DIR")
+
+
 def main() -> None:
-    if sys.argv[1:2] == ["--between"]:  # recompute a saved call's interval; groups from SWEEP_DIR's run.json files
+    between = sys.argv[1:2] == ["--between"]
+    if len(sys.argv) not in ((5,) if between else (3, 5)):
+        print(f"progress.py: {len(sys.argv) - 1} argument(s) {sys.argv[1:]}; {USAGE}", file=sys.stderr)
+        sys.exit(2)
+    if between:  # recompute a saved call's interval; groups from SWEEP_DIR's run.json files
         _, _, before_p, after_p, sweep = sys.argv
         before, after, groups = (json.loads(Path(before_p).read_text()), json.loads(Path(after_p).read_text()),
                                  scan(Path(sweep)))
