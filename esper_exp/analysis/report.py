@@ -16,7 +16,8 @@ report.md, in this order: the rule; the decision table (contrast, estimate, 90% 
 margin, verdict); the forest plot; learning curves and difference curves with the margin band; probability of
 improvement on the primary endpoint; performance profiles; training health; resolution (achieved SE with and
 without pairing, MDE, the smallest margin at which equivalence would hold); secondary endpoints (the other
-endpoint, time to threshold, collapse rate); the inventory of runs; the drift section when runs have drift files.
+endpoint, time to threshold, collapse rate); the inventory of runs and their provenance (device, driver, CUDA,
+versions, numerics flags, commit: provenance.py); the drift section when runs have drift files.
 Reads run directories only; never imports the trainer.
 """
 
@@ -35,6 +36,7 @@ from . import decision as Dc
 from . import drift_report as DR
 from . import figures
 from . import outcomes as O
+from . import provenance as P
 from . import stats as S
 from .cli import AnalysisError, add_common, check_positive, fail, parse_rule_overrides
 from .load import HEALTH_KEYS, Sweep, load_sweep_or_raise
@@ -240,6 +242,8 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
     _write_csv(out / "health.csv", [row for e in res["envs"] for row in res["env"][e]["health_rows"]])
     _write_csv(out / "time_to_threshold.csv", res["ttt"])
     _write_csv(out / "collapse.csv", res["collapse"])
+    prov = P.provenance(sweep.runs)
+    _write_csv(out / "provenance.csv", prov)
     _write_csv(out / "curves.csv", [{"env": e, "cell": c, "step": g, "iqm": m, "lo": lo, "hi": hi}
                                     for e in res["envs"] for c, cv in res["env"][e]["curves"].items()
                                     for g, m, lo, hi in zip(res["env"][e]["out"]["grid"], cv["iqm"], cv["lo"],
@@ -259,6 +263,7 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
         "runs": all_runs,
         "missing": [{"env": e, "cell": c, "seed": s} for e in res["envs"] for c, s in res["env"][e]["missing"]],
         "duplicates": dup_rows,
+        "provenance": prov,
         "unreadable": [{"path": str(p), "reason": why} for p, why in sweep.unreadable],
         "damaged": [{"env": r.env, "cell": r.cell, "seed": r.seed, "status": r.status, "reason": r.damage,
                      "bad_lines": r.bad_lines, "included": sweep.include_damaged, "path": str(r.path)}
@@ -452,14 +457,23 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
                       for d in summary["damaged"]]), ""]
     if not problems and not summary["missing"] and not dup_rows and not sweep.unreadable and not sweep.damaged:
         L += ["All runs completed; no missing, duplicate or unreadable runs.", ""]
+    L += ["**Provenance** (every kept run's run.json, which records the launch that last wrote it: a resumed run's "
+          "commit, device and versions are its last resume's; its train.log lists every launch):", ""]
+    L += [_table(["runs", *P.FIELDS, "first started", "last ended"],
+                 [[row["runs"], *(_f(row[k]) if isinstance(row[k], bool) or row[k] is None else row[k]
+                                  for k in P.FIELDS), row["first_started"] or "—", row["last_ended"] or "—"]
+                  for row in prov]), ""]
+    differ = P.varying(prov)
+    L += [("The runs differ in: " + ", ".join(differ) + "." if differ else
+           "Every run has the same device, driver, CUDA, versions, numerics flags and commit."), ""]
 
     if DR.sweep_has_drift(sweep):
         do = {"reps": min(int(o["reps"]), DR.DEFAULTS["reps"]), "seed": o["seed"], "figures": o["figures"]}
         L += DR.drift_section(sweep, rule.reference, o.get("control"), do, out)
 
     L += ["## Files", "", "decision.csv and secondary.csv (every contrast, every interval), runs.csv, outcomes.csv, "
-          "health.csv, time_to_threshold.csv, collapse.csv, curves.csv, difference_curves.csv, summary.json (all "
-          "of the above and the rule; NaN written as null).", ""]
+          "health.csv, time_to_threshold.csv, collapse.csv, curves.csv, difference_curves.csv, provenance.csv, "
+          "summary.json (all of the above and the rule; NaN written as null).", ""]
     # a figure that was not drawn (--no-figures) is not linked
     L = [line for line in L if not (line.startswith("![") and not (out / line[line.index("(") + 1:-1]).exists())]
     path = out / "report.md"

@@ -1,0 +1,89 @@
+"""Where, and with what, a sweep's runs ran: from their run.json files, one row per distinct combination of device,
+driver and CUDA, software versions, numerics flags and commit, with its run count and dates.
+
+A study run over many sessions and boxes is read as one sample only if these are uniform, or if where they differ is
+stated: :func:`provenance` gives the rows, :func:`varying` the fields that differ. What a run.json holds is the launch
+that last wrote it (a resumed run: the resume's commit, device and versions; ``started_at`` stays its first start),
+so a run resumed on another commit shows that commit only; the runs' train.log lists every launch.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from .load import Run
+
+# (column, how it is read from run.json); None where a run has no such record (a CPU run has no "cuda" block)
+FIELDS = {
+    "device": lambda i: i.get("device"),
+    "driver": lambda i: (i.get("cuda") or {}).get("driver"),
+    "cuda": lambda i: (i.get("cuda") or {}).get("cuda_runtime"),
+    "torch": lambda i: (i.get("versions") or {}).get("torch"),
+    "python": lambda i: (i.get("versions") or {}).get("python"),
+    "numpy": lambda i: (i.get("versions") or {}).get("numpy"),
+    "gymnasium": lambda i: (i.get("versions") or {}).get("gymnasium"),
+    "mujoco": lambda i: (i.get("versions") or {}).get("mujoco"),
+    "deterministic": lambda i: _deterministic(i),
+    "tf32": lambda i: _tf32(i),
+    "commit": lambda i: _commit(i.get("git_sha")),
+    "uncommitted_changes": lambda i: _changes(i.get("git_changes")),
+}
+
+
+def _commit(sha):
+    """The commit's first 12 hex digits, keeping run.json's "-dirty" mark (the launch's tree differed from it)."""
+    if not sha:
+        return None
+    sha = str(sha)
+    return sha[:12] + ("-dirty" if sha.endswith("-dirty") else "")
+
+
+def _flag(info: dict, name: str):
+    return ((info.get("cuda") or {}).get("flags") or {}).get(name)
+
+
+def _deterministic(info: dict):
+    """On CUDA the flag the run set (torch.are_deterministic_algorithms_enabled, recorded in run.json's cuda block);
+    elsewhere the config's ``deterministic``."""
+    flag = _flag(info, "deterministic_algorithms")
+    return flag if flag is not None else (info.get("config") or {}).get("deterministic")
+
+
+def _tf32(info: dict):
+    flags = [_flag(info, "matmul_allow_tf32"), _flag(info, "cudnn_allow_tf32")]
+    return None if all(f is None for f in flags) else any(bool(f) for f in flags)
+
+
+def _changes(value):
+    """run.json's git_changes (``git status --porcelain`` lines of the launch's tree; older run.json files hold the
+    list's string form): the changed paths joined by "; ", "none" for a clean tree, None where not recorded."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value) if value.strip() else []
+        except (ValueError, SyntaxError):
+            return value
+    lines = sorted(str(v).strip() for v in value)
+    return "; ".join(lines) if lines else "none"
+
+
+def provenance(runs: list[Run]) -> list[dict]:
+    """One row per distinct combination of :data:`FIELDS`, most runs first: the fields, ``runs``, and the earliest
+    ``started_at`` and latest ``ended_at`` of those runs (ISO strings; None where no run has one)."""
+    rows: dict[tuple, dict] = {}
+    for r in runs:
+        values = {k: f(r.info) for k, f in FIELDS.items()}
+        row = rows.setdefault(tuple(values.values()), {**values, "runs": 0, "first_started": None, "last_ended": None})
+        row["runs"] += 1
+        s, e = r.info.get("started_at"), r.info.get("ended_at")
+        if s and (row["first_started"] is None or str(s) < row["first_started"]):
+            row["first_started"] = str(s)
+        if e and (row["last_ended"] is None or str(e) > row["last_ended"]):
+            row["last_ended"] = str(e)
+    return sorted(rows.values(), key=lambda row: (-row["runs"], [str(row[k]) for k in FIELDS]))
+
+
+def varying(rows: list[dict]) -> list[str]:
+    """The fields whose value is not the same in every row."""
+    return [k for k in FIELDS if len({repr(row[k]) for row in rows}) > 1]

@@ -1,0 +1,67 @@
+"""esper_exp/analysis/provenance.py: one row per distinct device / driver / CUDA / versions / flags / commit among a
+sweep's runs, with run counts and dates, the fields that differ named; and the report's section built from it."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic_runs import make_sweep, run_path  # noqa: E402
+
+from esper_exp.analysis import provenance as P  # noqa: E402
+from esper_exp.analysis.load import load_sweep  # noqa: E402
+from esper_exp.analysis.report import run_report  # noqa: E402
+
+
+def _edit(run_dir: Path, **changes) -> None:
+    info = json.loads((run_dir / "run.json").read_text())
+    info.update(changes)
+    (run_dir / "run.json").write_text(json.dumps(info))
+
+
+def _cuda(driver: str, deterministic: bool = True, tf32: bool = False) -> dict:
+    return {"gpu": "NVIDIA H100 80GB HBM3", "driver": driver, "cuda_runtime": "13.0",
+            "flags": {"deterministic_algorithms": deterministic, "matmul_allow_tf32": tf32, "cudnn_allow_tf32": False}}
+
+
+def test_rows_group_the_runs_by_where_and_with_what_they_ran(tmp_path):
+    make_sweep(tmp_path, seeds=range(4), gelus=("exact",), precisions=("fp32",), total_timesteps=4_000)
+    runs = [run_path(tmp_path, "cartpole", "exact", "fp32", s) for s in range(4)]
+    for s, d in enumerate(runs):  # seeds 0-2 on one box and commit; seed 3 resumed on another commit, a dirty tree
+        _edit(d, device="NVIDIA H100 80GB HBM3", cuda=_cuda("580.159.04"),
+              git_sha="a" * 40 if s < 3 else "b" * 40 + "-dirty",
+              git_changes=[] if s < 3 else [" M tests/conftest.py"],
+              started_at=f"2026-11-2{s}T00:00:00+00:00", ended_at=f"2026-11-2{s}T01:00:00+00:00")
+    rows = P.provenance(load_sweep(tmp_path).runs)
+    assert [r["runs"] for r in rows] == [3, 1]
+    assert rows[0]["commit"] == "a" * 12 and rows[0]["uncommitted_changes"] == "none"
+    assert rows[1]["commit"] == "b" * 12 + "-dirty" and rows[1]["uncommitted_changes"] == "M tests/conftest.py"
+    assert (rows[0]["first_started"], rows[0]["last_ended"]) == ("2026-11-20T00:00:00+00:00",
+                                                                 "2026-11-22T01:00:00+00:00")
+    assert rows[0]["driver"] == "580.159.04" and rows[0]["deterministic"] is True and rows[0]["tf32"] is False
+    assert P.varying(rows) == ["commit", "uncommitted_changes"]
+
+
+def test_cpu_runs_take_determinism_from_the_config_and_have_no_cuda_fields(tmp_path):
+    make_sweep(tmp_path, seeds=range(2), gelus=("exact",), precisions=("fp32",), total_timesteps=4_000)
+    for s in range(2):
+        d = run_path(tmp_path, "cartpole", "exact", "fp32", s)
+        info = json.loads((d / "run.json").read_text())
+        info["config"]["deterministic"] = True
+        _edit(d, config=info["config"], git_changes="[]")  # the string form older run.json files hold
+    (row,) = P.provenance(load_sweep(tmp_path).runs)
+    assert row["runs"] == 2 and row["deterministic"] is True
+    assert row["driver"] is None and row["tf32"] is None and row["uncommitted_changes"] == "none"
+    assert P.varying([row]) == []
+
+
+def test_the_report_states_the_provenance_and_what_differs(tmp_path):
+    sweep = tmp_path / "sweep"
+    make_sweep(sweep, seeds=range(3), gelus=("exact", "tanh"), precisions=("fp32",), total_timesteps=4_000)
+    _edit(run_path(sweep, "cartpole", "tanh", "fp32", 2), device="NVIDIA H200", cuda=_cuda("580.1"))
+    out = tmp_path / "report"
+    run_report(sweep, out, reps=200, curve_reps=50, seed=0, figures=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(r["runs"] for r in summary["provenance"]) == [1, 5]
+    text = (out / "report.md").read_text()
+    assert "**Provenance**" in text and "The runs differ in: device, driver, cuda, deterministic, tf32." in text
+    assert (out / "provenance.csv").read_text().count("\n") == 3  # header + two rows
