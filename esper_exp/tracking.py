@@ -189,12 +189,19 @@ class Tracker:
             self.info["started_at"] = previous.get("started_at", self.info["started_at"])
             self.info["resumed_at"] = previous.get("resumed_at", []) + [now()]
             self.info["global_step"], self.info["update"] = resume_at[1], resume_at[0]
-            # a resumed CUDA run continued under other numerics (GPU, software, flags, layout) is another computation
-            before = previous.get("cuda_before_resume", [])
-            if previous.get("cuda") != self.info.get("cuda"):
-                before = before + [previous.get("cuda") or {"device": previous.get("device")}]
-            if before:
-                self.info["cuda_before_resume"] = before
+            # what the launches before this resume ran on, where it differs from this one (oldest first): a CUDA
+            # run continued under other numerics (GPU, software, flags, layout) is another computation; a run
+            # continued on another commit or tree ran other code for its first updates (up to ``up_to_update``)
+            code = (self.info["git_sha"], self.info["git_changes"])
+            for key, changed, entry in (
+                    ("cuda_before_resume", previous.get("cuda") != self.info.get("cuda"),
+                     previous.get("cuda") or {"device": previous.get("device")}),
+                    ("git_before_resume", (previous.get("git_sha"), list(previous.get("git_changes") or [])) != code,
+                     {"git_sha": previous.get("git_sha"), "git_changes": previous.get("git_changes"),
+                      "up_to_update": resume_at[0]})):
+                before = previous.get(key, []) + ([entry] if changed else [])
+                if before:
+                    self.info[key] = before
         self._write()
         self.note(f"{'resumed at update ' + str(resume_at[0]) if resumed else 'started'}: {self.cell} seed "
                   f"{config['seed']} on {self.info['device']} (host {self.info['host']}, pid {self.info['pid']}, group "

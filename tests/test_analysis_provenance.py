@@ -30,6 +30,8 @@ def test_rows_group_the_runs_by_where_and_with_what_they_ran(tmp_path):
         _edit(d, device="NVIDIA H100 80GB HBM3", cuda=_cuda("580.159.04"),
               git_sha="a" * 40 if s < 3 else "b" * 40 + "-dirty",
               git_changes=[] if s < 3 else [" M tests/conftest.py"],
+              **({"git_before_resume": [{"git_sha": "a" * 40, "git_changes": [], "up_to_update": 7}],
+                  "cuda_before_resume": [_cuda("570.1")]} if s == 3 else {}),
               started_at=f"2026-11-2{s}T00:00:00+00:00", ended_at=f"2026-11-2{s}T01:00:00+00:00")
     rows = P.provenance(load_sweep(tmp_path).runs)
     assert [r["runs"] for r in rows] == [3, 1]
@@ -38,7 +40,9 @@ def test_rows_group_the_runs_by_where_and_with_what_they_ran(tmp_path):
     assert (rows[0]["first_started"], rows[0]["last_ended"]) == ("2026-11-20T00:00:00+00:00",
                                                                  "2026-11-22T01:00:00+00:00")
     assert rows[0]["driver"] == "580.159.04" and rows[0]["deterministic"] is True and rows[0]["tf32"] is False
-    assert P.varying(rows) == ["commit", "uncommitted_changes"]
+    assert rows[1]["earlier_commits"] == "a" * 12 and rows[1]["cuda_changed_on_resume"] is True
+    assert rows[0]["earlier_commits"] is None and rows[0]["cuda_changed_on_resume"] is False
+    assert P.varying(rows) == ["commit", "uncommitted_changes", "earlier_commits", "cuda_changed_on_resume"]
 
 
 def test_cpu_runs_take_determinism_from_the_config_and_have_no_cuda_fields(tmp_path):

@@ -4,7 +4,8 @@ driver and CUDA, software versions, numerics flags and commit, with its run coun
 A study run over many sessions and boxes is read as one sample only if these are uniform, or if where they differ is
 stated: :func:`provenance` gives the rows, :func:`varying` the fields that differ. What a run.json holds is the launch
 that last wrote it (a resumed run: the resume's commit, device and versions; ``started_at`` stays its first start),
-so a run resumed on another commit shows that commit only; the runs' train.log lists every launch.
+and the launches before a resume appear only where they differed (run.json's ``git_before_resume``, recorded since
+2026-11-24, and ``cuda_before_resume``); the runs' train.log lists every launch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ FIELDS = {
     "tf32": lambda i: _tf32(i),
     "commit": lambda i: _commit(i.get("git_sha")),
     "uncommitted_changes": lambda i: _changes(i.get("git_changes")),
+    # the launches before a resume, where they differed (tracking.Tracker): their commits, and whether the CUDA
+    # numerics (GPU, software, flags, group layout) differed; None where not recorded (no such resume, or a
+    # run.json from before 2026-11-24, which recorded no earlier commits)
+    "earlier_commits": lambda i: ("; ".join(_commit(b.get("git_sha")) or "?" for b in i["git_before_resume"])
+                                  if i.get("git_before_resume") else None),
+    "cuda_changed_on_resume": lambda i: bool(i.get("cuda_before_resume")),
 }
 
 
