@@ -1,0 +1,47 @@
+"""experiments/gpu_throughput/calls_table.py: the README's per-call rows from saved progress files."""
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("calls_table", ROOT / "experiments" / "gpu_throughput" / "calls_table.py")
+calls_table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(calls_table)
+
+
+def _progress(when: str, runs: dict, interval: dict | None = None) -> dict:
+    return {"when": when, "runs": {k: {"status": st, "steps": 2048 * u, "updates": u, **extra}
+                                   for k, (st, u, extra) in runs.items()}, **({"interval": interval} if interval else {})}
+
+
+def test_rows_name_each_group_that_trained_and_the_boxs_interval(tmp_path, capsys):
+    before = _progress("2026-11-24T03:40:00Z", {
+        **{f"hc-exact-fp32/seed={s}": ("interrupted", 476, {}) for s in (11, 12)},
+        **{f"hc-exact-fp32/seed={s}": ("running", 0, {}) for s in (21, 22)}})
+    # without a group field (older files): a group is the runs of one env that moved from one update to one update
+    call1 = _progress("2026-11-24T03:57:04Z", {
+        **{f"hc-exact-fp32/seed={s}": ("completed", 488, {}) for s in (11, 12)},
+        **{f"hc-exact-fp32/seed={s}": ("running", 266, {}) for s in (21, 22)}},
+        {"wall_s": 541.3, "env_steps": 22118400, "env_steps_per_s": 40861.2, "outside_updates_s": 54.4})
+    # with it: the group decides, even where members stand at different updates
+    call2 = _progress("2026-11-24T04:06:30Z", {
+        **{f"hc-exact-fp32/seed={s}": ("completed", 488, {"group": "g1"}) for s in (11, 12)},
+        "hc-exact-fp32/seed=21": ("running", 300, {"group": "g2"}),
+        "hc-exact-fp32/seed=22": ("running", 301, {"group": "g2"})})
+    paths = []
+    for i, p in enumerate((before, call1, call2)):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(p))
+    assert calls_table.main([str(p) for p in paths]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == ("| 1 | 03:57 | hc 11-12: 476 -> 488 (done), hc 21-22: 0 -> 266 | 541 | 22,118,400 | 40,861 | "
+                        "54 |")
+    assert lines[3] == "| 2 | 04:06 | hc 21-22: 266 -> 301 |  |  |  |  |"  # no interval: empty cells
+
+
+def test_too_few_files_or_an_unreadable_one_is_one_line_and_exit_2(tmp_path, capsys):
+    assert calls_table.main([str(tmp_path / "a.json")]) == 2
+    (tmp_path / "bad.json").write_text("{")
+    assert calls_table.main([str(tmp_path / "bad.json"), str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("calls_table.py: ") for line in err)
