@@ -2,6 +2,7 @@
 
     esper-report <sweep dir> [--out DIR] [--reps N] [--seed S] [--rule KEY=VALUE ...] [--control CELL]
                  [--include-damaged]
+    esper-report --recompute <report dir>     # its verdicts from runs.csv + summary.json alone (recompute.py)
 
 Damaged runs (runformat.check_run_files: a bad or cut line, missing or repeated updates, a finished run.json whose
 update count differs from metrics.jsonl) are listed in the inventory with the reason and left out of every
@@ -521,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--pilot: the registered seed count (default: %(default)s)")
     p.add_argument("--pilot-n", type=int, default=10,
                    help="--pilot: the pilot's seeds are the first N of the registered seed list (default: %(default)s)")
+    p.add_argument("--recompute", action="store_true",
+                   help="SWEEP_DIR is a report directory: recompute its verdicts from its runs.csv and summary.json "
+                        "alone (no run directories) and compare them with the stored ones (exit 1 if any differs)")
     p.add_argument("--include-damaged", action="store_true",
                    help="use what can be read of damaged runs (bad or cut lines, missing updates, run.json not "
                         "matching metrics.jsonl) instead of excluding them and exiting 1; they are still listed")
@@ -638,8 +642,38 @@ def _damaged_exit(damaged: list, included: bool) -> int:
     return EXIT_DAMAGED if damaged and not included else 0
 
 
+def _recompute(args) -> int:
+    from .recompute import differences, read_report, recompute
+
+    given = [name for name, on in (("--pilot", args.pilot), ("--vs", args.vs), ("--rule", args.rule),
+                                    ("--out", args.out), ("--grid", args.grid is not None),
+                                    ("--window", args.window is not None), ("--last", args.last is not None)) if on]
+    try:
+        if given:
+            raise AnalysisError(f"--recompute uses the report's stored rule and settings; {', '.join(given)} "
+                                f"cannot be combined with it")
+        summary, rows = read_report(Path(args.sweep_dir))
+        decision, secondary = recompute(summary, rows)
+    except (AnalysisError, ValueError, KeyError) as e:
+        return fail("esper-report", e if isinstance(e, AnalysisError) else AnalysisError(
+            f"{args.sweep_dir}: its summary.json or runs.csv is not in the format this esper-report writes ({e!r})"))
+    diff = differences(summary["decision"], decision, "decision") + \
+        differences(summary["secondary"], secondary, "secondary")
+    for r in decision:
+        lo, hi = r["ci90"]
+        print(f"{r['scope']}: {r['contrast']}: {r['estimate']:+.4f}, 90% CI [{lo:+.4f}, {hi:+.4f}] -> {r['verdict']}")
+    for line in diff:
+        print(f"esper-report: DIFFERS {line}", file=sys.stderr)
+    print(f"esper-report: {len(decision)} decision and {len(secondary)} secondary rows recomputed from "
+          f"{args.sweep_dir}/runs.csv: " + (f"{len(diff)} difference(s) from summary.json" if diff
+                                             else "identical to summary.json"))
+    return 1 if diff else 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.recompute:
+        return _recompute(args)
     if args.pilot and args.vs:
         return fail("esper-report", AnalysisError("--pilot and --vs are separate reports; give one"))
     if args.pair and not args.vs:
