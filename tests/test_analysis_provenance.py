@@ -51,7 +51,7 @@ def test_cpu_runs_take_determinism_from_the_config_and_have_no_cuda_fields(tmp_p
         d = run_path(tmp_path, "cartpole", "exact", "fp32", s)
         info = json.loads((d / "run.json").read_text())
         info["config"]["deterministic"] = True
-        _edit(d, config=info["config"], git_changes="[]")  # the string form older run.json files hold
+        _edit(d, config=info["config"], git_changes=[])  # a clean tree
     (row,) = P.provenance(load_sweep(tmp_path).runs)
     assert row["runs"] == 2 and row["deterministic"] is True
     assert row["driver"] is None and row["tf32"] is None and row["uncommitted_changes"] == "none"

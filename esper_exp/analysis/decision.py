@@ -177,6 +177,32 @@ def judge_scope(scores: dict, envs, contrasts: list[Contrast], rule: Rule, reps:
     return decide(rows, rule)
 
 
+SECONDARY_SEED_OFFSET = 7  # the secondary endpoint's bootstrap seed: the report's --seed + this
+
+
+def csv_row(r: dict) -> dict:
+    """A decision row as decision.csv and summary.json hold it (no bootstrap replicates)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items() if k != "reps"}
+
+
+def scopes_of(judged: list[str]) -> list[str]:
+    """A sweep's scopes (each one Holm family): "all envs" when more than one env is judged, then each env."""
+    return (["all envs"] if len(judged) > 1 else []) + list(judged)
+
+
+def judge_all(scores: dict, cells: dict, rule: Rule, reps: int, seed: int, power: float = 0.8) -> list[dict]:
+    """Every contrast of every scope (:func:`scopes_of` over the envs of ``scores``, {env: {cell: {seed: value}}}),
+    each env's contrasts among its ``cells`` ({env: [cell, ...]}), "all envs" among the cells every env has."""
+    judged = list(scores)
+    rows = []
+    for scope in scopes_of(judged):
+        envs_in = judged if scope == "all envs" else [scope]
+        in_scope = (sorted(set.intersection(*[set(cells[e]) for e in envs_in])) if scope == "all envs"
+                    else cells[scope])
+        rows += judge_scope(scores, envs_in, resolve_contrasts(rule, in_scope), rule, reps, seed, power, scope)
+    return rows
+
+
 # the families a verdict sentence names, for the report
 FAMILY_TEXT = {"tanh_vs_exact": "tanh vs exact GELU, same precision",
                "dtype_vs_fp32": "precision vs fp32, same GELU", "explicit": "explicit contrast"}

@@ -10,8 +10,6 @@ and the launches before a resume appear only where they differed (run.json's ``g
 
 from __future__ import annotations
 
-import ast
-
 from .load import Run
 
 # (column, how it is read from run.json); None where a run has no such record (a CPU run has no "cuda" block)
@@ -62,17 +60,11 @@ def _tf32(info: dict):
 
 
 def _changes(value):
-    """run.json's git_changes (``git status --porcelain`` lines of the launch's tree; older run.json files hold the
-    list's string form): the changed paths joined by "; ", "none" for a clean tree, None where not recorded."""
+    """run.json's git_changes (``git status --porcelain`` lines of the launch's tree): the changed paths joined by
+    "; ", "none" for a clean tree, None where not recorded (run.json files before 2026-11-23's d3c96f6)."""
     if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            value = ast.literal_eval(value) if value.strip() else []
-        except (ValueError, SyntaxError):
-            return value
-    lines = sorted(str(v).strip() for v in value)
-    return "; ".join(lines) if lines else "none"
+    return "; ".join(sorted(str(v).strip() for v in value)) or "none"
 
 
 def provenance(runs: list[Run]) -> list[dict]:

@@ -5,8 +5,8 @@
 The raw runs of a study stay out of git; its report directory (in git) keeps runs.csv (every run's normalised
 endpoints and whether the statistics used it) and summary.json (the rule, the settings, the scopes and the verdicts).
 From those two files alone this recomputes the decision and secondary tables with the same code the report used
-(decision.judge_scope: same strata, bootstrap seeds, Holm families and rule) and compares them with the stored ones:
-anyone holding the repository can check the verdicts. Exit 0 when every recomputed row equals the stored one, 1
+(decision.judge_all: same scopes, strata, bootstrap seeds, Holm families and rule) and compares them with the stored
+ones: anyone holding the repository can check the verdicts. Exit 0 when every recomputed row equals the stored one, 1
 when one differs (each difference printed), 2 when the files are missing or not a report's.
 """
 
@@ -49,33 +49,23 @@ def recompute(summary: dict, rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """The decision and secondary rows from runs.csv's used runs, as write_report stores them in summary.json."""
     rule = Rule.from_dict(summary["rule"])
     o = summary["settings"]
-    keys = {"decision": ENDPOINT_KEY[rule.endpoint],
-            "secondary": ENDPOINT_KEY["final_return" if rule.endpoint == "auc" else "auc"]}
-    scopes = list(summary["scopes"])
-    judged = [s for s in scopes if s != "all envs"]  # the envs with anchors (analyse's scopes: ["all envs"] + them)
+    judged = [s for s in summary["scopes"] if s != "all envs"]  # the envs with anchors, in the report's order
     cells = {env: sort_cells({r["cell"] for r in rows if r["env"] == env}) for env in judged}
-    out = {}
-    for table, key in keys.items():
+    secondary = "final_return" if rule.endpoint == "auc" else "auc"
+    out = []
+    for endpoint, seed in ((rule.endpoint, int(o["seed"])), (secondary, int(o["seed"]) + Dc.SECONDARY_SEED_OFFSET)):
         scores: dict = {env: {} for env in judged}
         for r in rows:
             if r["env"] in scores and r["used_in_stats"] == "True":
-                scores[r["env"]].setdefault(r["cell"], {})[int(r["seed"])] = _float(r[key])
-        seed = int(o["seed"]) + (7 if table == "secondary" else 0)
-        found = []
-        for scope in scopes:
-            envs_in = judged if scope == "all envs" else [scope]
-            in_scope = (sorted(set.intersection(*[set(cells[e]) for e in envs_in])) if scope == "all envs"
-                        else cells[scope])
-            contrasts = Dc.resolve_contrasts(rule, in_scope)
-            found += Dc.judge_scope(scores, envs_in, contrasts, rule, int(o["reps"]), seed, float(o["power"]), scope)
-        out[table] = [jsonable({k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items() if k != "reps"})
-                      for r in found]
-    return out["decision"], out["secondary"]
+                scores[r["env"]].setdefault(r["cell"], {})[int(r["seed"])] = _float(r[ENDPOINT_KEY[endpoint]])
+        found = Dc.judge_all(scores, cells, rule, int(o["reps"]), seed, float(o["power"]))
+        out.append([jsonable(Dc.csv_row(r)) for r in found])
+    return out[0], out[1]
 
 
 def differences(stored: list[dict], recomputed: list[dict], table: str) -> list[str]:
     """One line per row or value that differs (rows matched by scope and contrast)."""
-    key = lambda r: (r.get("scope"), r.get("contrast"))  # noqa: E731
+    key = lambda r: (r.get("scope"), r.get("contrast"))
     a, b = {key(r): r for r in stored}, {key(r): r for r in recomputed}
     lines = [f"{table}: {s} {c}: stored, not recomputed" for s, c in a.keys() - b.keys()]
     lines += [f"{table}: {s} {c}: recomputed, not stored" for s, c in b.keys() - a.keys()]

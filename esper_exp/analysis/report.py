@@ -145,18 +145,11 @@ def analyse(sweep: Sweep, rule: Rule, o: dict) -> dict:
 
     judged = [e for e in envs if e in sc_primary]
     res["no_anchors"] = [e for e in envs if e not in sc_primary]
-    scopes = (["all envs"] if len(judged) > 1 else []) + judged
-    res["scopes"] = scopes
-    res["decision"], res["secondary"] = [], []
-    for scope in scopes:
-        envs_in = judged if scope == "all envs" else [scope]
-        cells = sorted(set.intersection(*[set(res["env"][e]["cells"]) for e in envs_in])) if scope == "all envs" \
-            else res["env"][scope]["cells"]
-        contrasts = Dc.resolve_contrasts(rule, cells)
-        res["decision"] += Dc.judge_scope(sc_primary, envs_in, contrasts, rule, o["reps"], o["seed"], o["power"],
-                                          scope)
-        res["secondary"] += Dc.judge_scope(sc_secondary, envs_in, contrasts, rule, o["reps"], o["seed"] + 7,
-                                           o["power"], scope)
+    res["scopes"] = Dc.scopes_of(judged)
+    cells = {e: res["env"][e]["cells"] for e in judged}
+    res["decision"] = Dc.judge_all(sc_primary, cells, rule, o["reps"], o["seed"], o["power"])
+    res["secondary"] = Dc.judge_all(sc_secondary, cells, rule, o["reps"], o["seed"] + Dc.SECONDARY_SEED_OFFSET,
+                                    o["power"])
 
     # per env: difference curves (normalised), time to threshold, collapse rate, performance profiles
     res["ttt"], res["collapse"], res["profiles"] = [], [], {}
@@ -224,10 +217,6 @@ def _ci3(p, lo, hi) -> str:
     return f"{_f(p)} [{_f(lo)}, {_f(hi)}]"
 
 
-def _decision_csv_row(r: dict) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items() if k != "reps"}
-
-
 def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     pre = "" if meta["preregistered"] else " (NOT pre-registered)"
@@ -236,8 +225,8 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
     all_runs = [row for e in res["envs"] for row in res["env"][e]["out"]["rows"]]
     dup_rows = [{"env": d.env, "cell": d.cell, "seed": d.seed, "status": d.status, "path": str(d.path),
                  "kept": str(k.path)} for d, k in sweep.duplicates]
-    _write_csv(out / "decision.csv", [_decision_csv_row(r) for r in res["decision"]])
-    _write_csv(out / "secondary.csv", [_decision_csv_row(r) for r in res["secondary"]])
+    _write_csv(out / "decision.csv", [Dc.csv_row(r) for r in res["decision"]])
+    _write_csv(out / "secondary.csv", [Dc.csv_row(r) for r in res["secondary"]])
     _write_csv(out / "runs.csv", all_runs)
     _write_csv(out / "outcomes.csv", [row for e in res["envs"] for row in res["env"][e]["outcomes"]])
     _write_csv(out / "health.csv", [row for e in res["envs"] for row in res["env"][e]["health_rows"]])
@@ -256,8 +245,8 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
     summary = {
         "sweep": str(sweep.root), "settings": o, "rule": rule.as_dict(), "rule_source": meta,
         "envs": res["envs"], "scopes": res["scopes"], "envs_without_anchors": res["no_anchors"],
-        "decision": [_decision_csv_row(r) for r in res["decision"]],
-        "secondary": [_decision_csv_row(r) for r in res["secondary"]],
+        "decision": [Dc.csv_row(r) for r in res["decision"]],
+        "secondary": [Dc.csv_row(r) for r in res["secondary"]],
         "time_to_threshold": res["ttt"], "collapse": res["collapse"],
         "outcomes": [row for e in res["envs"] for row in res["env"][e]["outcomes"]],
         "health": [row for e in res["envs"] for row in res["env"][e]["health_rows"]],

@@ -49,7 +49,7 @@ def moved(before: dict, after: dict) -> list[str]:
 def row(n: int, before: dict, after: dict) -> str:
     iv = after.get("interval") or {}
     when = time.strftime("%H:%M", time.strptime(after["when"], "%Y-%m-%dT%H:%M:%SZ"))
-    num = lambda v, f="{:,.0f}": f.format(v) if isinstance(v, (int, float)) else ""  # noqa: E731
+    num = lambda v, f="{:,.0f}": f.format(v) if isinstance(v, (int, float)) else ""
     return (f"| {n} | {when} | {', '.join(moved(before, after)) or 'none'} | {num(iv.get('wall_s'))} | "
             f"{num(iv.get('env_steps'))} | {num(iv.get('env_steps_per_s'))} | {num(iv.get('outside_updates_s'))} |")
 
