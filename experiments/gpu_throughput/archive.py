@@ -102,8 +102,6 @@ def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
 
 
 def pack(sweep: Path, archive: Path, globs: list[str]) -> int:
-    if not sweep.is_dir():
-        raise ArchiveError(f"no sweep directory {sweep}")
     runs = select(sweep, globs)
     if not runs:
         raise ArchiveError(f"no finished run under {sweep}" + (f" matching {' '.join(globs)}" if globs else ""))
@@ -195,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             if not a.archive.name.endswith(".tar.xz"):
                 print(f"archive.py: the archive must end in .tar.xz, got '{a.archive}'", file=sys.stderr)
                 return 2
+            if not a.sweep.is_dir():
+                print(f"archive.py: no sweep directory {a.sweep}", file=sys.stderr)
+                return 2
             return pack(a.sweep, a.archive, a.match)
         if a.cmd == "unpack":
             if len(a.paths) < 2:
@@ -210,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"archive.py: no archive {missing[0]}", file=sys.stderr)
             return 2
         return list_runs(a.archives)
+    except BrokenPipeError:  # `list ... | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except ArchiveError as e:
         print(f"archive.py: {e}", file=sys.stderr)
         return 1
