@@ -1,10 +1,11 @@
 """experiments/mujoco_gelu_amp/keep_runs.sh: after a device call, every block of 10 seeds of an env whose 40 runs have
-all completed is archived once (archive.py) and staged in git; a block with a run still unfinished is left alone and
+all completed is archived once per cell (archive.py) and staged in git; a block with a run still unfinished is left alone and
 named; an existing archive is never rewritten."""
 
 import os
 import shutil
 import subprocess
+import tarfile
 import sys
 from pathlib import Path
 
@@ -31,6 +32,11 @@ def _block(sweep: Path, env: str, seeds, unfinished=()) -> None:
                       total_timesteps=2048, stop_at=1024 if status == "interrupted" else None)
 
 
+def archive_members(path: Path) -> list[str]:
+    with tarfile.open(path, "r:xz") as t:
+        return t.getnames()
+
+
 def _keep(repo: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PY=sys.executable)  # archive.py imports esper_exp from this checkout
     return subprocess.run(["bash", "experiments/mujoco_gelu_amp/keep_runs.sh"], cwd=repo, env=env,
@@ -45,13 +51,17 @@ def test_complete_blocks_are_archived_once_and_staged_unfinished_ones_left_alone
     r = _keep(repo)
     assert r.returncode == 0, r.stderr
     runs = repo / "experiments" / "mujoco_gelu_amp" / "runs"
-    assert sorted(p.name for p in runs.iterdir()) == ["halfcheetah_seeds01-10.tar.xz"]
-    assert "halfcheetah seeds 11-20: 39 of 40 runs completed, not packed yet" in r.stdout
+    want = [f"halfcheetah-{g}-{p}_seeds01-10.tar.xz" for g, p in sorted(CELLS)] + [
+        f"halfcheetah-{g}-{p}_seeds11-20.tar.xz" for g, p in sorted(CELLS) if (g, p) != ("tanh", "bf16")]
+    assert sorted(p.name for p in runs.iterdir()) == sorted(want)
+    assert "halfcheetah tanh-bf16 seeds 11-20: 9 of 10 runs completed, not packed yet" in r.stdout
     staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True, text=True)
-    assert staged.stdout.split() == ["experiments/mujoco_gelu_amp/runs/halfcheetah_seeds01-10.tar.xz"]
-    before = (runs / "halfcheetah_seeds01-10.tar.xz").stat().st_mtime_ns
+    assert sorted(staged.stdout.split()) == sorted(f"experiments/mujoco_gelu_amp/runs/{n}" for n in want)
+    one = runs / "halfcheetah-exact-fp32_seeds01-10.tar.xz"
+    assert {n.split("/")[1] for n in archive_members(one)} == {"halfcheetah-exact-fp32"}
+    before = one.stat().st_mtime_ns
     r = _keep(repo)
-    assert r.returncode == 0 and (runs / "halfcheetah_seeds01-10.tar.xz").stat().st_mtime_ns == before
+    assert r.returncode == 0 and one.stat().st_mtime_ns == before
 
 
 def test_no_sweep_directory_is_one_line_and_exit_2(tmp_path):
