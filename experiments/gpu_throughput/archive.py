@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import io
+import json
 import lzma
 import os
 import sys
@@ -54,6 +55,7 @@ class ArchiveError(Exception):
 
 
 def run_dirs(sweep: Path) -> list[Path]:
+    # stdlib only (not esper_exp.analysis.load's walk, which brings numpy): keep_runs.sh runs this with any python3
     out = []
     for dirpath, dirnames, filenames in os.walk(sweep):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
@@ -165,7 +167,6 @@ def unpack(archives: list[Path], dest: Path) -> int:
 
 
 def list_runs(archives: list[Path]) -> int:
-    import json
     for a in archives:
         members = read_members(a)
         for n in sorted(m for m in members if m.endswith("/run.json")):
