@@ -38,11 +38,7 @@ echo $(( $(cat "$BOX/calls" 2>/dev/null || echo 0) + 1 )) > "$BOX/calls"
 if [ "$PRE" = 1 ]; then NEED="gymnasium, hydra, mujoco, pytest"; WHL="$WH/*.whl $PWD/.wheelhouse/pytest/*.whl"
 else NEED="gymnasium, hydra, mujoco"; WHL="$WH/*.whl"; fi
 NEED=$NEED PFX="$BOX/pfx" WHEELS=$WHL box_install || exit 1
-# A slim tree (box_tree.sh) arrives without its sparse-checkout marks: the box's git calls the ~300 files it leaves
-# out deleted, and every run.json would say "-dirty" with them as git_changes. Re-marking them (the same patterns)
-# makes the box's git see what the dev side's does; a tracked file missing from the slim set still shows.
-if [ -n "$(git ls-files --deleted 2>/dev/null | head -1)" ]; then bash experiments/gpu_throughput/box_tree.sh slim; fi
-echo "git: $(git rev-parse --short HEAD 2>/dev/null), $(git status --porcelain 2>/dev/null | wc -l) changed path(s)"
+bash experiments/gpu_throughput/box_tree.sh box  # a slim tree's left-out files are not "changes" (box_tree.sh)
 if [ "$PRE" = 1 ]; then
   box_suite "$OUT/suite.txt" 200 || exit 1
   echo "== one run per process (HalfCheetah, exact/fp32, device=cuda, in-process envs)"
