@@ -39,6 +39,14 @@ def test_rows_name_each_group_that_trained_and_the_boxs_interval(tmp_path, capsy
     assert lines[3] == "| 2 | 04:06 | hc 21-22: 266 -> 301 |  |  |  |  |"  # no interval: empty cells
 
 
+def test_a_dash_before_means_the_first_call_started_from_scratch(tmp_path, capsys):
+    call1 = _progress("2026-11-24T08:36:26Z", {f"w-exact-fp32/seed={s}": ("running", 157, {"group": "g"}) for s in (1, 2)},
+                      {"wall_s": 480.6, "env_steps": 643072, "env_steps_per_s": 1338.1, "outside_updates_s": 35.0})
+    (tmp_path / "1.json").write_text(json.dumps(call1))
+    assert calls_table.main(["-", str(tmp_path / "1.json")]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == "| 1 | 08:36 | w 1-2: 0 -> 157 | 481 | 643,072 | 1,338 | 35 |"
+
+
 def test_too_few_files_or_an_unreadable_one_is_one_line_and_exit_2(tmp_path, capsys):
     assert calls_table.main([str(tmp_path / "a.json")]) == 2
     (tmp_path / "bad.json").write_text("{")

@@ -3,7 +3,7 @@
     python experiments/gpu_throughput/calls_table.py BEFORE_progress.json CALL1_progress.json [CALL2_progress.json ...]
 
 BEFORE is the state the first call started from (the previous session's last call: a box restores that call's
-pack). One markdown row per call: when its scan ran (UTC, HH:MM), the runs that trained since the file before it
+pack), or ``-`` where the first call started the sweep's runs from scratch (nothing trained before it). One markdown row per call: when its scan ran (UTC, HH:MM), the runs that trained since the file before it
 (per env and seed range: the lowest update before -> the highest after; "done" once all of them completed), and the
 call's own interval as the box wrote it: sweep wall time, env steps, env steps/s, time outside updates. The runs
 column compares with the file before, so it includes what a detached sweep trained between two calls; the interval
@@ -56,11 +56,11 @@ def row(n: int, before: dict, after: dict) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
-        print(f"calls_table.py: {len(argv)} file(s) {argv}; usage: calls_table.py BEFORE_progress.json "
+        print(f"calls_table.py: {len(argv)} file(s) {argv}; usage: calls_table.py BEFORE_progress.json|- "
               "CALL1_progress.json [CALL2_progress.json ...]", file=sys.stderr)
         return 2
     try:
-        files = [json.loads(Path(p).read_text()) for p in argv]
+        files = [{"runs": {}} if p == "-" and i == 0 else json.loads(Path(p).read_text()) for i, p in enumerate(argv)]
     except (OSError, ValueError) as e:
         print(f"calls_table.py: cannot read a progress file: {e}", file=sys.stderr)
         return 2
