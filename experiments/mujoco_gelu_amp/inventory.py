@@ -1,0 +1,135 @@
+"""Where the primary study stands, per env and block of 10 seeds: the first command of a session (dev side).
+
+    python experiments/mujoco_gelu_amp/inventory.py [--sweep outputs/sweeps/mujoco_gelu_amp] [--carries .]
+
+A block (40 runs: 4 cells x 10 seeds) is "kept" when its four archives are in runs/ (keep_runs.sh; git is the only
+store that outlives a session); otherwise its runs' run.json statuses in the sweep directory say how far it got.
+Also named: kept blocks whose runs this checkout's sweep directory lacks (a new checkout: the reports need them
+unpacked, the boxes do not), completed blocks not yet kept (run keep_runs.sh and commit), and the carries on this
+VM (``.carry_s*``: the unfinished runs a box packed, and the update their checkpoints are at), which exist only
+while this checkout does. Reads statuses and update counts only, never returns: the study stays blind.
+Stdlib only. Exit 2 with one line if the archives' directory is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import lzma
+import re
+import sys
+import tarfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ENVS = ("halfcheetah", "hopper", "walker2d")
+CELLS = ("exact-fp32", "tanh-fp32", "exact-bf16", "tanh-bf16")
+BLOCKS = ((1, 10), (11, 20), (21, 30), (31, 40))
+STEPS_PER_RUN = 488 * 2048  # 999,424: the registered 1M steps in whole updates of 2,048
+
+
+def _archive(runs: Path, env: str, cell: str, a: int, b: int) -> Path:
+    return runs / f"{env}-{cell}_seeds{a:02d}-{b:02d}.tar.xz"  # keep_runs.sh's names
+
+
+def _state(run_dir: Path) -> tuple[str, int]:
+    """(status, update) from run.json: ("missing", 0) where there is none, ("unreadable", 0) where it is damaged."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except FileNotFoundError:
+        return "missing", 0
+    except (OSError, ValueError):
+        return "unreadable", 0
+    return str(info.get("status")), int(info.get("update") or 0)
+
+
+def block_state(sweep: Path, runs: Path, env: str, a: int, b: int) -> tuple[str, dict[str, int]]:
+    """One table cell and its counts (kept / completed / unfinished / not started runs)."""
+    states = [_state(sweep / f"{env}-{cell}" / f"seed={s}") for cell in CELLS for s in range(a, b + 1)]
+    n = len(states)
+    if all(_archive(runs, env, cell, a, b).is_file() for cell in CELLS):
+        here = sum(st == "completed" for st, _ in states)
+        return ("kept" if here == n else f"kept ({n - here} not unpacked here)"), {"kept": n}
+    done = sum(st == "completed" for st, _ in states)
+    fresh = sum(st == "missing" for st, _ in states)
+    ups = [u for st, u in states if st not in ("completed", "missing")]
+    parts = []
+    if done:
+        parts.append(f"{done} completed, not kept")
+    if ups:
+        parts.append(f"{len(ups)} unfinished (updates {min(ups)}-{max(ups)})")
+    if fresh:
+        parts.append("not started" if fresh == n else f"{fresh} not started")
+    return ", ".join(parts), {"completed": done, "unfinished": len(ups), "not started": fresh}
+
+
+_CKPT = re.compile(r"/(?P<cell>[a-z0-9]+-[a-z]+-[a-z0-9]+)/seed=(?P<seed>\d+)/checkpoints/ckpt-(?P<u>\d+)\.pt")
+
+
+def carry_summary(parts: list[Path], sweep: Path) -> str:
+    """'env seeds a-b: N runs at update U; ...' from a carry's checkpoint names (carry.py's xz tar in parts), marked
+    stale where all those runs have completed in the sweep directory since (the carry would resume nothing)."""
+    data = b"".join(p.read_bytes() for p in parts)
+    if not parts[0].name.startswith("carry.txz"):
+        return f"{len(parts)} part(s), older gzip format"
+    try:
+        with tarfile.open(fileobj=lzma.LZMAFile(io.BytesIO(data)), mode="r|") as tar:
+            names = [m.name for m in tar]
+    except (tarfile.TarError, lzma.LZMAError, EOFError) as e:
+        return f"unreadable ({e})"
+    groups: dict[tuple[str, int], set[tuple[str, int]]] = {}
+    for name in names:
+        m = _CKPT.search(name)
+        if m:
+            groups.setdefault((m["cell"].split("-")[0], int(m["u"])), set()).add((m["cell"], int(m["seed"])))
+    if not groups:
+        return "no checkpoints"
+    out = []
+    for (env, u), runs in sorted(groups.items()):
+        seeds = [seed for _, seed in runs]
+        stale = all(_state(sweep / cell / f"seed={seed}")[0] == "completed" for cell, seed in runs)
+        out.append(f"{env} seeds {min(seeds)}-{max(seeds)}: {len(runs)} runs at update {u}"
+                   + (" (stale: they have completed since)" if stale else ""))
+    return "; ".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="inventory.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sweep", type=Path, default=Path("outputs/sweeps/mujoco_gelu_amp"))
+    ap.add_argument("--runs", type=Path, default=HERE / "runs", help="the kept archives (default: runs/ here)")
+    ap.add_argument("--carries", type=Path, default=Path("."), help="where .carry_s* directories are looked for")
+    args = ap.parse_args(argv)
+    if not args.runs.is_dir():
+        print(f"inventory.py: no archive directory {args.runs}", file=sys.stderr)
+        return 2
+    totals = {"kept": 0, "completed": 0, "unfinished": 0, "not started": 0}
+    print("| env | " + " | ".join(f"seeds {a}-{b}" for a, b in BLOCKS) + " |")
+    print("|---|" + "---|" * len(BLOCKS))
+    for env in ENVS:
+        cells = []
+        for a, b in BLOCKS:
+            text, counts = block_state(args.sweep, args.runs, env, a, b)
+            cells.append(text)
+            for k, v in counts.items():
+                totals[k] += v
+        print(f"| {env} | " + " | ".join(cells) + " |")
+    n = sum(totals.values())
+    left = n - totals["kept"] - totals["completed"]
+    print(f"\n{n} registered runs: {totals['kept']} kept in git, {totals['completed']} completed but not kept, "
+          f"{totals['unfinished']} unfinished, {totals['not started']} not started; "
+          f"left to train: {left} runs ({left * STEPS_PER_RUN / 1e6:.1f}M steps, fewer by the unfinished runs' progress)")
+    if totals["completed"]:
+        print("completed runs not kept: bash experiments/mujoco_gelu_amp/keep_runs.sh, then commit")
+    carries = sorted(p for p in args.carries.glob(".carry_s*") if p.is_dir())
+    for c in carries:
+        parts = sorted(c.glob("carry.*.part-*"))
+        size = sum(p.stat().st_size for p in parts) / 1e6
+        print(f"carry {c}: {size:.1f} MB, " + (carry_summary(parts, args.sweep) if parts else "empty"))
+    if not carries:
+        print("no carries (.carry_s*) on this VM: unfinished runs, if any, start over")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""experiments/mujoco_gelu_amp/inventory.py: per env and block of 10 seeds, whether the block is kept in git, completed
+but not kept, unfinished (and at which updates) or not started; the carries on the VM and which runs they resume, a
+carry whose runs completed since marked stale. Reads run.json statuses and update counts only."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str, rel: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+inventory = _load("inventory", "experiments/mujoco_gelu_amp/inventory.py")
+carry = _load("carry", "experiments/gpu_throughput/carry.py")
+CELLS = ("exact-fp32", "tanh-fp32", "exact-bf16", "tanh-bf16")
+
+
+def _runs(sweep: Path, env: str, seeds, status: str, update: int, ckpt: bool = False) -> None:
+    for cell in CELLS:
+        for s in seeds:
+            d = sweep / f"{env}-{cell}" / f"seed={s}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "run.json").write_text(json.dumps({"status": status, "update": update}))
+            if ckpt:
+                (d / "checkpoints").mkdir(exist_ok=True)
+                (d / "checkpoints" / f"ckpt-{update:08d}.pt").write_bytes(b"\0" * 64)
+                (d / "checkpoints" / f"ckpt-{update:08d}.pt.sha256").write_text("x")
+
+
+def test_blocks_totals_and_carries(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sweep, runs = Path("outputs/sweeps/mujoco_gelu_amp"), tmp_path / "runs"
+    runs.mkdir()
+    for cell in CELLS:  # halfcheetah 1-10 kept (archives present) and unpacked; hopper 1-10 kept, not unpacked here
+        (runs / f"halfcheetah-{cell}_seeds01-10.tar.xz").write_bytes(b"")
+        (runs / f"hopper-{cell}_seeds01-10.tar.xz").write_bytes(b"")
+    _runs(sweep, "halfcheetah", range(1, 11), "completed", 488)
+    _runs(sweep, "halfcheetah", range(11, 21), "completed", 488)  # completed, not kept
+    _runs(sweep, "walker2d", range(1, 11), "interrupted", 455, ckpt=True)
+    _runs(sweep, "hopper", range(11, 21), "running", 100, ckpt=True)
+    carry.pack(sweep, Path(".carry_s1"), part_mb=15)  # walker2d 1-10 and hopper 11-20 at their updates
+    _runs(sweep, "hopper", range(11, 21), "completed", 488)  # hopper's carried runs completed since: stale
+    capsys.readouterr()  # carry.py's own line
+    assert inventory.main(["--sweep", str(sweep), "--runs", str(runs)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == "| halfcheetah | kept | 40 completed, not kept | not started | not started |"
+    assert out[3] == "| hopper | kept (40 not unpacked here) | 40 completed, not kept | not started | not started |"
+    assert out[4] == "| walker2d | 40 unfinished (updates 455-455) | not started | not started | not started |"
+    assert out[6].startswith("480 registered runs: 80 kept in git, 80 completed but not kept, 40 unfinished, "
+                             "280 not started; left to train: 320 runs (319.8M steps")
+    assert out[7].startswith("completed runs not kept: bash experiments/mujoco_gelu_amp/keep_runs.sh")
+    assert out[8].startswith("carry .carry_s1: ") and out[8].endswith(
+        "hopper seeds 11-20: 40 runs at update 100 (stale: they have completed since); "
+        "walker2d seeds 1-10: 40 runs at update 455")
+
+
+def test_no_archive_directory_is_one_line_and_exit_2(tmp_path, capsys):
+    assert inventory.main(["--runs", str(tmp_path / "nope"), "--sweep", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"inventory.py: no archive directory {tmp_path / 'nope'}"]
