@@ -40,7 +40,8 @@ def test_rows_name_each_group_that_trained_and_the_boxs_interval(tmp_path, capsy
 
 
 def test_a_dash_before_means_the_first_call_started_from_scratch(tmp_path, capsys):
-    call1 = _progress("2026-11-24T08:36:26Z", {f"w-exact-fp32/seed={s}": ("running", 157, {"group": "g"}) for s in (1, 2)},
+    call1 = _progress("2026-11-24T08:36:26Z",
+                      {f"w-exact-fp32/seed={s}": ("running", 157, {"group": "g"}) for s in (1, 2)},
                       {"wall_s": 480.6, "env_steps": 643072, "env_steps_per_s": 1338.1, "outside_updates_s": 35.0})
     (tmp_path / "1.json").write_text(json.dumps(call1))
     assert calls_table.main(["-", str(tmp_path / "1.json")]) == 0

@@ -2,14 +2,15 @@
 
     python experiments/gpu_throughput/calls_table.py BEFORE_progress.json CALL1_progress.json [CALL2_progress.json ...]
 
-BEFORE is the state the first call started from (the previous session's last call: a box restores that call's
-pack), or ``-`` where the first call started the sweep's runs from scratch (nothing trained before it). One markdown row per call: when its scan ran (UTC, HH:MM), the runs that trained since the file before it
-(per env and seed range: the lowest update before -> the highest after; "done" once all of them completed), and the
-call's own interval as the box wrote it: sweep wall time, env steps, env steps/s, time outside updates. The runs
-column compares with the file before, so it includes what a detached sweep trained between two calls; the interval
-columns are the box's (its scan at the call's start). Where the box's interval came from a progress.py that took all
-runs as one group (session 11 and earlier), a call in which one group ended and the next began overstates the time
-outside updates: `progress.py --between` recomputes it.
+BEFORE is the state the first call started from (the previous session's last call: a box restores that call's pack),
+or ``-`` where the first call started the sweep's runs from scratch (nothing trained before it). One markdown row per
+call: when its scan ran (UTC, HH:MM), the runs that trained since the file before it (per env and seed range: the
+lowest update before -> the highest after; "done" once all of them completed), and the call's own interval as the box
+wrote it: sweep wall time, env steps, env steps/s, time outside updates. The runs column compares with the file
+before, so it includes what a detached sweep trained between two calls; the interval columns are the box's (its scan
+at the call's start). Where the box's interval came from a progress.py that took all runs as one group (session 11
+and earlier), a call in which one group ended and the next began overstates the time outside updates: `progress.py
+--between` recomputes it.
 """
 
 from __future__ import annotations

@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     n = sum(totals.values())
     left = n - totals["kept"] - totals["completed"]
     print(f"\n{n} registered runs: {totals['kept']} kept in git, {totals['completed']} completed but not kept, "
-          f"{totals['unfinished']} unfinished, {totals['not started']} not started; "
-          f"left to train: {left} runs ({left * STEPS_PER_RUN / 1e6:.1f}M steps, fewer by the unfinished runs' progress)")
+          f"{totals['unfinished']} unfinished, {totals['not started']} not started; left to train: {left} runs "
+          f"({left * STEPS_PER_RUN / 1e6:.1f}M steps, fewer by the unfinished runs' progress)")
     if totals["completed"]:
         print("completed runs not kept: bash experiments/mujoco_gelu_amp/keep_runs.sh, then commit")
     carries = sorted(p for p in args.carries.glob(".carry_s*") if p.is_dir())
