@@ -54,8 +54,10 @@ def test_blocks_totals_and_carries(tmp_path, monkeypatch, capsys):
     assert out[4] == "| walker2d | 40 unfinished (updates 455-455) | not started | not started | not started |"
     assert out[6].startswith("480 registered runs: 80 kept in git, 80 completed but not kept, 40 unfinished, "
                              "280 not started; left to train: 320 runs (319.8M steps")
-    assert out[7].startswith("completed runs not kept: bash experiments/mujoco_gelu_amp/keep_runs.sh")
-    assert out[8].startswith("carry .carry_s1: ") and out[8].endswith(
+    assert out[7] == ("kept runs not unpacked here (the reports need them): python experiments/gpu_throughput/"
+                      f"archive.py unpack {runs}/*.tar.xz outputs/sweeps")
+    assert out[8].startswith("completed runs not kept: bash experiments/mujoco_gelu_amp/keep_runs.sh")
+    assert out[9].startswith("carry .carry_s1: ") and out[9].endswith(
         "hopper seeds 11-20: 40 runs at update 100 (stale: they have completed since); "
         "walker2d seeds 1-10: 40 runs at update 455")
 

@@ -97,13 +97,16 @@ def carry_summary(parts: list[Path], sweep: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="inventory.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sweep", type=Path, default=Path("outputs/sweeps/mujoco_gelu_amp"))
-    ap.add_argument("--runs", type=Path, default=HERE / "runs", help="the kept archives (default: runs/ here)")
+    runs = HERE / "runs"
+    runs = runs.relative_to(Path.cwd()) if runs.is_relative_to(Path.cwd()) else runs
+    ap.add_argument("--runs", type=Path, default=runs, help="the kept archives (default: runs/ here)")
     ap.add_argument("--carries", type=Path, default=Path("."), help="where .carry_s* directories are looked for")
     args = ap.parse_args(argv)
     if not args.runs.is_dir():
         print(f"inventory.py: no archive directory {args.runs}", file=sys.stderr)
         return 2
     totals = {"kept": 0, "completed": 0, "unfinished": 0, "not started": 0}
+    packed_only = False
     print("| env | " + " | ".join(f"seeds {a}-{b}" for a, b in BLOCKS) + " |")
     print("|---|" + "---|" * len(BLOCKS))
     for env in ENVS:
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         for a, b in BLOCKS:
             text, counts = block_state(args.sweep, args.runs, env, a, b)
             cells.append(text)
+            packed_only |= "not unpacked" in text
             for k, v in counts.items():
                 totals[k] += v
         print(f"| {env} | " + " | ".join(cells) + " |")
@@ -119,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{n} registered runs: {totals['kept']} kept in git, {totals['completed']} completed but not kept, "
           f"{totals['unfinished']} unfinished, {totals['not started']} not started; left to train: {left} runs "
           f"({left * STEPS_PER_RUN / 1e6:.1f}M steps, fewer by the unfinished runs' progress)")
+    if packed_only:
+        print(f"kept runs not unpacked here (the reports need them): python experiments/gpu_throughput/archive.py "
+              f"unpack {args.runs}/*.tar.xz {args.sweep.parent}")
     if totals["completed"]:
         print("completed runs not kept: bash experiments/mujoco_gelu_amp/keep_runs.sh, then commit")
     carries = sorted(p for p in args.carries.glob(".carry_s*") if p.is_dir())
