@@ -111,8 +111,19 @@ def pack(sweep: Path, out: Path, part_mb: float, preset: int = 6) -> list[Path]:
     return paths
 
 
+def part_files(parts_dir: Path) -> list[Path]:
+    """A carry's parts in order (xz, or the older gzip parts); [] where the directory holds none."""
+    return next((found for pre in PREFIXES if (found := sorted(parts_dir.glob(pre + "*")))), [])
+
+
+def member_names(parts_dir: Path) -> list[str]:
+    """The names a carry holds, as stored (a checkpoint's with the ``.shuffle4`` suffix), without extracting it."""
+    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in part_files(parts_dir))), mode="r:*") as tar:
+        return tar.getnames()
+
+
 def unpack(parts_dir: Path, sweep: Path) -> None:
-    paths = next((found for pre in PREFIXES if (found := sorted(parts_dir.glob(pre + "*")))), [])
+    paths = part_files(parts_dir)
     if not paths:
         raise SystemExit(f"carry.py: no {PREFIX}* (or carry.tgz.part-*) files in {parts_dir}")
     if sweep.exists():

@@ -14,7 +14,6 @@ Stdlib only. Exit 2 with one line if the archives' directory is missing.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import lzma
 import re
@@ -23,6 +22,8 @@ import tarfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "gpu_throughput"))
+import carry  # noqa: E402  (the carries' own reader)
 ENVS = ("halfcheetah", "hopper", "walker2d")
 CELLS = ("exact-fp32", "tanh-fp32", "exact-bf16", "tanh-bf16")
 BLOCKS = ((1, 10), (11, 20), (21, 30), (31, 40))
@@ -50,7 +51,7 @@ def block_state(sweep: Path, runs: Path, env: str, a: int, b: int) -> tuple[str,
     n = len(states)
     if all(_archive(runs, env, cell, a, b).is_file() for cell in CELLS):
         here = sum(st == "completed" for st, _ in states)
-        return ("kept" if here == n else f"kept ({n - here} not unpacked here)"), {"kept": n}
+        return ("kept" if here == n else f"kept ({n - here} not unpacked here)"), {"kept": n, "not unpacked": n - here}
     done = sum(st == "completed" for st, _ in states)
     fresh = sum(st == "missing" for st, _ in states)
     ups = [u for st, u in states if st not in ("completed", "missing")]
@@ -67,16 +68,12 @@ def block_state(sweep: Path, runs: Path, env: str, a: int, b: int) -> tuple[str,
 _CKPT = re.compile(r"/(?P<cell>[a-z0-9]+-[a-z]+-[a-z0-9]+)/seed=(?P<seed>\d+)/checkpoints/ckpt-(?P<u>\d+)\.pt")
 
 
-def carry_summary(parts: list[Path], sweep: Path) -> str:
-    """'env seeds a-b: N runs at update U; ...' from a carry's checkpoint names (carry.py's xz tar in parts), marked
-    stale where all those runs have completed in the sweep directory since (the carry would resume nothing)."""
-    data = b"".join(p.read_bytes() for p in parts)
-    if not parts[0].name.startswith("carry.txz"):
-        return f"{len(parts)} part(s), older gzip format"
+def carry_summary(parts_dir: Path, sweep: Path) -> str:
+    """'env seeds a-b: N runs at update U; ...' from a carry's checkpoint names (carry.py), marked stale where all
+    those runs have completed in the sweep directory since (the carry would resume nothing)."""
     try:
-        with tarfile.open(fileobj=lzma.LZMAFile(io.BytesIO(data)), mode="r|") as tar:
-            names = [m.name for m in tar]
-    except (tarfile.TarError, lzma.LZMAError, EOFError) as e:
+        names = carry.member_names(parts_dir)
+    except (OSError, EOFError, lzma.LZMAError, tarfile.TarError) as e:
         return f"unreadable ({e})"
     groups: dict[tuple[str, int], set[tuple[str, int]]] = {}
     for name in names:
@@ -105,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.runs.is_dir():
         print(f"inventory.py: no archive directory {args.runs}", file=sys.stderr)
         return 2
-    totals = {"kept": 0, "completed": 0, "unfinished": 0, "not started": 0}
-    packed_only = False
+    totals = {"kept": 0, "completed": 0, "unfinished": 0, "not started": 0, "not unpacked": 0}
     print("| env | " + " | ".join(f"seeds {a}-{b}" for a, b in BLOCKS) + " |")
     print("|---|" + "---|" * len(BLOCKS))
     for env in ENVS:
@@ -114,25 +110,24 @@ def main(argv: list[str] | None = None) -> int:
         for a, b in BLOCKS:
             text, counts = block_state(args.sweep, args.runs, env, a, b)
             cells.append(text)
-            packed_only |= "not unpacked" in text
             for k, v in counts.items():
                 totals[k] += v
         print(f"| {env} | " + " | ".join(cells) + " |")
-    n = sum(totals.values())
+    n = sum(totals[k] for k in ("kept", "completed", "unfinished", "not started"))
     left = n - totals["kept"] - totals["completed"]
     print(f"\n{n} registered runs: {totals['kept']} kept in git, {totals['completed']} completed but not kept, "
           f"{totals['unfinished']} unfinished, {totals['not started']} not started; left to train: {left} runs "
           f"({left * STEPS_PER_RUN / 1e6:.1f}M steps, fewer by the unfinished runs' progress)")
-    if packed_only:
+    if totals["not unpacked"]:
         print(f"kept runs not unpacked here (the reports need them): python experiments/gpu_throughput/archive.py "
               f"unpack {args.runs}/*.tar.xz {args.sweep.parent}")
     if totals["completed"]:
         print("completed runs not kept: bash experiments/mujoco_gelu_amp/keep_runs.sh, then commit")
     carries = sorted(p for p in args.carries.glob(".carry_s*") if p.is_dir())
     for c in carries:
-        parts = sorted(c.glob("carry.*.part-*"))
+        parts = carry.part_files(c)
         size = sum(p.stat().st_size for p in parts) / 1e6
-        print(f"carry {c}: {size:.1f} MB, " + (carry_summary(parts, args.sweep) if parts else "empty"))
+        print(f"carry {c}: {size:.1f} MB, " + (carry_summary(c, args.sweep) if parts else "empty"))
     if not carries:
         print("no carries (.carry_s*) on this VM: unfinished runs, if any, start over")
     return 0
