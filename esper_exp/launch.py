@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections import Counter
@@ -54,6 +53,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from esper_exp.composing import task_config
 from esper_exp.runformat import file_stamp
+from esper_exp.signals import SignalScope
 
 log = logging.getLogger(__name__)
 
@@ -352,13 +352,13 @@ def _job_return(config: DictConfig, status: str) -> JobReturn:
     return ret
 
 
-class _StopSignals:
+class _StopSignals(SignalScope):
     """In the submitting process: record SIGINT/SIGTERM and hand each one to ``forward`` (never raise in between)."""
 
     def __init__(self, forward: Callable[[int, int], None]) -> None:
+        super().__init__()
         self.forward = forward
         self.received: list[int] = []
-        self._old: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
         self.received.append(signum)
@@ -373,16 +373,6 @@ class _StopSignals:
     @property
     def name(self) -> str | None:
         return signal.Signals(self.received[0]).name if self.received else None
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
 
 
 @dataclass

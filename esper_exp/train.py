@@ -22,6 +22,7 @@ from esper_exp import checkpoint
 from esper_exp.composing import task_config
 from esper_exp.config import ConfigError, register_configs, validate
 from esper_exp.runformat import RunLock, RunLocked, stalled
+from esper_exp.signals import SignalScope
 from esper_exp.tracking import Tracker, config_hash, print_err, read_run_json
 
 # esper_exp/configs: in a checkout a symlink to the top-level configs/, in an installed wheel a copy of it
@@ -36,14 +37,14 @@ OmegaConf.register_new_resolver(
 _RESULTS: list[str] = []  # statuses of the jobs run in this process (read by main for the exit code)
 
 
-class StopRequest:
+class StopRequest(SignalScope):
     """SIGTERM (a cluster preempting the job) or a first Ctrl-C: finish the current update, checkpoint, stop.
 
     A second Ctrl-C raises KeyboardInterrupt at once (the last periodic checkpoint stays)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.signal: str | None = None
-        self._old: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
@@ -51,16 +52,6 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signal = name
         print_err(f"{name}: stopping after this update and writing a checkpoint (Ctrl-C again to abort)")
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
 
 
 def _archive_previous_attempt(run_dir: Path) -> None:
