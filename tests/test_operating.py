@@ -5,15 +5,13 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
-
 from esper_exp.analysis.rule import Rule
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("operating", ROOT / "experiments/mujoco_gelu_amp/operating/operating.py")
 operating = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(operating)
-RULE = Rule.from_dict(OmegaConf.to_container(OmegaConf.load(ROOT / "configs/experiment/mujoco_gelu_amp.yaml").analysis))
+RULE = Rule.from_dict(operating.registered_rule())
 
 
 def test_draw_has_the_asked_sd_pairing_and_planted_effect():

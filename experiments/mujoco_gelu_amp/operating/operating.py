@@ -37,6 +37,11 @@ CELLS = ["exact/fp32", "tanh/fp32", "exact/bf16", "tanh/bf16"]
 VERDICTS = ("equivalent", "different", "inconclusive")
 
 
+def registered_rule() -> dict:
+    """The primary study's stored decision rule (the config's `analysis:` block), as the runs store it."""
+    return OmegaConf.to_container(OmegaConf.load(ROOT / "configs/experiment/mujoco_gelu_amp.yaml").analysis)
+
+
 def pilot_sds(path: Path) -> dict[str, float]:
     """The largest pilot SD per env (the pilot's own rule reads the largest too)."""
     sds: dict[str, float] = {}
@@ -95,8 +100,7 @@ def main(argv=None) -> int:
     if any(not 0.0 <= r < 1.0 for r in rhos):
         print(f"operating.py: --rhos {a.rhos}: each must be in [0, 1)", file=sys.stderr)
         return 2
-    cfg = OmegaConf.load(ROOT / "configs/experiment/mujoco_gelu_amp.yaml")
-    rule = Rule.from_dict(OmegaConf.to_container(cfg.analysis))
+    rule = Rule.from_dict(registered_rule())
     sds = pilot_sds(ROOT / "experiments/mujoco_gelu_amp/pilot/pilot.json")
     t0 = time.time()
     counts = simulate(rule, sds, a.seeds, effects, rhos, a.sims, a.reps, a.seed)

@@ -12,9 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from operating import ROOT, registered_rule  # this directory's operating.py (the script's own dir is on sys.path)
 
-ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "tests"))
 import synthetic_runs as sr  # noqa: E402  (the trainer's on-disk format, as the analysis tests write it)
 
@@ -28,7 +27,7 @@ def main(argv: list[str]) -> int:
         print(f"rehearsal_sweep.py: {root} exists: give a new directory", file=sys.stderr)
         return 2
     sr.STEPS_PER_UPDATE = 2048  # the study's num_steps x num_envs (1 env of 2,048 steps per update)
-    rule = OmegaConf.to_container(OmegaConf.load(ROOT / "configs/experiment/mujoco_gelu_amp.yaml").analysis)
+    rule = registered_rule()
     t = time.time()
     for env, a in rule["anchors"].items():
         span = a["reference"] - a["random"]
