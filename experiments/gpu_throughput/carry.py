@@ -19,8 +19,8 @@ gzip 0.95x). So checkpoints are stored byte-shuffled (``shuffle4``: byte j of ev
 and HDF5's shuffle filter do; torch.save stores tensors uncompressed at 64-byte aligned offsets, so the words are the
 floats) and the tar is xz-compressed: the sign/exponent bytes then compress well. The 60-run HalfCheetah sweep's
 state (round 5): gzip 57.2 MB, xz 54.0 MB, shuffled + xz 48.6 MB. Unpacked files are bitwise the originals (their
-.sha256 files still match). Pack time, dev CPU, 2026-11-23, `farm-bench -n 3 --warmup 0 --vs "... --preset 6" --
-... --preset 0` on that state: median wall 7.4 s (--preset 0, 52.0 MB) vs 33.8 s (--preset 6, 48.6 MB), ratio 0.22.
+.sha256 files still match). Pack time, dev CPU, 2026-11-23, whole processes, 3 interleaved pairs ("... --preset 6" vs
+"... --preset 0") on that state: median wall 7.4 s (--preset 0, 52.0 MB) vs 33.8 s (--preset 6, 48.6 MB), ratio 0.22.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """One gym.make MuJoCo env stepped N times with uniform random actions (resets included), as an env worker steps
-its sub-envs: the per-env physics cost, timed whole by farm-bench (gpu_throughput README, "Why Hopper is env-bound").
+its sub-envs: the per-env physics cost, timed as a whole process (gpu_throughput README, "Why Hopper is env-bound").
 
     python experiments/gpu_throughput/envstep.py Hopper-v5 40000
 """
