@@ -57,7 +57,8 @@ def summary(runs_a: list[dict], runs_b: list[dict]) -> list[str]:
 
     for f in FIGURES:
         xa, xb = [r[f] for r in runs_a], [r[f] for r in runs_b]
-        ratios = [x / y for x, y in zip(xa, xb) if y > 0]
+        # a ratio only where every pair has one (a zero in B, e.g. CPU seconds too short to count, leaves it out)
+        ratios = [x / y for x, y in zip(xa, xb)] if all(y > 0 for y in xb) else []
         rows.append(f"| {f} | {spread(xa)} | {spread(xb)} | {spread(ratios) if ratios else 'n/a'} |")
     codes = sorted({int(r['rc']) for r in runs_a + runs_b})
     rows.append(f"\nexit codes seen: {codes}; pairs counted: {len(runs_a)}")
