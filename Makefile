@@ -5,9 +5,9 @@ PY := $(VENV)/bin/python
 # On a GPU machine: make setup TORCH="torch==2.13.0 --index-url <your CUDA wheel index>" (or keep your own torch).
 TORCH ?= torch==2.13.0
 # Two test processes (pytest-xdist): the suite is mostly single-threaded process launches. On the 2-core dev VM
-# (2026-11-23, whole-process wall times, 2 interleaved pairs, no warm-up; `make -s test PYTEST_ARGS=` vs `make -s test`): median
-# wall 311 s vs 534 s, ratio 0.58 (both commands exited 2 under that timer, cause not found; the same suite passes
-# 327/327 run directly and in fresh-clone CI). PYTEST_ARGS= runs it in one process.
+# (2026-11-23, whole-process wall times, 2 interleaved pairs, no warm-up; `make -s test PYTEST_ARGS=` vs
+# `make -s test`): median wall 311 s vs 534 s, ratio 0.58 (both commands exited 2 under that timer, cause not found;
+# the same suite passes 327/327 run directly and in fresh-clone CI). PYTEST_ARGS= runs it in one process.
 PYTEST_ARGS ?= -n 2
 
 .PHONY: setup test test-slow demo sweep-smoke wheelhouse sweep-bench clean

@@ -3,9 +3,10 @@
     python experiments/gelu_fusion/phase_ratios.py /tmp/train_once fp32 bf16
 
 Each train_once.sh call leaves ROOT/<gelu>-<precision>.XXXXXX/ (and a .log beside it). The calls of one precision are
-put in the order they started (their .log's mtime); with A and B interleaved, the i-th exact call and the i-th tanh
-call form pair i. The first call of each is the uncounted warm-up. Per call: the median over updates 2.. of one
-member's time_env, time_inference and time_update (the group's members share their timings); per pair exact/tanh.
+put in the order they ran (their .log's last write: the calls run one after another); with A and B interleaved, the
+i-th exact call and the i-th tanh call form pair i. The first call of each is the uncounted warm-up. Per call: the
+median over updates 2.. of one member's time_env, time_inference and time_update (the group's members share their
+timings); per pair exact/tanh.
 """
 from __future__ import annotations
 
