@@ -3,11 +3,15 @@ repository root, log and progress kept under a prefix, the carry parts replacing
 arguments refused with one line and exit 2 before anything is written."""
 import io
 import json
+import random
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "gpu_throughput" / "collect.sh"
+sys.path.insert(0, str(SCRIPT.parent))
+import runs_pack  # noqa: E402
 
 
 def _call_files(d: Path) -> None:
@@ -54,3 +58,20 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
         r = _collect(repo, *args)
         assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert list(repo.iterdir()) == []
+
+
+def test_a_call_whose_runs_came_in_parts_is_extracted_whole(tmp_path, monkeypatch):
+    box, repo, call = tmp_path / "box", tmp_path / "repo", tmp_path / "call"
+    run = box / "outputs/sweeps/s/a-exact-fp32/seed=1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text('{"status": "completed"}')
+    probe = random.Random(0).randbytes(10_000)  # incompressible: several parts
+    (run / "probe.jsonl").write_bytes(probe)
+    _call_files(call)
+    (call / "runs.tar.gz").unlink()
+    monkeypatch.chdir(box)
+    assert len(runs_pack.pack(Path("outputs/sweeps/s"), call, part_mb=0.002)) > 1
+    repo.mkdir()
+    r = _collect(repo, str(call), "results/s_call1")
+    assert r.returncode == 0, r.stderr
+    assert (repo / "outputs/sweeps/s/a-exact-fp32/seed=1/probe.jsonl").read_bytes() == probe

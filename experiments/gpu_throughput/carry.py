@@ -8,7 +8,7 @@ files of 16 MiB): an xz tar of every file of the sweep directory except older ch
 only its newest ``ckpt-*.pt`` that has its ``.sha256``, which is all a resume reads), the checkpoints of finished runs
 (the sweep command skips a completed run and starts a failed one over) and drift snapshots; of a completed run only
 its run.json, .hydra/ and train.log travel (enough for the command to skip it; its metrics and episodes are in the
-runs.tar.gz of the call that completed it, which sweep_box.sh returns every call; train.log travels because Hydra
+runs parts of the call that completed it (runs_pack.py, every call of sweep_box.sh); train.log travels because Hydra
 opens it on every launch, and a box without it returned an empty one that overwrote the full log on extraction).
 Paths are stored as given (relative to the checkout, e.g. outputs/sweeps/gelu_amp_halfcheetah/...), so ``unpack`` in
 the checkout's root puts them back where the sweep command looks; it refuses when SWEEP_DIR already exists (a warm box
@@ -61,7 +61,7 @@ def members(sweep: Path) -> list[Path]:
     """The files to carry: all, less drift snapshots, finished (completed or failed) runs' checkpoints, every other
     run's checkpoints but its newest, and a completed run's files but its run.json, .hydra/ and train.log (the sweep
     command skips a completed run by its run.json alone, and Hydra appends to its train.log on every launch; its
-    metrics and episodes came back in the runs.tar.gz of the call that completed it, and a study of hundreds of runs
+    metrics and episodes came back in the runs parts of the call that completed it, and a study of hundreds of runs
     would otherwise outgrow the 64 MiB that travel into a call)."""
     keep, status, newest = [], {}, {}
     for p in sorted(sweep.rglob("*")):

@@ -2,9 +2,8 @@
 # On the dev side, in the repository root, after each sweep_box.sh call: file what the call returned.
 #   bash experiments/gpu_throughput/collect.sh FILES_DIR RESULTS_PREFIX [CARRY_DIR]
 # e.g. collect.sh /work/.device/3 experiments/mujoco_gelu_amp/results/study_s11_call3 .carry_s11
-# - runs.tar.gz is extracted in the repository root (the sweep's small per-run files; extract every call's archive,
-#   in call order: a restored box's archive holds only run.json, .hydra/ and train.log of runs completed on an
-#   earlier box, whose metrics came back with the call that completed them);
+# - runs.tgz.part-* (or an older call's runs.tar.gz) is extracted in the repository root (runs_pack.py: the sweep's
+#   small per-run files changed since the previous call's pack; extract every call's parts, in call order);
 # - log.txt and progress.json are kept as RESULTS_PREFIX_log.txt / _progress.json (for the README's tables);
 # - with CARRY_DIR, the call's carry parts replace CARRY_DIR's (git-ignored .carry*/), the state the next box restores;
 # then prints where the sweep stands: runs per status, and the unfinished runs' updates per cell.
@@ -23,7 +22,9 @@ if [ -n "$carry" ]; then
     { echo "collect.sh: $src holds no carry parts (the call ran without CKPT=1?)" >&2; exit 2; }
 fi
 mkdir -p "$(dirname "$prefix")"
-[ -f "$src/runs.tar.gz" ] && tar -xzf "$src/runs.tar.gz" && echo "extracted $src/runs.tar.gz"
+if ls "$src"/runs.tgz.part-* > /dev/null 2>&1 || [ -f "$src/runs.tar.gz" ]; then
+  python3 "$(dirname "$0")/runs_pack.py" unpack "$src" .
+fi
 cp "$src/progress.json" "${prefix}_progress.json"
 [ -f "$src/log.txt" ] && cp "$src/log.txt" "${prefix}_log.txt"
 echo "kept ${prefix}_log.txt, ${prefix}_progress.json"

@@ -48,6 +48,7 @@ if [ "$PRE" = 1 ]; then
 fi
 if [ -n "${RESTORE:-}" ] && [ ! -d "$SWEEP" ]; then  # a fresh box: the state a previous box packed (CKPT=1)
   $PY experiments/gpu_throughput/carry.py unpack "$RESTORE" "$SWEEP" || exit 1
+  touch "$BOX/runs_packed"  # the restored files came back with the call that packed them: not sent again
 fi
 $PY experiments/gpu_throughput/progress.py "$SWEEP" "$BOX/progress_before.json" > /dev/null 2>&1 || true
 $PY experiments/gpu_throughput/sysmon.py "$OUT/sysmon.jsonl" 5 & mon=$!  # the box's CPUs and GPU every 5 s
@@ -91,8 +92,11 @@ tree() { ps -eo pid=,ppid= | awk -v root="$1" '{kids[$2] = kids[$2] " " $1}
        for (j = 1; j <= m; j++) q[++n] = k[j]}}'; }
 frozen=""; if alive; then frozen=$(tree "$(cat "$PIDF")"); kill -STOP $frozen 2>/dev/null; sleep 1
   echo "froze the running sweep's $(echo $frozen | wc -w) processes while its files are read"; fi
-# the small per-run files (no checkpoints) come back every call
-tar -czf "$OUT/runs.tar.gz" --exclude='checkpoints' --exclude='*.pt' --exclude='drift' "$SWEEP" 2>/dev/null
+# the small per-run files (no checkpoints) changed since the previous call's pack (runs_pack.py: parts of 15 MB; the
+# dev side extracts every call's parts in call order, collect.sh); FULL=1: all of them (after a call whose parts did
+# not come back)
+if [ "${FULL:-0}" = 1 ]; then rm -f "$BOX/runs_packed"; fi
+$PY experiments/gpu_throughput/runs_pack.py pack "$SWEEP" "$OUT" --since "$BOX/runs_packed"
 # CKPT=1: the whole state (newest checkpoint per run) in parts of 15 MB, for RESTORE on another box
 [ "${CKPT:-0}" = 1 ] && $PY experiments/gpu_throughput/carry.py pack "$SWEEP" "$OUT" --preset "${XZ:-6}"
 [ -n "$frozen" ] && kill -CONT $frozen 2>/dev/null

@@ -1,31 +1,52 @@
 #!/bin/bash
-# After each device call's collect.sh (dev side, repository root): every block of 10 seeds of an env and cell whose 10
-# primary runs have all completed, and that has no archive yet, is packed into runs/<env>-<cell>_seeds<a>-<b>.tar.xz
-# (0.4-0.9 MB each: one file per env, cell and block keeps every file in git well under 2 MiB) and staged for
-# commit (archive.py: the runs' files, byte-for-byte, no checkpoints). Commit it at once: the dev VM's outputs/ does
-# not outlive the session (session 12 found sessions 9-11's 280 runs gone). Blocks still running are left alone.
-# `git add --sparse`: works with the slim tree (box_tree.sh) too, which leaves runs/ out of what travels to a box.
-#   bash experiments/mujoco_gelu_amp/keep_runs.sh [SWEEP (outputs/sweeps/mujoco_gelu_amp)]
+# After each device call's collect.sh (dev side, repository root): every block of seeds of a group (a directory of
+# the sweep holding seed=N runs: env and cell) whose runs have all completed, and that has no archive yet, is packed
+# into DEST/<group>_seeds<a>-<b>.tar.xz (archive.py: the runs' files, byte-for-byte, no checkpoints) and staged for
+# commit. Commit it at once: the dev VM's outputs/ does not outlive the session (session 12 found sessions 9-11's 280
+# runs gone). Blocks still running are left alone. `git add --sparse`: works with the slim tree (box_tree.sh) too.
+#   bash experiments/mujoco_gelu_amp/keep_runs.sh [SWEEP [DEST]]
+# SEEDS="FIRST LAST" and BLOCK: the registered seeds and how many go into one archive. Defaults: the primary study
+# (outputs/sweeps/mujoco_gelu_amp -> experiments/mujoco_gelu_amp/runs, seeds 1-40 in blocks of 10: 0.4-0.9 MB each).
+# The probe (seeds 1-5, ~0.4 MB per run with its probe.jsonl): SEEDS="1 5" BLOCK=3, e.g.
+#   SEEDS="1 5" BLOCK=3 bash experiments/mujoco_gelu_amp/keep_runs.sh outputs/sweeps/mujoco_gelu_amp_probe \
+#     experiments/mujoco_gelu_amp/probe/runs
+# An archive over 2 MiB (MAX_BYTES) is removed again and named (exit 1): every file in git stays under 2 MiB; use a
+# smaller BLOCK.
 # A new checkout gets the kept runs back with:
 #   python experiments/gpu_throughput/archive.py unpack experiments/mujoco_gelu_amp/runs/*.tar.xz outputs/sweeps
 set -eu
-SWEEP=${1:-outputs/sweeps/mujoco_gelu_amp}; HERE=experiments/mujoco_gelu_amp; PY=${PY:-python3}
+SWEEP=${1:-outputs/sweeps/mujoco_gelu_amp}; DEST=${2:-experiments/mujoco_gelu_amp/runs}; PY=${PY:-python3}
+read -r first last <<< "${SEEDS:-1 40}"; block=${BLOCK:-10}; max=${MAX_BYTES:-2097152}
 [ -d "$SWEEP" ] || { echo "keep_runs.sh: no sweep directory $SWEEP" >&2; exit 2; }
-for env in halfcheetah hopper walker2d; do
-  for cell in exact-fp32 tanh-fp32 exact-bf16 tanh-bf16; do
-    for a in 1 11 21 31; do
-      b=$((a + 9)); out=$(printf "%s/runs/%s-%s_seeds%02d-%02d.tar.xz" "$HERE" "$env" "$cell" "$a" "$b")
-      [ -f "$out" ] && continue
-      globs=(); done_n=0
-      for s in $(seq "$a" "$b"); do
-        globs+=("$env-$cell/seed=$s")
-        grep -qE '"status": *"completed"' "$SWEEP/$env-$cell/seed=$s/run.json" 2>/dev/null && done_n=$((done_n + 1))
-      done
-      if [ "$done_n" = 10 ]; then
-        $PY experiments/gpu_throughput/archive.py pack "$SWEEP" "$out" --match "${globs[@]}" && git add --sparse "$out"
-      elif [ "$done_n" -gt 0 ]; then
-        echo "keep_runs.sh: $env $cell seeds $a-$b: $done_n of 10 runs completed, not packed yet (a failed run is rerun by the sweep)"
-      fi
+case "$first $last $block" in *[!0-9\ ]*|*\ \ *) echo "keep_runs.sh: SEEDS='$first $last' BLOCK=$block: whole numbers" \
+  "expected (e.g. SEEDS='1 40' BLOCK=10)" >&2; exit 2;; esac
+[ "$block" -ge 1 ] && [ "$first" -le "$last" ] ||
+  { echo "keep_runs.sh: SEEDS='$first $last' BLOCK=$block: need FIRST <= LAST and BLOCK >= 1" >&2; exit 2; }
+mkdir -p "$DEST"; rc=0
+for gdir in "$SWEEP"/*/; do
+  group=$(basename "$gdir")
+  ls -d "$gdir"seed=* > /dev/null 2>&1 || continue  # not a group of runs (e.g. .submitit, multirun.yaml)
+  for a in $(seq "$first" "$block" "$last"); do
+    b=$((a + block - 1)); [ "$b" -gt "$last" ] && b=$last
+    out=$(printf "%s/%s_seeds%02d-%02d.tar.xz" "$DEST" "$group" "$a" "$b")
+    [ -f "$out" ] && continue
+    globs=(); done_n=0
+    for s in $(seq "$a" "$b"); do
+      globs+=("$group/seed=$s")
+      grep -qE '"status": *"completed"' "$SWEEP/$group/seed=$s/run.json" 2>/dev/null && done_n=$((done_n + 1))
     done
+    n=$((b - a + 1))
+    if [ "$done_n" = "$n" ]; then
+      $PY experiments/gpu_throughput/archive.py pack "$SWEEP" "$out" --match "${globs[@]}"
+      if [ "$(stat -c %s "$out")" -gt "$max" ]; then
+        echo "keep_runs.sh: $out is $(stat -c %s "$out") bytes, over 2 MiB: removed; use a smaller BLOCK" >&2
+        rm -f "$out"; rc=1; continue
+      fi
+      git add --sparse "$out"
+    elif [ "$done_n" -gt 0 ]; then
+      echo "keep_runs.sh: $group seeds $a-$b: $done_n of $n runs completed, not packed yet (a failed run is rerun by" \
+        "the sweep)"
+    fi
   done
 done
+exit "$rc"
