@@ -4,15 +4,16 @@ call's pack, in parts that fit what a call returns.
     python runs_pack.py pack SWEEP_DIR OUT_DIR [--since MARKER] [--part-mb 15]   # on the box (sweep_box.sh)
     python runs_pack.py unpack FILES_DIR [DEST (.)]                                # on the dev side (collect.sh)
 
-``pack`` writes OUT_DIR/runs.tgz.part-000, -001, ... (a gzip tar cut into parts of at most --part-mb MB: a device
-call returns at most 8 files of 16 MiB) of every file under SWEEP_DIR but checkpoints (``checkpoints/``, ``*.pt``)
-and drift snapshots (``drift/``). Paths are stored as given (relative to the checkout), so ``unpack`` in the
-checkout's root puts them where esper-report reads them. With ``--since MARKER``, only files modified after MARKER's
-modification time are packed (the calls' archives are extracted in call order, so each needs only what changed since
-the one before), and MARKER is then set to the time the pack began (less 2 s: file times are stamped by a coarser clock), so a file
-written after that comes with the next call. MARKER is advanced only after the parts are written, so a pack that fails is repeated whole by the next call.
-Where MARKER does not exist yet, everything is packed. A call whose parts did not come back (a left-out file, a lost
-transfer) is repaired by packing the next call without ``--since`` (sweep_box.sh: ``FULL=1``).
+``pack`` writes OUT_DIR/runs.tgz.part-000, -001, ... (a gzip tar cut into parts of at most --part-mb MB: a device call
+returns at most 8 files of 16 MiB) of every file under SWEEP_DIR but checkpoints (``checkpoints/``, ``*.pt``) and drift
+snapshots (``drift/``). Paths are stored as given (relative to the checkout), so ``unpack`` in the checkout's root puts
+them where esper-report reads them. With ``--since MARKER``, only files modified after MARKER's modification time are
+packed (the calls' archives are extracted in call order, so each needs only what changed since the one before), and
+MARKER is then set to the time the pack began (less 2 s: file times are stamped by a coarser clock), so a file written
+after that comes with the next call. MARKER is advanced only after the parts are written, so a pack that fails is
+repeated whole by the next call. Where MARKER does not exist yet, everything is packed. A call whose parts did not come
+back (a left-out file, a lost transfer) is repaired by packing the next call without ``--since`` (sweep_box.sh:
+``FULL=1``).
 
 Why: sweep_box.sh tarred the whole sweep directory every call into one runs.tar.gz. For the primary study (40 runs
 per box, metrics and episodes only) that was 5-10 MB; the mechanistic probe adds a probe.jsonl of ~1.1 MB per run
