@@ -62,6 +62,19 @@ def test_blocks_totals_and_carries(tmp_path, monkeypatch, capsys):
         "walker2d seeds 1-10: 40 runs at update 455")
 
 
+def test_a_carry_of_another_sweep_is_named_and_judged_by_its_own_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sweep, probe, runs = Path("outputs/sweeps/mujoco_gelu_amp"), Path("outputs/sweeps/mujoco_gelu_amp_probe"), tmp_path
+    _runs(sweep, "hopper", range(1, 11), "completed", 488)  # the primary's seeds 1-5 completed: not the probe's
+    _runs(probe, "hopper", range(1, 6), "interrupted", 120, ckpt=True)
+    carry.pack(probe, Path(".carry_s17p"), part_mb=15)
+    capsys.readouterr()
+    assert inventory.main(["--sweep", str(sweep), "--runs", str(runs)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("carry .carry_s17p: ") and out[-1].endswith(
+        "mujoco_gelu_amp_probe hopper seeds 1-5: 20 runs at update 120")
+
+
 def test_no_archive_directory_is_one_line_and_exit_2(tmp_path, capsys):
     assert inventory.main(["--runs", str(tmp_path / "nope"), "--sweep", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -65,28 +65,32 @@ def block_state(sweep: Path, runs: Path, env: str, a: int, b: int) -> tuple[str,
     return ", ".join(parts), {"completed": done, "unfinished": len(ups), "not started": fresh}
 
 
-_CKPT = re.compile(r"/(?P<cell>[a-z0-9]+-[a-z]+-[a-z0-9]+)/seed=(?P<seed>\d+)/checkpoints/ckpt-(?P<u>\d+)\.pt")
+_CKPT = re.compile(r"^(?P<sweep>.+?)/(?P<cell>[a-z0-9]+-[a-z]+-[a-z0-9]+)/seed=(?P<seed>\d+)/checkpoints/"
+                   r"ckpt-(?P<u>\d+)\.pt")
 
 
 def carry_summary(parts_dir: Path, sweep: Path) -> str:
     """'env seeds a-b: N runs at update U; ...' from a carry's checkpoint names (carry.py), marked stale where all
-    those runs have completed in the sweep directory since (the carry would resume nothing)."""
+    those runs have completed since in the sweep directory the carry names (the carry would resume nothing). A carry
+    of another sweep than ``sweep`` (the probe's, an arm's) is named by its sweep directory's name."""
     try:
         names = carry.member_names(parts_dir)
     except (OSError, EOFError, lzma.LZMAError, tarfile.TarError) as e:
         return f"unreadable ({e})"
-    groups: dict[tuple[str, int], set[tuple[str, int]]] = {}
+    groups: dict[tuple[str, str, int], set[tuple[str, int]]] = {}
     for name in names:
         m = _CKPT.search(name)
         if m:
-            groups.setdefault((m["cell"].split("-")[0], int(m["u"])), set()).add((m["cell"], int(m["seed"])))
+            key = (m["sweep"], m["cell"].split("-")[0], int(m["u"]))
+            groups.setdefault(key, set()).add((m["cell"], int(m["seed"])))
     if not groups:
         return "no checkpoints"
     out = []
-    for (env, u), runs in sorted(groups.items()):
+    for (where, env, u), runs in sorted(groups.items()):
         seeds = [seed for _, seed in runs]
-        stale = all(_state(sweep / cell / f"seed={seed}")[0] == "completed" for cell, seed in runs)
-        out.append(f"{env} seeds {min(seeds)}-{max(seeds)}: {len(runs)} runs at update {u}"
+        stale = all(_state(Path(where) / cell / f"seed={seed}")[0] == "completed" for cell, seed in runs)
+        label = "" if Path(where) == sweep else f"{Path(where).name} "
+        out.append(f"{label}{env} seeds {min(seeds)}-{max(seeds)}: {len(runs)} runs at update {u}"
                    + (" (stale: they have completed since)" if stale else ""))
     return "; ".join(out)
 
