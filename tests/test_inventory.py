@@ -79,3 +79,20 @@ def test_no_archive_directory_is_one_line_and_exit_2(tmp_path, capsys):
     assert inventory.main(["--runs", str(tmp_path / "nope"), "--sweep", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"inventory.py: no archive directory {tmp_path / 'nope'}"]
+
+
+def test_require_complete_refuses_until_every_registered_run_has_completed_here(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sweep, runs = Path("outputs/sweeps/mujoco_gelu_amp"), tmp_path / "runs"
+    runs.mkdir()
+    for env in ("halfcheetah", "hopper", "walker2d"):
+        _runs(sweep, env, range(1, 41), "completed", 488)
+    for cell in CELLS:  # kept in git and unpacked here: counts as complete
+        (runs / f"hopper-{cell}_seeds01-10.tar.xz").write_bytes(b"")
+    args = ["--sweep", str(sweep), "--runs", str(runs), "--require-complete"]
+    assert inventory.main(args) == 0
+    _runs(sweep, "walker2d", [40], "interrupted", 300)
+    capsys.readouterr()
+    assert inventory.main(args) == 1
+    assert capsys.readouterr().err.strip() == (f"inventory.py: 4 of 480 registered runs have not completed in {sweep} "
+                                               "(trained or unpacked): the study stays blind, nothing analysed")

@@ -8,7 +8,8 @@ Also named: kept blocks whose runs this checkout's sweep directory lacks (a new 
 unpacked, the boxes do not), completed blocks not yet kept (run keep_runs.sh and commit), and the carries on this
 VM (``.carry_s*``: the unfinished runs a box packed, and the update their checkpoints are at), which exist only
 while this checkout does. Reads statuses and update counts only, never returns: the study stays blind.
-Stdlib only. Exit 2 with one line if the archives' directory is missing.
+Stdlib only. Exit 2 with one line if the archives' directory is missing. ``--require-complete``: exit 1 with one line
+unless all 480 registered runs have completed in the sweep directory (analyse.sh's guard: no contrast before that).
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = runs.relative_to(Path.cwd()) if runs.is_relative_to(Path.cwd()) else runs
     ap.add_argument("--runs", type=Path, default=runs, help="the kept archives (default: runs/ here)")
     ap.add_argument("--carries", type=Path, default=Path("."), help="where .carry_s* directories are looked for")
+    ap.add_argument("--require-complete", action="store_true",
+                    help="exit 1 unless every registered run has completed in --sweep (analyse.sh: blind until then)")
     args = ap.parse_args(argv)
     if not args.runs.is_dir():
         print(f"inventory.py: no archive directory {args.runs}", file=sys.stderr)
@@ -134,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"carry {c}: {size:.1f} MB, " + (carry_summary(c, args.sweep) if parts else "empty"))
     if not carries:
         print("no carries (.carry_s*) on this VM: unfinished runs, if any, start over")
+    here = totals["kept"] - totals["not unpacked"] + totals["completed"]
+    if args.require_complete and here < n:
+        print(f"inventory.py: {n - here} of {n} registered runs have not completed in {args.sweep} (trained or "
+              "unpacked): the study stays blind, nothing analysed", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,6 +6,7 @@ Run from the repository root:
     python experiments/mujoco_gelu_amp/operating/rehearsal_sweep.py /tmp/rehearsal/sweep
     esper-report /tmp/rehearsal/sweep --out /tmp/rehearsal/report --reps 20000 --seed 0
     esper-report --recompute /tmp/rehearsal/report
+    bash experiments/mujoco_gelu_amp/analyse.sh /tmp/rehearsal/sweep /tmp/rehearsal/out   # the same, guarded
 """
 
 import sys
@@ -34,7 +35,10 @@ def main(argv: list[str]) -> int:
         for gelu in ("exact", "tanh"):
             for precision in ("fp32", "bf16"):
                 for seed in range(1, 41):
-                    sr.write_run(sr.run_path(root, env, gelu, precision, seed), env=env, gelu=gelu,
+                    # the sweep's own layout (<env>-<gelu>-<precision>/seed=<n>), which inventory.py and
+                    # analyse.sh read; esper-report finds runs by their run.json wherever they are
+                    run = root / f"{env}-{gelu}-{precision}" / f"seed={seed}"
+                    sr.write_run(run, env=env, gelu=gelu,
                                  precision=precision, seed=seed, total_timesteps=1_000_000, cap=a["reference"],
                                  seed_sd=0.6 * span, noise_sd=0.1 * span, rule=rule)
     print(f"480 runs written to {root} in {time.time() - t:.0f} s")
