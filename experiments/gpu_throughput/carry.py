@@ -34,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from parts import open_parts, write_parts  # noqa: E402  (this directory's parts.py)
+
 PREFIX = "carry.txz.part-"
 PREFIXES = (PREFIX, "carry.tgz.part-")  # unpack reads both (the gzip parts of 2026-11-23, session 6-7)
 SHUFFLED = ".shuffle4"  # suffix of a byte-shuffled file in the archive
@@ -90,9 +93,6 @@ def members(sweep: Path) -> list[Path]:
 def pack(sweep: Path, out: Path, part_mb: float, preset: int = 6) -> list[Path]:
     if not sweep.is_dir():
         raise SystemExit(f"carry.py: no sweep directory {sweep}")
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob(PREFIX + "*"):
-        old.unlink()
     buf = io.BytesIO()  # the whole archive in memory: tens of MB (a call carries at most 64 MiB anyway)
     with tarfile.open(fileobj=buf, mode="w:xz", preset=preset) as tar:
         for p in members(sweep):
@@ -102,11 +102,8 @@ def pack(sweep: Path, out: Path, part_mb: float, preset: int = 6) -> list[Path]:
                 tar.addfile(info, io.BytesIO(data))
             else:
                 tar.add(p, arcname=str(p), recursive=False)
-    data, size = buf.getvalue(), int(part_mb * 1e6)
-    paths = []
-    for i in range(0, len(data), size):
-        paths.append(out / f"{PREFIX}{i // size:03d}")
-        paths[-1].write_bytes(data[i:i + size])
+    data = buf.getvalue()
+    paths = write_parts(data, out, PREFIX, part_mb)
     print(f"carry.py: {len(paths)} part(s), {len(data) / 2**20:.1f} MiB, from {sweep}")
     return paths
 
@@ -118,7 +115,7 @@ def part_files(parts_dir: Path) -> list[Path]:
 
 def member_names(parts_dir: Path) -> list[str]:
     """The names a carry holds, as stored (a checkpoint's with the ``.shuffle4`` suffix), without extracting it."""
-    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in part_files(parts_dir))), mode="r:*") as tar:
+    with open_parts(part_files(parts_dir)) as tar:
         return tar.getnames()
 
 
@@ -128,7 +125,7 @@ def unpack(parts_dir: Path, sweep: Path) -> None:
         raise SystemExit(f"carry.py: no {PREFIX}* (or carry.tgz.part-*) files in {parts_dir}")
     if sweep.exists():
         raise SystemExit(f"carry.py: {sweep} exists already (a newer state?): not unpacked")
-    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in paths)), mode="r:*") as tar:
+    with open_parts(paths) as tar:
         todo = []
         for m in tar.getmembers():  # every name checked before anything is written
             shuffled = m.name.endswith(SHUFFLED)

@@ -36,6 +36,9 @@ import tarfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from parts import open_parts, write_parts  # noqa: E402  (this directory's parts.py)
+
 PREFIX = "runs.tgz.part-"
 OLD = "runs.tar.gz"  # one archive, sweep_box.sh before 2026-11-24 (session 16)
 
@@ -65,14 +68,9 @@ def pack(sweep: Path, out: Path, since: Path | None = None, part_mb: float = 15.
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
         for p in files:
             tar.add(p, arcname=str(p), recursive=False)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob(PREFIX + "*"), out / OLD]:
-        old.unlink(missing_ok=True)
-    data, size = buf.getvalue(), int(part_mb * 1e6)
-    paths = []
-    for i in range(0, len(data), size):
-        paths.append(out / f"{PREFIX}{i // size:03d}")
-        paths[-1].write_bytes(data[i:i + size])
+    (out / OLD).unlink(missing_ok=True)
+    data = buf.getvalue()
+    paths = write_parts(data, out, PREFIX, part_mb)
     if since is not None:  # only now: a failed pack leaves the marker, and the next call sends these files again
         since.touch()
         os.utime(since, ns=(began, began))
@@ -86,7 +84,7 @@ def unpack(files_dir: Path, dest: Path) -> int:
     if not parts:
         print(f"runs_pack.py: {files_dir} holds no {PREFIX}* (or {OLD})", file=sys.stderr)
         return 2
-    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts)), mode="r:gz") as tar:
+    with open_parts(parts) as tar:
         ms = tar.getmembers()
         for m in ms:  # every name checked before anything is written
             name = Path(m.name)

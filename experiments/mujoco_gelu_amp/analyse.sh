@@ -14,7 +14,7 @@ set -eu
 SWEEP=${1:-outputs/sweeps/mujoco_gelu_amp}; OUT=${2:-experiments/mujoco_gelu_amp}
 TWIN=${TWIN:-outputs/sweeps/mujoco_gelu_amp_cpu}
 PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-report() { "$PY" -c 'import sys; from esper_exp.analysis.report import main; sys.exit(main())' "$@"; }
+report() { "$PY" -m esper_exp.analysis.report "$@"; }  # esper-report
 "$PY" experiments/mujoco_gelu_amp/inventory.py --sweep "$SWEEP" --require-complete > /dev/null
 echo "== all registered runs completed in $SWEEP: the report"
 report "$SWEEP" --out "$OUT/report" --reps 20000 --seed 0

@@ -18,10 +18,9 @@ set -eu
 SWEEP=${1:-outputs/sweeps/mujoco_gelu_amp}; DEST=${2:-experiments/mujoco_gelu_amp/runs}; PY=${PY:-python3}
 read -r first last <<< "${SEEDS:-1 40}"; block=${BLOCK:-10}; max=${MAX_BYTES:-2097152}
 [ -d "$SWEEP" ] || { echo "keep_runs.sh: no sweep directory $SWEEP" >&2; exit 2; }
-case "$first $last $block" in *[!0-9\ ]*|*\ \ *) echo "keep_runs.sh: SEEDS='$first $last' BLOCK=$block: whole numbers" \
-  "expected (e.g. SEEDS='1 40' BLOCK=10)" >&2; exit 2;; esac
-[ "$block" -ge 1 ] && [ "$first" -le "$last" ] ||
-  { echo "keep_runs.sh: SEEDS='$first $last' BLOCK=$block: need FIRST <= LAST and BLOCK >= 1" >&2; exit 2; }
+[[ $first =~ ^[0-9]+$ && $last =~ ^[0-9]+$ && $block =~ ^[1-9][0-9]*$ ]] && [ "$first" -le "$last" ] ||
+  { echo "keep_runs.sh: SEEDS='$first $last' BLOCK=$block: need whole numbers FIRST <= LAST and BLOCK >= 1" \
+    "(e.g. SEEDS='1 40' BLOCK=10)" >&2; exit 2; }
 mkdir -p "$DEST"; rc=0
 for gdir in "$SWEEP"/*/; do
   group=$(basename "$gdir")
