@@ -54,3 +54,20 @@ def test_too_few_files_or_an_unreadable_one_is_one_line_and_exit_2(tmp_path, cap
     assert calls_table.main([str(tmp_path / "bad.json"), str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(line.startswith("calls_table.py: ") for line in err)
+
+
+def test_groups_of_one_cell_are_named_by_cell_and_overlapping_groups_have_no_outside_time(tmp_path, capsys):
+    # the probe's layout: one process per env x cell, several side by side (NJ=4): the member means summed over the
+    # groups exceed the wall time, so progress.py's time outside updates comes out negative
+    before = _progress("2026-11-24T17:20:00Z", {})
+    call1 = _progress("2026-11-24T17:28:50Z", {
+        **{f"hc-exact-fp32/seed={s}": ("running", 108, {"group": "hc-exact-fp32/seed=1"}) for s in (1, 2)},
+        **{f"hc-tanh-bf16/seed={s}": ("running", 99, {"group": "hc-tanh-bf16/seed=1"}) for s in (1, 2)}},
+        {"wall_s": 541.6, "env_steps": 848896, "env_steps_per_s": 1567.4, "outside_updates_s": -1478.9})
+    paths = []
+    for i, p in enumerate((before, call1)):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(p))
+    assert calls_table.main([str(p) for p in paths]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == (
+        "| 1 | 17:28 | hc-exact-fp32 1-2: 0 -> 108, hc-tanh-bf16 1-2: 0 -> 99 | 542 | 848,896 | 1,567 | overlapped |")

@@ -10,7 +10,10 @@ wrote it: sweep wall time, env steps, env steps/s, time outside updates. The run
 before, so it includes what a detached sweep trained between two calls; the interval columns are the box's (its scan
 at the call's start). Where the box's interval came from a progress.py that took all runs as one group (session 11
 and earlier), a call in which one group ended and the next began overstates the time outside updates: `progress.py
---between` recomputes it.
+--between` recomputes it. The time outside updates sums the groups' member means as if the groups ran one after another
+(sweep_box.sh's NJ=1); where groups ran side by side (the probe's NJ=4) that sum exceeds the wall time, and the cell
+reads "overlapped" instead of a negative number. A group is named by its env, or by its cell where other groups of the
+same env and another cell trained in the same call (the probe's one process per cell).
 """
 
 from __future__ import annotations
@@ -37,13 +40,16 @@ def moved(before: dict, after: dict) -> list[str]:
         if r["steps"] > b.get("steps", 0):
             env, seed = _env_seed(key)
             ident = (env, r["group"]) if "group" in r else (env, b.get("updates", 0), r["updates"])
-            groups.setdefault(ident, []).append((seed, b.get("updates", 0), r))
+            groups.setdefault(ident, []).append((seed, b.get("updates", 0), r, key.split("/")[0]))
+    cells = {ident: {c for _, _, _, c in rows} for ident, rows in groups.items()}
     out = []
-    for (env, *_), rows in sorted(groups.items(), key=lambda g: min(s for s, _, _ in g[1])):
-        seeds = [s for s, _, _ in rows]
-        done = all(r["status"] == "completed" for _, _, r in rows)
-        out.append(f"{env} {min(seeds)}-{max(seeds)}: {min(u for _, u, _ in rows)} -> "
-                   f"{max(r['updates'] for _, _, r in rows)}{' (done)' if done else ''}")
+    for ident, rows in sorted(groups.items(), key=lambda g: min(s for s, _, _, _ in g[1])):
+        env, seeds = ident[0], [s for s, _, _, _ in rows]
+        others = set().union(*(c for i, c in cells.items() if i != ident and i[0] == env))
+        name = next(iter(cells[ident])) if len(cells[ident]) == 1 and others - cells[ident] else env
+        done = all(r["status"] == "completed" for _, _, r, _ in rows)
+        out.append(f"{name} {min(seeds)}-{max(seeds)}: {min(u for _, u, _, _ in rows)} -> "
+                   f"{max(r['updates'] for _, _, r, _ in rows)}{' (done)' if done else ''}")
     return out
 
 
@@ -51,8 +57,10 @@ def row(n: int, before: dict, after: dict) -> str:
     iv = after.get("interval") or {}
     when = time.strftime("%H:%M", time.strptime(after["when"], "%Y-%m-%dT%H:%M:%SZ"))
     num = lambda v, f="{:,.0f}": f.format(v) if isinstance(v, (int, float)) else ""
+    outside = iv.get("outside_updates_s")
+    outside = "overlapped" if isinstance(outside, (int, float)) and outside < 0 else num(outside)
     return (f"| {n} | {when} | {', '.join(moved(before, after)) or 'none'} | {num(iv.get('wall_s'))} | "
-            f"{num(iv.get('env_steps'))} | {num(iv.get('env_steps_per_s'))} | {num(iv.get('outside_updates_s'))} |")
+            f"{num(iv.get('env_steps'))} | {num(iv.get('env_steps_per_s'))} | {outside} |")
 
 
 def main(argv: list[str]) -> int:
