@@ -127,6 +127,14 @@ def test_nonfinite_runs_are_flagged(report):
     assert "Runs with non-finite events" in md
 
 
+def test_health_reports_the_value_loss_late_in_training(report):
+    # the synthetic runs' value loss is |N(50, 10)| at every update: each cell's late median sits near 50
+    out, summary = report
+    for h in summary["health"]:
+        assert 35 < h["value_loss"] < 65, h
+    assert "value loss (late)" in (out / "report.md").read_text()
+
+
 def test_duplicates_keep_the_completed_copy(sweep, report):
     _, summary = report
     (d,) = summary["duplicates"]

@@ -24,6 +24,7 @@ HEALTH_PANELS = [
     ("approx_kl", "approx. KL", "log"),
     ("clipfrac", "clip fraction", "linear"),
     ("explained_variance", "explained variance", "linear"),
+    ("value_loss", "value loss", "log"),
     ("grad_norm", "gradient norm (pre-clip)", "log"),
     ("loss_scale", "fp16 loss scale (lowest seed)", "log"),
     ("nonfinite_grad_steps", "skipped non-finite steps, cumulative (worst seed)", "linear"),

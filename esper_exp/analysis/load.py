@@ -5,7 +5,7 @@ Contract relied on (see DESIGN.md section 4 and issue 4):
 - ``run.json``: status, reason, seed, env, gelu, precision, compile, started_at, ended_at,
   total_timesteps, global_step, nonfinite_events (others are kept but not needed).
 - ``metrics.jsonl``: one object per PPO update, always with ``global_step``; health keys
-  approx_kl, clipfrac, explained_variance, grad_norm, loss_scale (fp16), nonfinite_grad_steps.
+  approx_kl, clipfrac, explained_variance, value_loss, grad_norm, loss_scale (fp16), nonfinite_grad_steps.
 - ``episodes.jsonl``: one object per finished training episode: global_step, return, length.
 
 The format is ``esper_exp.runformat`` (statuses, cell label, the strict reader; non-finite values written as
@@ -37,7 +37,7 @@ from esper_exp.runformat import (
 )
 
 REQUIRED_RUN_FIELDS = ("status", "seed", "env", "gelu", "precision")
-HEALTH_KEYS = ("approx_kl", "clipfrac", "explained_variance", "grad_norm", "loss_scale",
+HEALTH_KEYS = ("approx_kl", "clipfrac", "explained_variance", "value_loss", "grad_norm", "loss_scale",
                "nonfinite_grad_steps")
 # metrics whose non-finite value means the update itself went non-finite
 LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm")

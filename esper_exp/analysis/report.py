@@ -340,7 +340,8 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
         env = res["env"][e]
         hk = [k for k in HEALTH_KEYS if any(k in h for h in env["health_rows"])]
         names = {"approx_kl": "approx KL (late)", "clipfrac": "clip frac (late)",
-                 "explained_variance": "expl. var (late)", "grad_norm": "max grad norm",
+                 "explained_variance": "expl. var (late)", "value_loss": "value loss (late)",
+                 "grad_norm": "max grad norm",
                  "loss_scale": "min loss scale", "nonfinite_grad_steps": "max skipped steps"}
         L += [f"### {e}", ""]
         L += [_table(["cell", "runs"] + [names[k] for k in hk] + ["updates with non-finite values", "runs flagged"],
