@@ -75,6 +75,25 @@ def test_a_carry_of_another_sweep_is_named_and_judged_by_its_own_runs(tmp_path, 
         "mujoco_gelu_amp_probe hopper seeds 1-5: 20 runs at update 120")
 
 
+def test_a_carry_of_one_process_per_cell_names_each_cell(tmp_path, monkeypatch, capsys):
+    # the probe's layout: one process per env x cell, so each cell's runs stop at their own update
+    monkeypatch.chdir(tmp_path)
+    sweep, probe = Path("outputs/sweeps/mujoco_gelu_amp"), Path("outputs/sweeps/mujoco_gelu_amp_probe")
+    sweep.mkdir(parents=True)
+    _runs(probe, "hopper", range(1, 6), "interrupted", 30, ckpt=True)
+    for seed in range(1, 6):  # exact/fp32 went further than the other three cells
+        ck = probe / "hopper-exact-fp32" / f"seed={seed}" / "checkpoints"
+        for f in list(ck.iterdir()):
+            f.rename(ck / f.name.replace("00000030", "00000076"))
+    carry.pack(probe, Path(".carry_s18p"), part_mb=15)
+    capsys.readouterr()
+    assert inventory.main(["--sweep", str(sweep), "--runs", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("carry .carry_s18p: ") and line.endswith(
+        "mujoco_gelu_amp_probe hopper seeds 1-5: 15 runs at update 30; "  # three cells at one update: the env
+        "mujoco_gelu_amp_probe hopper-exact-fp32 seeds 1-5: 5 runs at update 76")  # one cell: named
+
+
 def test_no_archive_directory_is_one_line_and_exit_2(tmp_path, capsys):
     assert inventory.main(["--runs", str(tmp_path / "nope"), "--sweep", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -73,7 +73,8 @@ _CKPT = re.compile(r"^(?P<sweep>.+?)/(?P<cell>[a-z0-9]+-[a-z]+-[a-z0-9]+)/seed=(
 def carry_summary(parts_dir: Path, sweep: Path) -> str:
     """'env seeds a-b: N runs at update U; ...' from a carry's checkpoint names (carry.py), marked stale where all
     those runs have completed since in the sweep directory the carry names (the carry would resume nothing). A carry
-    of another sweep than ``sweep`` (the probe's, an arm's) is named by its sweep directory's name."""
+    of another sweep than ``sweep`` (the probe's, an arm's) is named by its sweep directory's name; runs of one cell
+    at one update (the probe's one process per env x cell) are named by their cell, runs of several by their env."""
     try:
         names = carry.member_names(parts_dir)
     except (OSError, EOFError, lzma.LZMAError, tarfile.TarError) as e:
@@ -89,9 +90,11 @@ def carry_summary(parts_dir: Path, sweep: Path) -> str:
     out = []
     for (where, env, u), runs in sorted(groups.items()):
         seeds = [seed for _, seed in runs]
+        cells = {cell for cell, _ in runs}
+        name = next(iter(cells)) if len(cells) == 1 else env
         stale = all(_state(Path(where) / cell / f"seed={seed}")[0] == "completed" for cell, seed in runs)
         label = "" if Path(where) == sweep else f"{Path(where).name} "
-        out.append(f"{label}{env} seeds {min(seeds)}-{max(seeds)}: {len(runs)} runs at update {u}"
+        out.append(f"{label}{name} seeds {min(seeds)}-{max(seeds)}: {len(runs)} runs at update {u}"
                    + (" (stale: they have completed since)" if stale else ""))
     return "; ".join(out)
 
