@@ -117,3 +117,17 @@ def test_older_gzip_parts_still_unpack(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     carry.unpack(old, Path("outputs/sweeps/s"))
     assert (tmp_path / "outputs/sweeps/s/a/seed=1/checkpoints/ckpt-00000001.pt").read_bytes() == b"12345"
+
+
+def test_pack_refuses_a_state_too_big_to_carry_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """A carry must travel into the next call beside the wheels (64 MiB): over --max-mb nothing is packed, one line
+    says why (a width-384 sweep's 20 checkpoints are ~640 MB), exit 3; at the limit it packs as before."""
+    _sweep(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    raw = sum(p.stat().st_size for p in carry.members(Path("outputs/sweeps/s"))) / 1e6
+    with pytest.raises(SystemExit) as e:
+        carry.main(["pack", "outputs/sweeps/s", str(tmp_path / "back"), "--max-mb", f"{raw * 0.9:.6f}"])
+    assert e.value.code == 3 and not (tmp_path / "back").exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "2 unfinished run(s)" in err and "--max-mb" in err
+    assert carry.pack(Path("outputs/sweeps/s"), tmp_path / "back", part_mb=15, max_mb=raw * 1.01)

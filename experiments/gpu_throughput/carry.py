@@ -1,6 +1,6 @@
 """Carry a sweep's state from one lent GPU box to the next (a box is wiped when it is handed back).
 
-    python carry.py pack SWEEP_DIR OUT_DIR [--part-mb 15] [--preset 6]   # on the box, after a sweep call
+    python carry.py pack SWEEP_DIR OUT_DIR [--part-mb 15] [--preset 6] [--max-mb 60]   # on the box, after a call
     python carry.py unpack PARTS_DIR SWEEP_DIR                # on the next box, before the same sweep command
 
 ``pack`` writes OUT_DIR/carry.txz.part-000, -001, ... (each at most --part-mb MB: a device call returns at most 8
@@ -21,6 +21,12 @@ floats) and the tar is xz-compressed: the sign/exponent bytes then compress well
 state (round 5): gzip 57.2 MB, xz 54.0 MB, shuffled + xz 48.6 MB. Unpacked files are bitwise the originals (their
 .sha256 files still match). Pack time, dev CPU, 2026-11-23, whole processes, 3 interleaved pairs ("... --preset 6" vs
 "... --preset 0") on that state: median wall 7.4 s (--preset 0, 52.0 MB) vs 33.8 s (--preset 6, 48.6 MB), ratio 0.22.
+
+Limit: a carry must travel into the next box's call beside the wheels (64 MiB in all, 11 MB of wheels), so ``pack``
+refuses (one line, exit 3, nothing written) when the files to carry exceed --max-mb (default 60) before compression,
+which shrinks checkpoints to ~0.85 of their size: a width-384 member's checkpoint is ~32 MB (2.68M parameters and two
+Adam moments, float32), so 20 such runs (~640 MB) can never be carried, and packing them would only spend the call's
+time (session 18: a width-384 pack ran past the call's limit). Such a sweep must finish on one box.
 """
 
 from __future__ import annotations
@@ -90,12 +96,20 @@ def members(sweep: Path) -> list[Path]:
     return keep
 
 
-def pack(sweep: Path, out: Path, part_mb: float, preset: int = 6) -> list[Path]:
+def pack(sweep: Path, out: Path, part_mb: float, preset: int = 6, max_mb: float = 60.0) -> list[Path]:
     if not sweep.is_dir():
         raise SystemExit(f"carry.py: no sweep directory {sweep}")
+    files = members(sweep)
+    raw = sum(p.stat().st_size for p in files) / 1e6
+    if raw > max_mb:
+        runs = {p.parent.parent for p in files if p.parent.name == "checkpoints"}
+        print(f"carry.py: not packed: {len(runs)} unfinished run(s) of {sweep} need {raw:.0f} MB before compression, "
+              f"over --max-mb {max_mb:g} (a carry travels into a call beside the wheels: 64 MiB in all); "
+              "such a sweep must finish on one box", file=sys.stderr)
+        raise SystemExit(3)
     buf = io.BytesIO()  # the whole archive in memory: tens of MB (a call carries at most 64 MiB anyway)
     with tarfile.open(fileobj=buf, mode="w:xz", preset=preset) as tar:
-        for p in members(sweep):
+        for p in files:
             if p.suffix == ".pt":
                 data = shuffle4(p.read_bytes())
                 info = tar.gettarinfo(p, arcname=str(p) + SHUFFLED)
@@ -154,12 +168,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--part-mb", type=float, default=15.0)
     p.add_argument("--preset", type=int, default=6, choices=range(10),
                    help="xz preset: 6 (default) or 0 (the 60-run state, dev CPU: 0.22x the wall time, 7%% larger)")
+    p.add_argument("--max-mb", type=float, default=60.0,
+                   help="refuse (exit 3, nothing written) above this many MB to carry, before compression (60)")
     u = sub.add_parser("unpack")
     u.add_argument("parts", type=Path)
     u.add_argument("sweep", type=Path)
     a = ap.parse_args(argv)
     if a.cmd == "pack":
-        pack(a.sweep, a.out, a.part_mb, a.preset)
+        pack(a.sweep, a.out, a.part_mb, a.preset, a.max_mb)
     else:
         unpack(a.parts, a.sweep)
 

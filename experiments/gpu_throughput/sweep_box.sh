@@ -60,11 +60,16 @@ CMD=(bash experiments/gpu_throughput/stages.sh "${STAGES:-$ENVS@$SEEDS}"
      device=$DEV env_workers=$W env_spin_us=$SPIN tracking.wandb.mode=disabled tracking.progress=off $EXTRA)
 PIDF=$BOX/sweep.pid
 alive() { [ -f "$PIDF" ] && kill -0 "$(cat "$PIDF")" 2>/dev/null; }
+tree() { ps -eo pid=,ppid= | awk -v root="$1" '{kids[$2] = kids[$2] " " $1}
+  END {n = split(root, q, " "); for (i = 1; i <= n; i++) {print q[i]; m = split(kids[q[i]], k, " ");
+       for (j = 1; j <= m; j++) q[++n] = k[j]}}'; }
 if [ "${DETACH:-0}" = 1 ]; then
   # The sweep outlives the call: started detached by the first call (in its own session, at most TOTAL seconds), the
   # next calls only watch it (no start-up, no checkpoint-and-stop per call); STOP=1 ends it as its time limit would.
   # Calls must follow each other within the box's idle release (30 s), or the box goes back with the sweep.
-  if alive; then echo "sweep running detached since an earlier call (pid $(cat "$PIDF"))"
+  # SIGCONT first: an earlier call killed while its pack ran (below) left the sweep frozen (session 18)
+  if alive; then kill -CONT $(tree "$(cat "$PIDF")") 2>/dev/null
+    echo "sweep running detached since an earlier call (pid $(cat "$PIDF"))"
   elif [ "${STOP:-0}" = 1 ]; then echo "no detached sweep running: nothing to stop"
   else
     setsid timeout -s TERM -k 60 "${TOTAL:-1700}" "${CMD[@]}" >> "$BOX/sweep_call.log" 2>&1 < /dev/null &
@@ -87,10 +92,12 @@ $PY experiments/gpu_throughput/progress.py "$SWEEP" "$OUT/progress.json" "$BOX/p
 # a sweep still running is frozen while its files are read (SIGSTOP to it and every descendant, parents first: the
 # grouped launcher starts each group in a session of its own; then SIGCONT): no file changes under tar or the pack,
 # which takes each run's newest checkpoint whose write finished
-tree() { ps -eo pid=,ppid= | awk -v root="$1" '{kids[$2] = kids[$2] " " $1}
-  END {n = split(root, q, " "); for (i = 1; i <= n; i++) {print q[i]; m = split(kids[q[i]], k, " ");
-       for (j = 1; j <= m; j++) q[++n] = k[j]}}'; }
-frozen=""; if alive; then frozen=$(tree "$(cat "$PIDF")"); kill -STOP $frozen 2>/dev/null; sleep 1
+# the call may be stopped while they are frozen (its time limit; session 18): resume them on the way out (PIPE too:
+# bash reports the killed pack on stderr, whose tee died with it, and SIGPIPE would end it without the EXIT trap;
+# checked on the dev CPU with a pack held 30 s and `timeout -s TERM`: the sweep ran on); a SIGKILL leaves them
+# frozen until the next call's SIGCONT (above)
+frozen=""; trap '[ -n "$frozen" ] && kill -CONT $frozen 2>/dev/null' EXIT; trap 'exit 143' TERM INT PIPE
+if alive; then frozen=$(tree "$(cat "$PIDF")"); kill -STOP $frozen 2>/dev/null; sleep 1
   echo "froze the running sweep's $(echo $frozen | wc -w) processes while its files are read"; fi
 # the small per-run files (no checkpoints) changed since the previous call's pack (runs_pack.py: parts of 15 MB; the
 # dev side extracts every call's parts in call order, collect.sh); FULL=1: all of them (after a call whose parts did
@@ -98,6 +105,7 @@ frozen=""; if alive; then frozen=$(tree "$(cat "$PIDF")"); kill -STOP $frozen 2>
 if [ "${FULL:-0}" = 1 ]; then rm -f "$BOX/runs_packed"; fi
 $PY experiments/gpu_throughput/runs_pack.py pack "$SWEEP" "$OUT" --since "$BOX/runs_packed"
 # CKPT=1: the whole state (newest checkpoint per run) in parts of 15 MB, for RESTORE on another box
+# (carry.py refuses, at once, a state too big to carry: a width-384 sweep must finish on one box)
 [ "${CKPT:-0}" = 1 ] && $PY experiments/gpu_throughput/carry.py pack "$SWEEP" "$OUT" --preset "${XZ:-6}"
 [ -n "$frozen" ] && kill -CONT $frozen 2>/dev/null
 ls -la "$OUT"; date -u
