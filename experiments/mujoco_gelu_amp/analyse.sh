@@ -9,10 +9,14 @@
 #    difference);
 # 4. the CPU twin against the CUDA cells (`--vs`, descriptive) into OUT/exploratory/cpu_vs_cuda, when the twin's runs
 #    are unpacked in TWIN (outputs/sweeps/mujoco_gelu_amp_cpu: archive.py unpack exploratory/cpu/runs/*.tar.xz).
+# 5. each CUDA exploratory arm whose registered runs (fp16, width384, compile: 20; alpha1, 3m: 40) have all completed
+#    in ARMS/mujoco_gelu_amp_<arm> (default: SWEEP's parent; a new checkout unpacks exploratory/<arm>/runs/*.tar.xz):
+#    its report by its own stored rule into OUT/exploratory/<arm>, the recompute, and for fp16 and alpha1 the
+#    comparison with the primary's cells (`--vs`, descriptive); an arm with fewer is named and left out.
 # PY: the Python with esper-exp installed (default .venv/bin/python where it exists, else python3).
 set -eu
 SWEEP=${1:-outputs/sweeps/mujoco_gelu_amp}; OUT=${2:-experiments/mujoco_gelu_amp}
-TWIN=${TWIN:-outputs/sweeps/mujoco_gelu_amp_cpu}
+TWIN=${TWIN:-outputs/sweeps/mujoco_gelu_amp_cpu}; ARMS=${ARMS:-$(dirname "$SWEEP")}
 PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 report() { "$PY" -m esper_exp.analysis.report "$@"; }  # esper-report
 "$PY" experiments/mujoco_gelu_amp/inventory.py --sweep "$SWEEP" --require-complete > /dev/null
@@ -27,3 +31,22 @@ else
   echo "no $TWIN: for the CPU-vs-CUDA comparison, python experiments/gpu_throughput/archive.py unpack" \
     "experiments/mujoco_gelu_amp/exploratory/cpu/runs/*.tar.xz outputs/sweeps; then this script again"
 fi
+completed() {  # how many runs of sweep dir $1 have run.json status "completed"
+  "$PY" -c 'import json, pathlib, sys
+print(sum(json.loads(p.read_text()).get("status") == "completed" for p in pathlib.Path(sys.argv[1]).glob("*/seed=*/run.json")))' "$1"
+}
+for spec in fp16:20 width384:20 compile:20 alpha1:40 3m:40; do
+  arm=${spec%:*}; want=${spec#*:}; d=$ARMS/mujoco_gelu_amp_$arm
+  if [ ! -d "$d" ]; then echo "arm $arm: no $d (python experiments/gpu_throughput/archive.py unpack" \
+    "experiments/mujoco_gelu_amp/exploratory/$arm/runs/*.tar.xz outputs/sweeps, where kept)"; continue; fi
+  n=$(completed "$d")
+  if [ "$n" != "$want" ]; then echo "arm $arm: $n of $want registered runs completed in $d: not analysed"; continue; fi
+  echo "== arm $arm ($n runs): its report, the recompute"
+  report "$d" --out "$OUT/exploratory/$arm" --reps 20000 --seed 0
+  report --recompute "$OUT/exploratory/$arm"
+  case $arm in
+    fp16) report "$SWEEP" --vs "$d" --pair exact/fp16=exact/fp32 --pair tanh/fp16=tanh/fp32 \
+            --out "$OUT/exploratory/fp16_vs_fp32" --reps 20000 --seed 0;;
+    alpha1) report "$SWEEP" --vs "$d" --out "$OUT/exploratory/alpha1_vs_ramp" --reps 20000 --seed 0;;
+  esac
+done
