@@ -33,7 +33,8 @@ else
 fi
 completed() {  # how many runs of sweep dir $1 have run.json status "completed"
   "$PY" -c 'import json, pathlib, sys
-print(sum(json.loads(p.read_text()).get("status") == "completed" for p in pathlib.Path(sys.argv[1]).glob("*/seed=*/run.json")))' "$1"
+runs = pathlib.Path(sys.argv[1]).glob("*/seed=*/run.json")
+print(sum(json.loads(p.read_text()).get("status") == "completed" for p in runs))' "$1"
 }
 for spec in fp16:20 width384:20 compile:20 alpha1:40 3m:40; do
   arm=${spec%:*}; want=${spec#*:}; d=$ARMS/mujoco_gelu_amp_$arm
