@@ -107,5 +107,5 @@ $PY experiments/gpu_throughput/runs_pack.py pack "$SWEEP" "$OUT" --since "$BOX/r
 # CKPT=1: the whole state (newest checkpoint per run) in parts of 15 MB, for RESTORE on another box
 # (carry.py refuses, at once, a state too big to carry: a width-384 sweep must finish on one box)
 [ "${CKPT:-0}" = 1 ] && $PY experiments/gpu_throughput/carry.py pack "$SWEEP" "$OUT" --preset "${XZ:-6}"
-[ -n "$frozen" ] && kill -CONT $frozen 2>/dev/null
+[ -n "$frozen" ] && kill -CONT $frozen 2>/dev/null; frozen=""  # resumed: nothing left for the EXIT trap
 ls -la "$OUT"; date -u
