@@ -120,14 +120,30 @@ def test_older_gzip_parts_still_unpack(tmp_path, monkeypatch):
 
 
 def test_pack_refuses_a_state_too_big_to_carry_and_writes_nothing(tmp_path, monkeypatch, capsys):
-    """A carry must travel into the next call beside the wheels (64 MiB): over --max-mb nothing is packed, one line
-    says why (a width-384 sweep's 20 checkpoints are ~640 MB), exit 3; at the limit it packs as before."""
+    """A carry must travel into the next call beside the wheels (64 MiB): over --max-mb (compressed) nothing is
+    packed, one line says why, exit 3. Checkpoints that cannot fit even compressed (a width-384 sweep's 20 are
+    ~640 MB) are refused before compressing; a state over the limit before compression but under it after (the 3M-steps
+    arm's 63 MB that packed to 34 MB) is packed."""
     _sweep(tmp_path)
     monkeypatch.chdir(tmp_path)
-    raw = sum(p.stat().st_size for p in carry.members(Path("outputs/sweeps/s"))) / 1e6
-    with pytest.raises(SystemExit) as e:
-        carry.main(["pack", "outputs/sweeps/s", str(tmp_path / "back"), "--max-mb", f"{raw * 0.9:.6f}"])
-    assert e.value.code == 3 and not (tmp_path / "back").exists()
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "2 unfinished run(s)" in err and "--max-mb" in err
-    assert carry.pack(Path("outputs/sweeps/s"), tmp_path / "back", part_mb=15, max_mb=raw * 1.01)
+    files = carry.members(Path("outputs/sweeps/s"))
+    raw = sum(p.stat().st_size for p in files) / 1e6
+    ckpt = sum(p.stat().st_size for p in files if p.suffix == ".pt") / 1e6
+    packed = sum(p.stat().st_size for p in carry.pack(Path("outputs/sweeps/s"), tmp_path / "probe", 15)) / 1e6
+    assert ckpt * carry.CKPT_RATIO < packed < raw  # the three cases below are distinct
+
+    def refused(max_mb: float) -> str:
+        with pytest.raises(SystemExit) as e:
+            carry.main(["pack", "outputs/sweeps/s", str(tmp_path / "back"), "--max-mb", f"{max_mb:.6f}"])
+        assert e.value.code == 3 and not (tmp_path / "back").exists()
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "2 unfinished run(s)" in err and "--max-mb" in err
+        return err
+
+    with monkeypatch.context() as m:  # hopeless: refused without compressing anything
+        m.setattr(carry, "shuffle4", lambda data: pytest.fail("compressed a state that cannot fit"))
+        assert "checkpoints of" in refused(ckpt * carry.CKPT_RATIO * 0.9)
+    assert "compressed" in refused(packed * 0.99)
+    paths = carry.pack(Path("outputs/sweeps/s"), tmp_path / "back", part_mb=15, max_mb=packed * 1.01)
+    assert packed * 1.01 < raw and [p.read_bytes() for p in paths] == [
+        p.read_bytes() for p in sorted((tmp_path / "probe").iterdir())]

@@ -1,6 +1,6 @@
 """Carry a sweep's state from one lent GPU box to the next (a box is wiped when it is handed back).
 
-    python carry.py pack SWEEP_DIR OUT_DIR [--part-mb 15] [--preset 6] [--max-mb 60]   # on the box, after a call
+    python carry.py pack SWEEP_DIR OUT_DIR [--part-mb 15] [--preset 6] [--max-mb 52]   # on the box, after a call
     python carry.py unpack PARTS_DIR SWEEP_DIR                # on the next box, before the same sweep command
 
 ``pack`` writes OUT_DIR/carry.txz.part-000, -001, ... (each at most --part-mb MB: a device call returns at most 8
@@ -23,10 +23,14 @@ state (round 5): gzip 57.2 MB, xz 54.0 MB, shuffled + xz 48.6 MB. Unpacked files
 "... --preset 0") on that state: median wall 7.4 s (--preset 0, 52.0 MB) vs 33.8 s (--preset 6, 48.6 MB), ratio 0.22.
 
 Limit: a carry must travel into the next box's call beside the wheels (64 MiB in all, 11 MB of wheels), so ``pack``
-refuses (one line, exit 3, nothing written) when the files to carry exceed --max-mb (default 60) before compression,
-which shrinks checkpoints to ~0.85 of their size: a width-384 member's checkpoint is ~32 MB (2.68M parameters and two
-Adam moments, float32), so 20 such runs (~640 MB) can never be carried, and packing them would only spend the call's
-time (session 18: a width-384 pack ran past the call's limit). Such a sweep must finish on one box.
+refuses (one line, exit 3, nothing written) when the compressed archive would exceed --max-mb (default 52 MB: 64 MiB
+less the wheels' 11 MB and the slim tree's 1.3 MB). It
+refuses before compressing when the checkpoints alone cannot fit (their size x 0.8, below the ~0.85 shuffled xz keeps
+of float32 checkpoints): a width-384 member's checkpoint is ~32 MB (2.68M parameters and two Adam moments, float32), so
+20 such runs (~640 MB) can never be carried, and packing them would only spend the call's time (session 18: a
+width-384 pack ran past the call's limit). Such a sweep must finish on one box. The limit is on the compressed size
+because the other files compress ~10x: the 3M-steps arm's 40 runs at update ~760 were 63 MB to read and 34 MB packed
+(session 19, whose first box the earlier before-compression limit refused).
 """
 
 from __future__ import annotations
@@ -96,17 +100,24 @@ def members(sweep: Path) -> list[Path]:
     return keep
 
 
-def pack(sweep: Path, out: Path, part_mb: float, preset: int = 6, max_mb: float = 60.0) -> list[Path]:
+CKPT_RATIO = 0.8  # no carry's checkpoints compressed below this (shuffled xz of float32 weights and moments: ~0.85)
+
+
+def _refuse(sweep: Path, files: list[Path], need: str, max_mb: float) -> None:
+    runs = {p.parent.parent for p in files if p.parent.name == "checkpoints"}
+    print(f"carry.py: not packed: {len(runs)} unfinished run(s) of {sweep} need {need}, over --max-mb {max_mb:g} "
+          "(a carry travels into a call beside the wheels: 64 MiB in all); such a sweep must finish on one box",
+          file=sys.stderr)
+    raise SystemExit(3)
+
+
+def pack(sweep: Path, out: Path, part_mb: float, preset: int = 6, max_mb: float = 52.0) -> list[Path]:
     if not sweep.is_dir():
         raise SystemExit(f"carry.py: no sweep directory {sweep}")
     files = members(sweep)
-    raw = sum(p.stat().st_size for p in files) / 1e6
-    if raw > max_mb:
-        runs = {p.parent.parent for p in files if p.parent.name == "checkpoints"}
-        print(f"carry.py: not packed: {len(runs)} unfinished run(s) of {sweep} need {raw:.0f} MB before compression, "
-              f"over --max-mb {max_mb:g} (a carry travels into a call beside the wheels: 64 MiB in all); "
-              "such a sweep must finish on one box", file=sys.stderr)
-        raise SystemExit(3)
+    ckpt = sum(p.stat().st_size for p in files if p.suffix == ".pt") / 1e6
+    if ckpt * CKPT_RATIO > max_mb:  # hopeless: refuse before spending the call's time compressing
+        _refuse(sweep, files, f"checkpoints of {ckpt:.0f} MB (at least {ckpt * CKPT_RATIO:.0f} MB compressed)", max_mb)
     buf = io.BytesIO()  # the whole archive in memory: tens of MB (a call carries at most 64 MiB anyway)
     with tarfile.open(fileobj=buf, mode="w:xz", preset=preset) as tar:
         for p in files:
@@ -117,6 +128,8 @@ def pack(sweep: Path, out: Path, part_mb: float, preset: int = 6, max_mb: float 
             else:
                 tar.add(p, arcname=str(p), recursive=False)
     data = buf.getvalue()
+    if len(data) / 1e6 > max_mb:
+        _refuse(sweep, files, f"{len(data) / 1e6:.0f} MB compressed", max_mb)
     paths = write_parts(data, out, PREFIX, part_mb)
     print(f"carry.py: {len(paths)} part(s), {len(data) / 2**20:.1f} MiB, from {sweep}")
     return paths
@@ -168,8 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--part-mb", type=float, default=15.0)
     p.add_argument("--preset", type=int, default=6, choices=range(10),
                    help="xz preset: 6 (default) or 0 (the 60-run state, dev CPU: 0.22x the wall time, 7%% larger)")
-    p.add_argument("--max-mb", type=float, default=60.0,
-                   help="refuse (exit 3, nothing written) above this many MB to carry, before compression (60)")
+    p.add_argument("--max-mb", type=float, default=52.0,
+                   help="refuse (exit 3, nothing written) above this many MB compressed (52)")
     u = sub.add_parser("unpack")
     u.add_argument("parts", type=Path)
     u.add_argument("sweep", type=Path)
