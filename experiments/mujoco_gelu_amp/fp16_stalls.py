@@ -1,0 +1,99 @@
+"""How the fp16 runs stalled, from their metrics.jsonl only (dev side; no device, no rerun).
+
+    python experiments/mujoco_gelu_amp/fp16_stalls.py [SWEEP] [--out FILE.md]
+
+SWEEP (default outputs/sweeps/mujoco_gelu_amp_fp16; a new checkout unpacks exploratory/fp16/runs/*.tar.xz there)
+holds the runs; every run that records a ``loss_scale`` (the fp16 members) gets one row: the update in which its loss
+scale first fell below 2**-127 (``collapse``), the scale before that update, the minibatch steps the scaler skipped in
+it (the rise of ``nonfinite_grad_steps``), the most it skipped in any earlier update, whether that update's mean losses
+were finite, and how many updates stalled (runformat.stalled: every attempted step skipped).
+
+Why 2**-127: the scaler multiplies the gradients by 1/scale in float32 (MemberGradScaler.unscale_, as torch's
+GradScaler), and 1/scale overflows float32 once the scale is at or below 2**-128; from then on a zero gradient times an
+infinite factor is NaN, every step is skipped and the scale halves to 0 and stays there: the stall is permanent by the
+scaler's own arithmetic. Getting there from a scale S takes log2(S) + 128 halvings, each a skipped step (the scale
+grows only after 2,000 good steps in a row), so a collapse within one update means steps were skipped at every scale
+from S down to 2**-127. At the smallest of those scales the scaled gradient entering any fp16 op underflows to 0, so a
+non-finite gradient there needs an infinite or NaN value inside the backward pass itself (0 x inf, inf - inf): not an
+overflow caused by the scale, which the back-off exists to cure, but a value that no scale removes. Which value that
+is cannot be told from these files (they record per-update means); it needs a rerun with the gradients inspected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from esper_exp import runformat  # noqa: E402
+
+FLOOR = 2.0 ** -127  # the smallest scale whose float32 reciprocal is finite (2**127)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def run_row(run: Path) -> dict | None:
+    """One fp16 run's stall record, or None for a run without a loss scale (fp32/bf16)."""
+    info = json.loads((run / "run.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not rows or "loss_scale" not in rows[0]:
+        return None
+    n_mb = info["config"]["ppo"]["num_minibatches"]
+    prev_skipped, prev_scale, worst = 0, None, 0
+    out = {"run": f"{run.parent.name}/{run.name}", "collapse": None, "scale_before": None, "skipped_then": None,
+           "most_skipped_before": None, "losses_finite_then": None, "stalled_updates": 0}
+    for r in rows:
+        skipped = r["nonfinite_grad_steps"] - prev_skipped
+        out["stalled_updates"] += bool(runformat.stalled(skipped, r["epochs"], n_mb))
+        if out["collapse"] is None and _finite(r["loss_scale"]) and r["loss_scale"] < FLOOR:
+            out.update(collapse=r["update"], scale_before=prev_scale, skipped_then=skipped, most_skipped_before=worst,
+                       losses_finite_then=_finite(r["policy_loss"]) and _finite(r["value_loss"]))
+        elif out["collapse"] is None:
+            worst = max(worst, skipped)
+        prev_skipped, prev_scale = r["nonfinite_grad_steps"], r["loss_scale"]
+    if out["collapse"] is None:
+        out["most_skipped_before"] = worst
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| run | scale collapsed in update | scale before | steps skipped in that update | most skipped in an "
+            "earlier update | that update's losses finite | stalled updates |\n|---|---:|---:|---:|---:|---|---:|\n")
+    fmt = lambda v: "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))  # noqa: E731
+    return head + "".join(
+        f"| {r['run']} | {fmt(r['collapse'])} | {fmt(r['scale_before'])} | {fmt(r['skipped_then'])} | "
+        f"{fmt(r['most_skipped_before'])} | {fmt(r['losses_finite_then'])} | {r['stalled_updates']} |\n" for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweep", nargs="?", type=Path, default=Path("outputs/sweeps/mujoco_gelu_amp_fp16"))
+    ap.add_argument("--out", type=Path, help="also write the table (and a one-line summary) to this markdown file")
+    a = ap.parse_args(argv)
+    runs = sorted((p.parent for p in a.sweep.glob("*/seed=*/run.json")),
+                  key=lambda p: (p.parent.name, int(p.name.removeprefix("seed="))))
+    if not runs:
+        print(f"fp16_stalls.py: no runs in {a.sweep} (unpack exploratory/fp16/runs/*.tar.xz there first)",
+              file=sys.stderr)
+        return 2
+    rows = [r for r in map(run_row, runs) if r is not None]
+    collapsed = [r for r in rows if r["collapse"] is not None]
+    summary = (f"{len(collapsed)} of {len(rows)} loss-scaled runs had their scale collapse (below 2**-127)"
+               + (f"; in that update they skipped {min(r['skipped_then'] for r in collapsed)}-"
+                  f"{max(r['skipped_then'] for r in collapsed)} steps, against at most "
+                  f"{max(r['most_skipped_before'] for r in rows)} in any other update before a collapse"
+                  if collapsed else "") + ".")
+    text = table(rows) + "\n" + summary + "\n"
+    print(text, end="")
+    if a.out:
+        a.out.write_text(f"# fp16 stalls: `python experiments/mujoco_gelu_amp/fp16_stalls.py {a.sweep}`\n\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

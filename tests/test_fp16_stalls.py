@@ -1,0 +1,52 @@
+"""experiments/mujoco_gelu_amp/fp16_stalls.py: per loss-scaled run, the update whose loss scale fell below 2**-127
+(where 1/scale overflows float32), the steps skipped in it and before it, and the stalled updates; runs without a
+loss scale are left out. Reads metrics.jsonl and run.json only."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("fp16_stalls", ROOT / "experiments/mujoco_gelu_amp/fp16_stalls.py")
+fp16_stalls = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fp16_stalls)
+N_MB, EPOCHS = 4, 2  # 8 attempted steps per update
+
+
+def _run(sweep: Path, cell: str, seed: int, scales, skipped, scaled: bool = True) -> None:
+    d = sweep / f"halfcheetah-{cell}" / f"seed={seed}"
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({"status": "completed", "config": {"ppo": {"num_minibatches": N_MB}}}))
+    total, lines = 0, []
+    for u, (scale, skip) in enumerate(zip(scales, skipped), start=1):
+        total += skip
+        row = {"update": u, "epochs": EPOCHS, "nonfinite_grad_steps": total, "policy_loss": 0.01, "value_loss": 0.002}
+        if scaled:
+            row["loss_scale"] = scale
+        lines.append(json.dumps(row))
+    (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_a_collapse_is_found_with_the_steps_skipped_before_and_in_it(tmp_path, capsys):
+    sweep = tmp_path / "s"
+    # seed 1: probing skips (1, then 2), then the scale collapses in update 4 (7 of 8 skipped) and stays 0
+    _run(sweep, "exact-fp16", 1, [8192.0, 4096.0, 2048.0, 0.0, 0.0], [1, 1, 2, 7, 8])
+    _run(sweep, "exact-fp16", 2, [65536.0, 32768.0, 2.0 ** -126, 2.0 ** -126], [0, 1, 3, 0])  # above the floor
+    _run(sweep, "exact-fp32", 1, [None] * 3, [0, 0, 0], scaled=False)
+    rows = [fp16_stalls.run_row(p) for p in sorted((sweep / "halfcheetah-exact-fp16").iterdir())]
+    assert rows[0] == {"run": "halfcheetah-exact-fp16/seed=1", "collapse": 4, "scale_before": 2048.0,
+                       "skipped_then": 7, "most_skipped_before": 2, "losses_finite_then": True, "stalled_updates": 1}
+    assert rows[1]["collapse"] is None and rows[1]["most_skipped_before"] == 3 and rows[1]["stalled_updates"] == 0
+    assert fp16_stalls.run_row(sweep / "halfcheetah-exact-fp32" / "seed=1") is None
+    out = tmp_path / "stalls.md"
+    assert fp16_stalls.main([str(sweep), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 of 2 loss-scaled runs had their scale collapse" in printed and "skipped 7-7 steps" in printed
+    assert "at most 3 in any other update" in printed and "exact-fp32" not in printed
+    assert out.read_text().endswith(printed)
+
+
+def test_no_runs_is_one_line_and_exit_2(tmp_path, capsys):
+    assert fp16_stalls.main([str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no runs in" in err
