@@ -47,7 +47,7 @@ def test_blocks_totals_and_carries(tmp_path, monkeypatch, capsys):
     carry.pack(sweep, Path(".carry_s1"), part_mb=15)  # walker2d 1-10 and hopper 11-20 at their updates
     _runs(sweep, "hopper", range(11, 21), "completed", 488)  # hopper's carried runs completed since: stale
     capsys.readouterr()  # carry.py's own line
-    assert inventory.main(["--sweep", str(sweep), "--runs", str(runs)]) == 0
+    assert inventory.main(["--study", str(tmp_path), "--sweep", str(sweep), "--runs", str(runs)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[2] == "| halfcheetah | kept | 40 completed, not kept | not started | not started |"
     assert out[3] == "| hopper | kept (40 not unpacked here) | 40 completed, not kept | not started | not started |"
@@ -69,9 +69,9 @@ def test_a_carry_of_another_sweep_is_named_and_judged_by_its_own_runs(tmp_path, 
     _runs(probe, "hopper", range(1, 6), "interrupted", 120, ckpt=True)
     carry.pack(probe, Path(".carry_s17p"), part_mb=15)
     capsys.readouterr()
-    assert inventory.main(["--sweep", str(sweep), "--runs", str(runs)]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith("carry .carry_s17p: ") and out[-1].endswith(
+    assert inventory.main(["--study", str(tmp_path), "--sweep", str(sweep), "--runs", str(runs)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("carry "))
+    assert line.startswith("carry .carry_s17p: ") and line.endswith(
         "mujoco_gelu_amp_probe hopper seeds 1-5: 20 runs at update 120")
 
 
@@ -87,15 +87,15 @@ def test_a_carry_of_one_process_per_cell_names_each_cell(tmp_path, monkeypatch, 
             f.rename(ck / f.name.replace("00000030", "00000076"))
     carry.pack(probe, Path(".carry_s18p"), part_mb=15)
     capsys.readouterr()
-    assert inventory.main(["--sweep", str(sweep), "--runs", str(tmp_path)]) == 0
-    line = capsys.readouterr().out.splitlines()[-1]
+    assert inventory.main(["--study", str(tmp_path), "--sweep", str(sweep), "--runs", str(tmp_path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("carry "))
     assert line.startswith("carry .carry_s18p: ") and line.endswith(
         "mujoco_gelu_amp_probe hopper seeds 1-5: 15 runs at update 30; "  # three cells at one update: the env
         "mujoco_gelu_amp_probe hopper-exact-fp32 seeds 1-5: 5 runs at update 76")  # one cell: named
 
 
 def test_no_archive_directory_is_one_line_and_exit_2(tmp_path, capsys):
-    assert inventory.main(["--runs", str(tmp_path / "nope"), "--sweep", str(tmp_path)]) == 2
+    assert inventory.main(["--study", str(tmp_path), "--runs", str(tmp_path / "nope"), "--sweep", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"inventory.py: no archive directory {tmp_path / 'nope'}"]
 
@@ -108,10 +108,41 @@ def test_require_complete_refuses_until_every_registered_run_has_completed_here(
         _runs(sweep, env, range(1, 41), "completed", 488)
     for cell in CELLS:  # kept in git and unpacked here: counts as complete
         (runs / f"hopper-{cell}_seeds01-10.tar.xz").write_bytes(b"")
-    args = ["--sweep", str(sweep), "--runs", str(runs), "--require-complete"]
+    args = ["--study", str(tmp_path), "--sweep", str(sweep), "--runs", str(runs), "--require-complete"]
     assert inventory.main(args) == 0
     _runs(sweep, "walker2d", [40], "interrupted", 300)
     capsys.readouterr()
     assert inventory.main(args) == 1
     assert capsys.readouterr().err.strip() == (f"inventory.py: 4 of 480 registered runs have not completed in {sweep} "
                                                "(trained or unpacked): the study stays blind, nothing analysed")
+
+
+def test_the_probe_and_each_arm_count_kept_completed_and_unfinished_runs(tmp_path, capsys):
+    """Kept = run.json files in the arm's archives (whatever their names: the CPU twin's hold two cells each);
+    completed runs beyond those are named for keep_runs.sh, unfinished ones with their updates."""
+    import tarfile
+    study, sweeps = tmp_path / "study", tmp_path / "sweeps"
+    src = tmp_path / "src" / "mujoco_gelu_amp_fp16"
+    for cell in ("halfcheetah-exact-fp16", "halfcheetah-tanh-fp16"):
+        for s in (1, 2):
+            d = src / cell / f"seed={s}"
+            d.mkdir(parents=True)
+            (d / "run.json").write_text(json.dumps({"status": "completed", "update": 488}))
+    (study / "exploratory/fp16/runs").mkdir(parents=True)
+    with tarfile.open(study / "exploratory/fp16/runs/halfcheetah_seeds01-02.tar.xz", "w:xz") as tar:
+        tar.add(src, arcname="mujoco_gelu_amp_fp16")  # 4 runs of two cells in one archive
+    _runs(sweeps / "mujoco_gelu_amp_3m", "halfcheetah", range(1, 3), "completed", 1464)
+    _runs(sweeps / "mujoco_gelu_amp_probe", "hopper", range(1, 2), "interrupted", 30)
+    (sweeps / "mujoco_gelu_amp").mkdir(parents=True)
+    lines = {line.split(":")[0].strip(): line.strip() for line in
+             (inventory.other_state(study, sweeps, k) for k in inventory.OTHERS)}
+    assert lines["fp16"] == "fp16: 4 of 20 registered runs kept in git (4 not unpacked in " \
+        f"{sweeps / 'mujoco_gelu_amp_fp16'})"
+    assert lines["3m"].startswith("3m: 0 of 40 registered runs kept in git, 8 more completed in ")
+    assert lines["probe"] == "probe: 0 of 60 registered runs kept in git, 4 unfinished there (updates 30-30)"
+    assert lines["width384"] == "width384: 0 of 20 registered runs kept in git"
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    assert inventory.main(["--sweep", str(sweeps / "mujoco_gelu_amp"), "--runs", str(runs), "--study", str(study),
+                           "--carries", str(tmp_path)]) == 0
+    assert "the probe and the exploratory arms:\n  probe: 0 of 60" in capsys.readouterr().out

@@ -8,6 +8,7 @@ Also named: kept blocks whose runs this checkout's sweep directory lacks (a new 
 unpacked, the boxes do not), completed blocks not yet kept (run keep_runs.sh and commit), and the carries on this
 VM (``.carry_s*``: the unfinished runs a box packed, and the update their checkpoints are at), which exist only
 while this checkout does. Reads statuses and update counts only, never returns: the study stays blind.
+Then one line each for the probe and the exploratory arms (runs kept in git, runs completed or unfinished here).
 Stdlib only. Exit 2 with one line if the archives' directory is missing. ``--require-complete``: exit 1 with one line
 unless all 480 registered runs have completed in the sweep directory (analyse.sh's guard: no contrast before that).
 """
@@ -28,6 +29,11 @@ import carry  # noqa: E402  (the carries' own reader)
 ENVS = ("halfcheetah", "hopper", "walker2d")
 CELLS = ("exact-fp32", "tanh-fp32", "exact-bf16", "tanh-bf16")
 BLOCKS = ((1, 10), (11, 20), (21, 30), (31, 40))
+# The probe and the exploratory arms: (their kept archives under the study directory, registered runs; as the
+# README's design table and analyse.sh give them). Their sweep directory is mujoco_gelu_amp_<name> beside --sweep.
+OTHERS = {"probe": ("probe/runs", 60), "cpu": ("exploratory/cpu/runs", 40), "fp16": ("exploratory/fp16/runs", 20),
+          "alpha1": ("exploratory/alpha1/runs", 40), "3m": ("exploratory/3m/runs", 40),
+          "width384": ("exploratory/width384/runs", 20), "compile": ("exploratory/compile/runs", 20)}
 STEPS_PER_RUN = 488 * 2048  # 999,424: the registered 1M steps in whole updates of 2,048
 
 
@@ -99,6 +105,28 @@ def carry_summary(parts_dir: Path, sweep: Path) -> str:
     return "; ".join(out)
 
 
+def other_state(study: Path, sweeps: Path, name: str) -> str:
+    """One line for the probe or an arm: runs kept in git (the run.json files its archives hold: archive.py packs
+    finished runs only) and, of the rest, how far its sweep directory here got."""
+    rel, registered = OTHERS[name]
+    kept = 0
+    for a in sorted((study / rel).glob("*.tar.xz")):
+        with tarfile.open(a) as tar:
+            kept += sum(n.endswith("/run.json") and "/seed=" in n for n in tar.getnames())
+    sweep = sweeps / f"mujoco_gelu_amp_{name}"
+    states = [_state(r.parent) for r in sweep.glob("*/seed=*/run.json")]
+    done = sum(st == "completed" for st, _ in states)
+    ups = [u for st, u in states if st != "completed"]
+    line = f"{name}: {kept} of {registered} registered runs kept in git"
+    if done > kept:
+        line += f", {done - kept} more completed in {sweep} (keep_runs.sh, then commit)"
+    if ups:
+        line += f", {len(ups)} unfinished there (updates {min(ups)}-{max(ups)})"
+    if kept and done < kept:
+        line += f" ({kept - done} not unpacked in {sweep})"
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="inventory.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sweep", type=Path, default=Path("outputs/sweeps/mujoco_gelu_amp"))
@@ -106,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = runs.relative_to(Path.cwd()) if runs.is_relative_to(Path.cwd()) else runs
     ap.add_argument("--runs", type=Path, default=runs, help="the kept archives (default: runs/ here)")
     ap.add_argument("--carries", type=Path, default=Path("."), help="where .carry_s* directories are looked for")
+    ap.add_argument("--study", type=Path, default=HERE, help="the study directory with probe/ and exploratory/ (here)")
     ap.add_argument("--require-complete", action="store_true",
                     help="exit 1 unless every registered run has completed in --sweep (analyse.sh: blind until then)")
     args = ap.parse_args(argv)
@@ -140,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"carry {c}: {size:.1f} MB, " + (carry_summary(c, args.sweep) if parts else "empty"))
     if not carries:
         print("no carries (.carry_s*) on this VM: unfinished runs, if any, start over")
+    print("the probe and the exploratory arms:")
+    for k in OTHERS:
+        print("  " + other_state(args.study, args.sweep.parent, k))
     here = totals["kept"] - totals["not unpacked"] + totals["completed"]
     if args.require_complete and here < n:
         print(f"inventory.py: {n - here} of {n} registered runs have not completed in {args.sweep} (trained or "
