@@ -74,6 +74,61 @@ def _code_state() -> tuple[str | None, tuple[str, ...]]:
     return sha, tuple(changes)
 
 
+CODE_DIRS = ("esper_exp", "hydra_plugins", "configs")  # what a run computes with: the package, launcher, configs
+
+
+def code_trees(where: Path | None = None) -> dict[str, str] | None:
+    """The git tree id of each of :data:`CODE_DIRS` as this checkout's files are now (tracked files, uncommitted
+    edits included; untracked files left out, as in ``git_state``): equal to ``git rev-parse <commit>:<dir>`` for every
+    commit whose <dir> holds the same content, whatever commit the checkout's .git names. So the code a run ran is
+    identified even where the git metadata lags the files (a lent GPU box's .git was its session's first commit while
+    its files were newer: sessions 18-19). Computed from the files (git's blob and tree hashing; nothing is written
+    into .git); None outside a git checkout."""
+    here = where or Path(__file__).resolve().parent
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True,
+                             timeout=5)
+        if top.returncode != 0:
+            return None
+        root = Path(top.stdout.strip())
+        listed = subprocess.run(["git", "ls-files", "-s", "-z", "--", *CODE_DIRS], cwd=root, capture_output=True,
+                                timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    trees: dict[str, dict] = {}
+    for entry in listed.stdout.split(b"\0"):
+        if not entry:
+            continue
+        meta, path = entry.split(b"\t", 1)
+        mode = meta.split(b" ")[0]
+        file = root / os.fsdecode(path)
+        if mode == b"160000" or not (file.is_file() or file.is_symlink()):  # a submodule, or deleted: not run
+            continue
+        data = os.fsencode(os.readlink(file)) if mode == b"120000" else file.read_bytes()
+        *dirs, name = path.split(b"/")
+        node = trees
+        for d in dirs:
+            node = node.setdefault(d, {})
+        node[name] = (mode, hashlib.sha1(b"blob %d\0" % len(data) + data).digest())
+    return {d.decode(): _tree_sha(trees[d]).hex() for d in (c.encode() for c in CODE_DIRS) if d in trees}
+
+
+def _tree_sha(node: dict) -> bytes:
+    """git's tree object id of a directory {name: (mode, blob sha) | {subtree}} (entries in git's order: a
+    subtree's name sorts as if it ended in "/")."""
+    body = b""
+    for name in sorted(node, key=lambda n: n + b"/" if isinstance(node[n], dict) else n):
+        mode, sha = (b"40000", _tree_sha(node[name])) if isinstance(node[name], dict) else node[name]
+        body += mode + b" " + name + b"\0" + sha
+    return hashlib.sha1(b"tree %d\0" % len(body) + body).digest()
+
+
+@functools.lru_cache(maxsize=1)
+def _code_trees() -> dict[str, str] | None:
+    """code_trees() of this package's checkout, once per process (as _code_state)."""
+    return code_trees()
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for pkg in ("torch", "numpy", "gymnasium", "mujoco", "hydra-core", "wandb", "esper-exp"):
@@ -131,6 +186,7 @@ def run_info(config: dict, run_dir: Path, device: str, group: dict | None = None
         "config_hash": config_hash(config),
         "git_sha": sha,
         "git_changes": list(changes),  # what "-dirty" means: tracked files that differ from the commit
+        "code_trees": _code_trees(),  # the code's content, whatever the commit above (code_trees())
         "versions": versions(),
         "device": device,
         "host": platform.node(),
@@ -193,12 +249,15 @@ class Tracker:
             # run continued under other numerics (GPU, software, flags, layout) is another computation; a run
             # continued on another commit or tree ran other code for its first updates (up to ``up_to_update``)
             code = (self.info["git_sha"], self.info["git_changes"])
+            trees = previous.get("code_trees")  # compared where recorded (run.json files since session 19)
+            code_changed = ((previous.get("git_sha"), list(previous.get("git_changes") or [])) != code
+                            or (trees is not None and trees != self.info["code_trees"]))
             for key, changed, entry in (
                     ("cuda_before_resume", previous.get("cuda") != self.info.get("cuda"),
                      previous.get("cuda") or {"device": previous.get("device")}),
-                    ("git_before_resume", (previous.get("git_sha"), list(previous.get("git_changes") or [])) != code,
+                    ("git_before_resume", code_changed,
                      {"git_sha": previous.get("git_sha"), "git_changes": previous.get("git_changes"),
-                      "up_to_update": resume_at[0]})):
+                      **({"code_trees": trees} if trees is not None else {}), "up_to_update": resume_at[0]})):
                 before = previous.get(key, []) + ([entry] if changed else [])
                 if before:
                     self.info[key] = before
