@@ -104,7 +104,10 @@ def code_trees(where: Path | None = None) -> dict[str, str] | None:
         file = root / os.fsdecode(path)
         if mode == b"160000" or not (file.is_file() or file.is_symlink()):  # a submodule, or deleted: not run
             continue
-        data = os.fsencode(os.readlink(file)) if mode == b"120000" else file.read_bytes()
+        try:
+            data = os.fsencode(os.readlink(file)) if mode == b"120000" else file.read_bytes()
+        except OSError:  # unreadable: the content is unknown, and a run must not fail for its record
+            return None
         *dirs, name = path.split(b"/")
         node = trees
         for d in dirs:
