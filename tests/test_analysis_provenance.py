@@ -69,3 +69,26 @@ def test_the_report_states_the_provenance_and_what_differs(tmp_path):
     text = (out / "report.md").read_text()
     assert "**Provenance**" in text and "The runs differ in: device, driver, cuda, deterministic, tf32." in text
     assert (out / "provenance.csv").read_text().count("\n") == 3  # header + two rows
+
+
+def test_code_trees_add_a_column_only_where_runs_record_them(tmp_path):
+    """run.json's code_trees (since session 19) name the code even where .git lagged the files: where any run has
+    them the table gains a "code" column after the commit's, and runs under one commit with other trees differ."""
+    sweep = tmp_path / "sweep"
+    make_sweep(sweep, seeds=range(3), gelus=("exact",), precisions=("fp32",), total_timesteps=4_000)
+    assert "code" not in P.columns(P.provenance(load_sweep(sweep).runs))  # none recorded: the table as before
+    trees = {"esper_exp": "e5ab02516c837ba114e860bdbf099c369e377cfa",
+             "configs": "9f375ad6ed9cf9c09a9993248d7860b9108b2076"}
+    for s in range(3):
+        _edit(run_path(sweep, "cartpole", "exact", "fp32", s), git_sha="a" * 40, git_changes=[],
+              code_trees=trees if s < 2 else {**trees, "esper_exp": "1" * 40})
+    rows = P.provenance(load_sweep(sweep).runs)
+    cols = P.columns(rows)
+    assert cols[cols.index("uncommitted_changes") + 1] == "code"
+    assert [r["code"] for r in rows] == ["configs 9f375ad6ed9c, esper_exp e5ab02516c83",
+                                         "configs 9f375ad6ed9c, esper_exp 111111111111"]
+    assert P.varying(rows) == ["code"]
+    out = tmp_path / "report"
+    run_report(sweep, out, reps=200, curve_reps=50, seed=0, figures=False)
+    text = (out / "report.md").read_text()
+    assert "| code |" in text and "The runs differ in: code." in text

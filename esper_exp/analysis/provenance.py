@@ -1,5 +1,6 @@
 """Where, and with what, a sweep's runs ran: from their run.json files, one row per distinct combination of device,
-driver and CUDA, software versions, numerics flags and commit, with its run count and dates.
+driver and CUDA, software versions, numerics flags, commit and (where recorded) code trees, with its run count and
+dates.
 
 A study run over many sessions and boxes is read as one sample only if these are uniform, or if where they differ is
 stated: :func:`provenance` gives the rows, :func:`varying` the fields that differ. What a run.json holds is the launch
@@ -33,6 +34,35 @@ FIELDS = {
                                   if i.get("git_before_resume") else None),
     "cuda_changed_on_resume": lambda i: bool(i.get("cuda_before_resume")),
 }
+
+
+# where any run records it (run.json's ``code_trees``, since 2026-11-24, session 19), a column after the commit's:
+# the code's git tree ids, computed from its files, which name the code even where a checkout's .git lagged its files
+CODE = ("code", lambda i: _trees(i.get("code_trees")))
+_ROW_KEYS = ("runs", "first_started", "last_ended")
+
+
+def fields(runs: list[Run]) -> dict:
+    """The columns for these runs: :data:`FIELDS`, with :data:`CODE` after ``uncommitted_changes`` where any run
+    records code trees (so the reports of runs from before keep their table)."""
+    if not any(r.info.get("code_trees") for r in runs):
+        return FIELDS
+    out = {}
+    for k, f in FIELDS.items():
+        out[k] = f
+        if k == "uncommitted_changes":
+            out[CODE[0]] = CODE[1]
+    return out
+
+
+def columns(rows: list[dict]) -> list[str]:
+    """The field columns of :func:`provenance`'s rows (FIELDS where there are no rows)."""
+    return [k for k in rows[0] if k not in _ROW_KEYS] if rows else list(FIELDS)
+
+
+def _trees(trees):
+    """'configs 9f375ad6ed9c, esper_exp e5ab02516c83, ...' (12 hex digits each); None where not recorded."""
+    return ", ".join(f"{d} {str(h)[:12]}" for d, h in sorted(trees.items())) if trees else None
 
 
 def _commit(sha):
@@ -71,8 +101,9 @@ def provenance(runs: list[Run]) -> list[dict]:
     """One row per distinct combination of :data:`FIELDS`, most runs first: the fields, ``runs``, and the earliest
     ``started_at`` and latest ``ended_at`` of those runs (ISO strings; None where no run has one)."""
     rows: dict[tuple, dict] = {}
+    cols = fields(runs)
     for r in runs:
-        values = {k: f(r.info) for k, f in FIELDS.items()}
+        values = {k: f(r.info) for k, f in cols.items()}
         row = rows.setdefault(tuple(values.values()), {**values, "runs": 0, "first_started": None, "last_ended": None})
         row["runs"] += 1
         s, e = r.info.get("started_at"), r.info.get("ended_at")
@@ -80,9 +111,9 @@ def provenance(runs: list[Run]) -> list[dict]:
             row["first_started"] = str(s)
         if e and (row["last_ended"] is None or str(e) > row["last_ended"]):
             row["last_ended"] = str(e)
-    return sorted(rows.values(), key=lambda row: (-row["runs"], [str(row[k]) for k in FIELDS]))
+    return sorted(rows.values(), key=lambda row: (-row["runs"], [str(row[k]) for k in cols]))
 
 
 def varying(rows: list[dict]) -> list[str]:
     """The fields whose value is not the same in every row."""
-    return [k for k in FIELDS if len({repr(row[k]) for row in rows}) > 1]
+    return [k for k in columns(rows) if len({repr(row[k]) for row in rows}) > 1]

@@ -450,13 +450,15 @@ def write_report(sweep: Sweep, res: dict, rule: Rule, meta: dict, o: dict, out: 
         L += ["All runs completed; no missing, duplicate or unreadable runs.", ""]
     L += ["**Provenance** (every kept run's run.json, which records the launch that last wrote it: a resumed run's "
           "commit, device and versions are its last resume's; its train.log lists every launch):", ""]
-    L += [_table(["runs", *P.FIELDS, "first started", "last ended"],
+    cols = P.columns(prov)
+    L += [_table(["runs", *cols, "first started", "last ended"],
                  [[row["runs"], *(_f(row[k]) if isinstance(row[k], bool) or row[k] is None else row[k]
-                                  for k in P.FIELDS), row["first_started"] or "—", row["last_ended"] or "—"]
+                                  for k in cols), row["first_started"] or "—", row["last_ended"] or "—"]
                   for row in prov]), ""]
     differ = P.varying(prov)
     L += [("The runs differ in: " + ", ".join(differ) + "." if differ else
-           "Every run has the same device, driver, CUDA, versions, numerics flags and commit."), ""]
+           "Every run has the same device, driver, CUDA, versions, numerics flags and commit"
+           + (", and the same code trees." if P.CODE[0] in cols else ".")), ""]
 
     if DR.sweep_has_drift(sweep):
         do = {"reps": min(int(o["reps"]), DR.DEFAULTS["reps"]), "seed": o["seed"], "figures": o["figures"]}
