@@ -146,3 +146,9 @@ def test_the_probe_and_each_arm_count_kept_completed_and_unfinished_runs(tmp_pat
     assert inventory.main(["--sweep", str(sweeps / "mujoco_gelu_amp"), "--runs", str(runs), "--study", str(study),
                            "--carries", str(tmp_path)]) == 0
     assert "the probe and the exploratory arms:\n  probe: 0 of 60" in capsys.readouterr().out
+
+
+def test_registered_prints_an_arms_run_count_only(capsys):
+    """analyse.sh reads each arm's registered count here (the one place it is written)."""
+    assert inventory.main(["--registered", "3m"]) == 0 and capsys.readouterr().out == "40\n"
+    assert inventory.main(["--registered", "width384"]) == 0 and capsys.readouterr().out == "20\n"

@@ -9,7 +9,7 @@
 #    difference);
 # 4. the CPU twin against the CUDA cells (`--vs`, descriptive) into OUT/exploratory/cpu_vs_cuda, when the twin's runs
 #    are unpacked in TWIN (outputs/sweeps/mujoco_gelu_amp_cpu: archive.py unpack exploratory/cpu/runs/*.tar.xz).
-# 5. each CUDA exploratory arm whose registered runs (fp16, width384, compile: 20; alpha1, 3m: 40) have all completed
+# 5. each CUDA exploratory arm whose registered runs (`inventory.py --registered ARM`: 20 or 40) have all completed
 #    in ARMS/mujoco_gelu_amp_<arm> (default: SWEEP's parent; a new checkout unpacks exploratory/<arm>/runs/*.tar.xz):
 #    its report by its own stored rule into OUT/exploratory/<arm>, the recompute, and for fp16 and alpha1 the
 #    comparison with the primary's cells (`--vs`, descriptive); an arm with fewer is named and left out.
@@ -36,8 +36,8 @@ completed() {  # how many runs of sweep dir $1 have run.json status "completed"
 runs = pathlib.Path(sys.argv[1]).glob("*/seed=*/run.json")
 print(sum(json.loads(p.read_text()).get("status") == "completed" for p in runs))' "$1"
 }
-for spec in fp16:20 width384:20 compile:20 alpha1:40 3m:40; do
-  arm=${spec%:*}; want=${spec#*:}; d=$ARMS/mujoco_gelu_amp_$arm
+for arm in fp16 width384 compile alpha1 3m; do
+  want=$("$PY" experiments/mujoco_gelu_amp/inventory.py --registered "$arm"); d=$ARMS/mujoco_gelu_amp_$arm
   if [ ! -d "$d" ]; then echo "arm $arm: no $d (python experiments/gpu_throughput/archive.py unpack" \
     "experiments/mujoco_gelu_amp/exploratory/$arm/runs/*.tar.xz outputs/sweeps, where kept)"; continue; fi
   n=$(completed "$d")

@@ -29,8 +29,8 @@ import carry  # noqa: E402  (the carries' own reader)
 ENVS = ("halfcheetah", "hopper", "walker2d")
 CELLS = ("exact-fp32", "tanh-fp32", "exact-bf16", "tanh-bf16")
 BLOCKS = ((1, 10), (11, 20), (21, 30), (31, 40))
-# The probe and the exploratory arms: (their kept archives under the study directory, registered runs; as the
-# README's design table and analyse.sh give them). Their sweep directory is mujoco_gelu_amp_<name> beside --sweep.
+# The probe and the exploratory arms: (their kept archives under the study directory, registered runs, as the
+# README's design table gives them; analyse.sh reads the counts from here, --registered). Their sweep directory is mujoco_gelu_amp_<name> beside --sweep.
 OTHERS = {"probe": ("probe/runs", 60), "cpu": ("exploratory/cpu/runs", 40), "fp16": ("exploratory/fp16/runs", 20),
           "alpha1": ("exploratory/alpha1/runs", 40), "3m": ("exploratory/3m/runs", 40),
           "width384": ("exploratory/width384/runs", 20), "compile": ("exploratory/compile/runs", 20)}
@@ -135,9 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=runs, help="the kept archives (default: runs/ here)")
     ap.add_argument("--carries", type=Path, default=Path("."), help="where .carry_s* directories are looked for")
     ap.add_argument("--study", type=Path, default=HERE, help="the study directory with probe/ and exploratory/ (here)")
+    ap.add_argument("--registered", choices=OTHERS, help="print how many runs that arm (or the probe) registered; "
+                    "nothing else (analyse.sh: the one place these counts are written)")
     ap.add_argument("--require-complete", action="store_true",
                     help="exit 1 unless every registered run has completed in --sweep (analyse.sh: blind until then)")
     args = ap.parse_args(argv)
+    if args.registered:
+        print(OTHERS[args.registered][1])
+        return 0
     if not args.runs.is_dir():
         print(f"inventory.py: no archive directory {args.runs}", file=sys.stderr)
         return 2
