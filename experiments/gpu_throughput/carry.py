@@ -25,7 +25,8 @@ state (round 5): gzip 57.2 MB, xz 54.0 MB, shuffled + xz 48.6 MB. Unpacked files
 Limit: a carry must travel into the next box's call beside the wheels (64 MiB in all, 11 MB of wheels), so ``pack``
 refuses (one line, exit 3, nothing written) when the compressed archive would exceed --max-mb (default 52 MB: 64 MiB
 less the wheels' 11 MB and the slim tree's 1.3 MB). It refuses before compressing when the checkpoints alone cannot fit
-(their size x 0.8, below the ~0.85 shuffled xz keeps of float32 checkpoints): a width-384 member's checkpoint is ~32 MB (2.68M parameters and two Adam moments, float32), so
+(their size x 0.8, below the ~0.85 shuffled xz keeps of float32 checkpoints): a width-384 member's checkpoint is
+~32 MB (2.68M parameters and two Adam moments, float32), so
 20 such runs (~640 MB) can never be carried, and packing them would only spend the call's time (session 18: a
 width-384 pack ran past the call's limit). Such a sweep must finish on one box. The limit is on the compressed size
 because the other files compress ~10x: the 3M-steps arm's 40 runs at update ~760 were 63 MB to read and 34 MB packed

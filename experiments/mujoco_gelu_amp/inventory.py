@@ -30,7 +30,8 @@ ENVS = ("halfcheetah", "hopper", "walker2d")
 CELLS = ("exact-fp32", "tanh-fp32", "exact-bf16", "tanh-bf16")
 BLOCKS = ((1, 10), (11, 20), (21, 30), (31, 40))
 # The probe and the exploratory arms: (their kept archives under the study directory, registered runs, as the
-# README's design table gives them; analyse.sh reads the counts from here, --registered). Their sweep directory is mujoco_gelu_amp_<name> beside --sweep.
+# README's design table gives them; analyse.sh reads the counts from here, --registered). Their sweep directory is
+# mujoco_gelu_amp_<name> beside --sweep.
 OTHERS = {"probe": ("probe/runs", 60), "cpu": ("exploratory/cpu/runs", 40), "fp16": ("exploratory/fp16/runs", 20),
           "alpha1": ("exploratory/alpha1/runs", 40), "3m": ("exploratory/3m/runs", 40),
           "width384": ("exploratory/width384/runs", 20), "compile": ("exploratory/compile/runs", 20)}
