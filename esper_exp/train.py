@@ -309,6 +309,7 @@ def use_cuda_graphs(cfg: DictConfig, device) -> bool:
 
 
 def _train_group(members: list[_Member], job_num: int | None) -> None:
+    from esper_exp.nonfinite import ENV_FILE, Tracer
     from esper_exp.ppo import EpisodeWindow
     from esper_exp.runtime import prepare, resolve_device
 
@@ -316,8 +317,12 @@ def _train_group(members: list[_Member], job_num: int | None) -> None:
     seeds = [int(m.cfg.seed) for m in members]
     try:
         device = resolve_device(cfg.device, job_num)
+        tracer = Tracer.from_env()  # ESPER_NONFINITE_TRACE: a diagnostic, changes no recorded number
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if tracer is not None and cfg.drift.probe_every:
+        raise ConfigError(f"{ENV_FILE} cannot be combined with drift.probe_every={cfg.drift.probe_every} (both hook "
+                          "the minibatch step); allowed: drift.probe_every=0 or no trace")
     prepare(seeds[0], device, cfg.deterministic, cfg.torch_threads)
     names = [str(m.run_dir) for m in members]
     for k, m in enumerate(members):
@@ -340,6 +345,10 @@ def _train_group(members: list[_Member], job_num: int | None) -> None:
             m.tracker.info["segment_streams"] = ppo.policy.segment_streams
             m.tracker.info["env_parts"] = len(ppo.envs.parts)
             m.tracker.info["cuda_graphs"] = ppo.cuda_graphs  # part of a CUDA run's identity (graphed Adam rounds apart)
+            if tracer is not None:
+                m.tracker.info["nonfinite_trace"] = tracer.path
+        if tracer is not None:
+            tracer.attach(ppo)
         _loop(members, ppo, cfg, device, stop)
     except KeyboardInterrupt as e:
         for m in members:

@@ -40,7 +40,8 @@ def train_run(tmp_path):
 # The engine's layout switches read from the environment (train.py). A caller's setting (a box script that exports
 # ESPER_ENV_PARTS=one for its sweep, then runs the suite) must not change what the tests check: each test starts
 # with them unset, and a test that wants one sets it with monkeypatch.
-LAYOUT_SWITCHES = ("ESPER_CUDA_GRAPHS", "ESPER_ENV_PARTS", "ESPER_SEGMENT_STREAMS")
+LAYOUT_SWITCHES = ("ESPER_CUDA_GRAPHS", "ESPER_ENV_PARTS", "ESPER_SEGMENT_STREAMS",
+                   "ESPER_NONFINITE_TRACE", "ESPER_NONFINITE_TRACE_BELOW", "ESPER_NONFINITE_TRACE_MAX")  # + the trace
 
 
 @pytest.fixture(autouse=True)

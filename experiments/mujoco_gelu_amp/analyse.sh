@@ -11,8 +11,8 @@
 #    are unpacked in TWIN (outputs/sweeps/mujoco_gelu_amp_cpu: archive.py unpack exploratory/cpu/runs/*.tar.xz).
 # 5. each CUDA exploratory arm whose registered runs (`inventory.py --registered ARM`: 20 or 40) have all completed
 #    in ARMS/mujoco_gelu_amp_<arm> (default: SWEEP's parent; a new checkout unpacks exploratory/<arm>/runs/*.tar.xz):
-#    its report by its own stored rule into OUT/exploratory/<arm>, the recompute, and for fp16 and alpha1 the
-#    comparison with the primary's cells (`--vs`, descriptive); an arm with fewer is named and left out.
+#    its report by its own stored rule into OUT/exploratory/<arm>, the recompute, and for fp16, alpha1 and width384
+#    the comparison with the primary's cells (`--vs`, descriptive); an arm with fewer is named and left out.
 # PY: the Python with esper-exp installed (default .venv/bin/python where it exists, else python3).
 set -eu
 SWEEP=${1:-outputs/sweeps/mujoco_gelu_amp}; OUT=${2:-experiments/mujoco_gelu_amp}
@@ -49,5 +49,6 @@ for arm in fp16 width384 compile alpha1 3m; do
     fp16) report "$SWEEP" --vs "$d" --pair exact/fp16=exact/fp32 --pair tanh/fp16=tanh/fp32 \
             --out "$OUT/exploratory/fp16_vs_fp32" --reps 20000 --seed 0;;
     alpha1) report "$SWEEP" --vs "$d" --out "$OUT/exploratory/alpha1_vs_ramp" --reps 20000 --seed 0;;
+    width384) report "$SWEEP" --vs "$d" --out "$OUT/exploratory/width384_vs_64" --reps 20000 --seed 0;;
   esac
 done

@@ -1,0 +1,188 @@
+"""Where a minibatch's backward pass first turns non-finite: a read-only trace, for diagnosis only.
+
+A loss-scaled (fp16) member skips a step whose gradients are not finite, and any member fails on one; the run's
+metrics then say *that* it happened, not *where*. With ``ESPER_NONFINITE_TRACE=<file.jsonl>`` in the environment,
+PPO (:class:`Tracer`) recomputes such a step's minibatch loss for that member eagerly, with the same parameters, loss
+scale and numerics, and backpropagates it with a hook on every autograd node: the first node, in execution order,
+whose incoming gradient is finite but whose outgoing gradient is not, is the op that made the non-finite value
+(:func:`trace_backward`). One JSON line per traced step goes to the file.
+
+It changes no number a run records: the recomputation runs outside any CUDA graph, reads the parameters and the
+static minibatch, takes its gradients with ``torch.autograd.grad`` (nothing accumulates into ``.grad``) and draws no
+random numbers (tests/test_nonfinite.py compares a traced run with an untraced one). It costs a device sync per
+minibatch step, so it is an environment variable for diagnostic runs, not a config key.
+
+Which steps are traced: a failed step (any precision), and a skipped step whose loss scale was below
+``ESPER_NONFINITE_TRACE_BELOW`` (default 1: above it an overflow is the scaler's ordinary probing; below, a scaled
+gradient that overflows cannot come from the scale), at most ``ESPER_NONFINITE_TRACE_MAX`` (default 3) per member.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import torch
+
+ENV_FILE, ENV_BELOW, ENV_MAX = "ESPER_NONFINITE_TRACE", "ESPER_NONFINITE_TRACE_BELOW", "ESPER_NONFINITE_TRACE_MAX"
+
+
+def _bad(t: torch.Tensor | None, members: int, k: int) -> bool:
+    """Non-finite anywhere in ``t``, or only in member k's rows where ``t`` leads with the member axis: K rows (row
+    k), or 2K (a one-segment trunk's critic rows, then its actor rows: rows k and K + k; policy.py)."""
+    if t is None or not t.is_floating_point():
+        return False
+    if members > 1 and t.dim() > 0 and t.shape[0] in (members, 2 * members):
+        t = t[k] if t.shape[0] == members else t[[k, members + k]]
+    return not bool(torch.isfinite(t).all())
+
+
+def _amax(ts) -> float | None:
+    vals = [t.detach().float().abs().nan_to_num(posinf=float("inf")).max().item()
+            for t in ts if t is not None and t.is_floating_point() and t.numel()]
+    return max(vals) if vals else None
+
+
+def trace_backward(output: torch.Tensor, inputs: list[torch.Tensor], members: int = 1, k: int = 0) -> dict:
+    """Backpropagate the scalar ``output`` to ``inputs`` (``torch.autograd.grad``: no ``.grad`` is written) with a
+    hook on every node of its graph. Returns ``first``: the first node (execution order) with finite incoming and
+    non-finite outgoing gradients, as {node, path (node names from the output down to it), shapes, dtypes, largest
+    |incoming| and |outgoing| gradient}, or None; ``nodes`` (hooked) and ``nonfinite_nodes`` (with a non-finite
+    outgoing gradient); ``inputs_finite`` (every gradient reaching ``inputs``). With ``members`` > 1 a tensor that leads
+    with the member axis is judged on member ``k``'s rows only (other members' rows may hold their own 0 * inf;
+    :func:`_bad`); in a mixed group's several trunk segments a trunk tensor is judged whole."""
+    if output.grad_fn is None:
+        raise ValueError("output has no autograd graph")
+    parent: dict = {output.grad_fn: None}
+    order, handles, events = [output.grad_fn], [], []
+    for node in order:  # breadth-first: every node once, each with the parent it was first reached from
+        for nxt, _ in node.next_functions:
+            if nxt is not None and nxt not in parent:
+                parent[nxt] = node
+                order.append(nxt)
+
+    def path(node) -> list[str]:
+        out = []
+        while node is not None:
+            out.append(node.name())
+            node = parent[node]
+        return out[::-1]
+
+    def hook(node) -> Callable:
+        def fn(grad_inputs, grad_outputs):
+            events.append((node, _bad_any(grad_outputs), _bad_any(grad_inputs), grad_outputs, grad_inputs))
+        return fn
+
+    def _bad_any(ts) -> bool:
+        return any(_bad(t, members, k) for t in ts)
+
+    try:
+        for node in order:
+            if node.name() != "torch::autograd::AccumulateGrad":
+                handles.append(node.register_hook(hook(node)))
+        grads = torch.autograd.grad(output, inputs, allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    first = None
+    for node, bad_in, bad_out, g_in, g_out in events:
+        if bad_out and not bad_in:
+            desc = lambda ts: [None if t is None else [list(t.shape), str(t.dtype).removeprefix("torch.")]  # noqa: E731
+                               for t in ts]
+            first = {"node": node.name(), "path": path(node), "incoming": desc(g_in), "outgoing": desc(g_out),
+                     "incoming_absmax": _amax(g_in), "outgoing_absmax": _amax(g_out)}
+            break
+    return {"first": first, "nodes": len(handles), "nonfinite_nodes": sum(e[2] for e in events),
+            "inputs_finite": not any(_bad(g, members, k) for g in grads)}
+
+
+class Tracer:
+    """PPO's side of the trace: which steps to trace, the recomputation, the JSON lines. ``Tracer.from_env()`` is
+    None unless ``ESPER_NONFINITE_TRACE`` is set."""
+
+    def __init__(self, path: str, below: float = 1.0, per_member: int = 3):
+        self.path, self.below, self.per_member = path, below, per_member
+        self.count: dict[int, int] = {}
+
+    @classmethod
+    def from_env(cls) -> Tracer | None:
+        path = os.environ.get(ENV_FILE)
+        if not path:
+            return None
+        below, most = os.environ.get(ENV_BELOW, "1"), os.environ.get(ENV_MAX, "3")
+        try:
+            below_f = float(below)
+        except ValueError:
+            raise ValueError(f"{ENV_BELOW}={below!r} is not allowed; allowed: a number (a loss scale)") from None
+        if not most.isdigit() or int(most) < 1:
+            raise ValueError(f"{ENV_MAX}={most!r} is not allowed; allowed: an integer >= 1") from None
+        return cls(path, below_f, int(most))
+
+    def attach(self, ppo) -> None:
+        """Hook into ``ppo`` for the rest of its life (instance attributes wrapping ``PPO.update`` and, per path, the
+        minibatch step: ``_clipped_grads`` on the host loop, ``_call`` on the CUDA-graph one, as the drift probe does
+        for one update; the two are not combined: train.py refuses)."""
+        cls, n_mb = type(ppo), ppo.batch_size // ppo.minibatch_size
+        step = [0]
+
+        def update(advantages, returns):
+            step[0] = 0
+            return cls.update(ppo, advantages, returns)
+
+        def where() -> dict:
+            j = step[0]
+            step[0] += 1
+            return {"epoch": j // n_mb + 1, "minibatch": j % n_mb + 1}
+
+        def clipped_grads(mb, stepping):  # host loop: flags are returned, the scale is still the step's
+            out = cls._clipped_grads(ppo, mb, stepping)
+            bad, overflow = out[3], out[4]
+            self._check(ppo, mb, overflow.tolist(), bad.tolist(), ppo.scaler.scale.tolist(), where())
+            return out
+
+        def call(name, fn):  # CUDA graphs: the step's flags and scale from the device around the replay
+            if name != "minibatch":
+                return cls._call(ppo, name, fn)
+            S = ppo._st
+            scale, skipped, stepping = ppo.scaler.scale.clone(), S.skipped.clone(), S.stepping.clone()
+            out = cls._call(ppo, name, fn)
+            overflow, bad = (S.skipped > skipped).tolist(), (stepping & ~S.stepping).tolist()
+            self._check(ppo, S.batch.index(S.idx), overflow, bad, scale.tolist(), where())
+            return out
+
+        ppo.update = update
+        if ppo.cuda_graphs:
+            ppo._call = call
+        else:
+            ppo._clipped_grads = clipped_grads
+
+    def _check(self, ppo, mb, overflow: list[bool], bad: list[bool], scale: list[float], where: dict) -> None:
+        from esper_exp.ppo import ppo_loss
+
+        for k in self.wanted(overflow, bad, scale):
+            self.trace(k, lambda: ppo_loss(ppo.policy.evaluate, mb, ppo.hp, ppo.numerics),
+                       list(ppo.policy.parameters()), scale[k], ppo.members,
+                       {"update": ppo.update_idx[k] + 1, "seed": ppo.seeds[k], **where,
+                        "failed": bad[k], "members_skipping": sum(overflow), "members_failing": sum(bad)})
+
+    def wanted(self, overflow: list[bool], bad: list[bool], scale: list[float] | None) -> list[int]:
+        """Members whose step this minibatch is to be traced."""
+        out = []
+        for k, (o, b) in enumerate(zip(overflow, bad)):
+            if self.count.get(k, 0) < self.per_member and (b or (o and scale is not None and scale[k] < self.below)):
+                out.append(k)
+        return out
+
+    def trace(self, k: int, loss_fn: Callable[[], tuple[torch.Tensor, dict]], params: list[torch.Tensor],
+              scale: float, members: int, where: dict) -> dict:
+        """Recompute the minibatch loss (``loss_fn``: every member's [K] loss and parts), backpropagate member k's
+        (times its loss scale) with :func:`trace_backward`, append the record to the file and return it."""
+        self.count[k] = self.count.get(k, 0) + 1
+        loss, parts = loss_fn()
+        record = {**where, "member": k, "loss_scale": scale, "loss": loss[k].item(),
+                  **{name: v[k].item() for name, v in parts.items()}}
+        record["trace"] = trace_backward(loss[k] * scale, params, members, k)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record

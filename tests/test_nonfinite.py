@@ -1,0 +1,121 @@
+"""The non-finite trace (esper_exp/nonfinite.py): it names the backward op that first makes a non-finite gradient,
+judges a stacked tensor on the traced member's row, and leaves a run bitwise as it is."""
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_CARTPOLE, make_cfg, read_jsonl, without_wall_clock
+
+from esper_exp.nonfinite import Tracer, trace_backward
+from esper_exp.runtime import prepare
+from esper_exp.tracking import read_run_json
+from esper_exp.train import build_ppo
+
+FP16 = ("model.gelu=exact", "precision=fp16", "model.alpha.ramp_updates=2")
+
+
+def test_trace_names_the_op_whose_finite_input_gradient_becomes_non_finite():
+    # exp overflows to inf; the minimum picks the constant, so the loss is finite, yet exp's backward gives 0 * inf
+    z = torch.tensor([100.0, 1.0], requires_grad=True)
+    loss = torch.minimum(z.exp(), torch.tensor(2.0)).sum()
+    assert torch.isfinite(loss)
+    out = trace_backward(loss, [z])
+    assert out["first"]["node"] == "ExpBackward0" and out["first"]["path"][-1] == "ExpBackward0"
+    assert out["first"]["path"][0] == "SumBackward0" and not out["inputs_finite"]
+    assert out["first"]["incoming_absmax"] == 0.0 and out["nonfinite_nodes"] >= 1
+    assert z.grad is None  # torch.autograd.grad: nothing accumulated
+    fine = trace_backward(torch.minimum((z * 0.01).exp(), torch.tensor(2.0)).sum(), [z])
+    assert fine["first"] is None and fine["inputs_finite"] and fine["nonfinite_nodes"] == 0
+
+
+def test_a_stacked_tensor_is_judged_on_the_traced_members_row():
+    z = torch.tensor([[100.0], [1.0]], requires_grad=True)  # member 0's exp overflows, member 1's does not
+    per_member = torch.minimum(z.exp(), torch.tensor(2.0)).sum(-1)  # [K]
+    assert trace_backward(per_member[0], [z], members=2, k=0)["first"]["node"] == "ExpBackward0"
+    # member 1's backward sends 0 into member 0's row, where 0 * inf is NaN: not member 1's doing
+    one = trace_backward(torch.minimum(z.exp(), torch.tensor(2.0)).sum(-1)[1], [z], members=2, k=1)
+    assert one["first"] is None and one["inputs_finite"]
+
+
+def _traced(tmp_path, monkeypatch, below="1e9", most="2"):
+    path = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("ESPER_NONFINITE_TRACE", str(path))
+    monkeypatch.setenv("ESPER_NONFINITE_TRACE_BELOW", below)  # fp16 from 2^16: trace ordinary overflows too
+    monkeypatch.setenv("ESPER_NONFINITE_TRACE_MAX", most)
+    return path
+
+
+def test_a_traced_run_is_bitwise_the_untraced_one_and_traces_its_skipped_steps(train_run, tmp_path, monkeypatch):
+    plain = train_run(*TINY_CARTPOLE, *FP16, name="plain")
+    path = _traced(tmp_path, monkeypatch)
+    traced = train_run(*TINY_CARTPOLE, *FP16, name="traced")
+    metrics = [without_wall_clock(read_jsonl(d / "metrics.jsonl")) for d in (plain, traced)]
+    assert metrics[0] == metrics[1]
+    assert read_jsonl(plain / "episodes.jsonl") == read_jsonl(traced / "episodes.jsonl")
+    assert read_run_json(traced)["nonfinite_trace"] == str(path) and "nonfinite_trace" not in read_run_json(plain)
+    records = read_jsonl(path)
+    skipped = read_jsonl(traced / "metrics.jsonl")[-1]["nonfinite_grad_steps"]
+    assert skipped > 0 and len(records) == min(skipped, 2)  # at most ESPER_NONFINITE_TRACE_MAX per member
+    for r in records:
+        assert r["member"] == 0 and r["seed"] == 1 and not r["failed"] and r["loss_scale"] >= 2.0 ** 10
+        assert r["trace"]["first"] is not None and not r["trace"]["inputs_finite"]  # the recompute overflows again
+        assert 1 <= r["epoch"] and 1 <= r["minibatch"] and r["update"] >= 1
+
+
+def test_the_cuda_graph_paths_code_traces_without_changing_it(tmp_path, monkeypatch):
+    """The CUDA-graph path's code run eagerly on CPU (as tests/test_probe.py does): the trace reads the step's flags
+    and pre-step scale from the device tensors, leaves the path's numbers as they are, and its first record (the
+    first skipped step, before any Adam step: the graphed Adam rounds apart from the host loop's) is the host loop's."""
+    from esper_exp.stacked import MemberAdam
+
+    def ppo_run(graphed: bool, traced: str | None) -> tuple[list[dict], list[dict]]:
+        monkeypatch.delenv("ESPER_NONFINITE_TRACE", raising=False)
+        path = _traced(tmp_path, monkeypatch, most="3").with_name(f"{traced}.jsonl") if traced else None
+        if path:
+            monkeypatch.setenv("ESPER_NONFINITE_TRACE", str(path))
+        cfg = make_cfg("env=cartpole", "ppo.num_steps=32", "ppo.total_timesteps=1280", *FP16)
+        prepare(cfg.seed, torch.device("cpu"), True, 1)
+        ppo, _ = build_ppo(cfg, [1, 2], torch.device("cpu"))
+        if graphed:
+            ppo.cuda_graphs, ppo.graph_capture = True, False
+            ppo.optimizer = MemberAdam(ppo.flat, lr=ppo.hp.learning_rate, eps=ppo.hp.adam_eps, on_device=True)
+            ppo._init_static()
+        if path:
+            Tracer.from_env().attach(ppo)
+        records = [ppo.run_update(lambda *a: None).records for _ in range(3)]
+        ppo.close()
+        strip = [{k: {n: v for n, v in r.items() if not n.startswith("time_")} for k, r in u.items()} for u in records]
+        return strip, read_jsonl(path) if path else []
+
+    plain, _ = ppo_run(True, None)
+    graph, graph_trace = ppo_run(True, "graph")
+    _, host_trace = ppo_run(False, "host")
+    assert plain == graph
+    for k in (0, 1):
+        skipped = graph[-1][k]["nonfinite_grad_steps"]
+        mine = [r for r in graph_trace if r["member"] == k]
+        assert skipped > 0 and len(mine) == min(skipped, 3) and all(not r["trace"]["inputs_finite"] for r in mine)
+    assert mine[0]["loss_scale"] == 2.0 ** 16  # the scale the step ran with, not the halved one after it
+    assert json.dumps(graph_trace[0]) == json.dumps(host_trace[0])
+
+
+def test_bad_trace_settings_are_refused_with_the_allowed_values(monkeypatch):
+    monkeypatch.setenv("ESPER_NONFINITE_TRACE", "/tmp/x.jsonl")
+    monkeypatch.setenv("ESPER_NONFINITE_TRACE_MAX", "0")
+    with pytest.raises(ValueError, match="ESPER_NONFINITE_TRACE_MAX='0' is not allowed; allowed: an integer >= 1"):
+        Tracer.from_env()
+    monkeypatch.setenv("ESPER_NONFINITE_TRACE_MAX", "3")
+    monkeypatch.setenv("ESPER_NONFINITE_TRACE_BELOW", "small")
+    with pytest.raises(ValueError, match="ESPER_NONFINITE_TRACE_BELOW='small' is not allowed"):
+        Tracer.from_env()
+    monkeypatch.delenv("ESPER_NONFINITE_TRACE")
+    assert Tracer.from_env() is None
+
+
+def test_a_trunk_tensor_of_2k_rows_is_judged_on_the_members_critic_and_actor_rows():
+    from esper_exp.nonfinite import _bad
+
+    t = torch.zeros(4, 3)  # K = 2: critic rows 0, 1, actor rows 2, 3
+    t[3, 0] = float("nan")  # member 1's actor row
+    assert _bad(t, 2, 1) and not _bad(t, 2, 0) and _bad(t, 1, 0)
