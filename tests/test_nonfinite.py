@@ -119,3 +119,13 @@ def test_a_trunk_tensor_of_2k_rows_is_judged_on_the_members_critic_and_actor_row
     t = torch.zeros(4, 3)  # K = 2: critic rows 0, 1, actor rows 2, 3
     t[3, 0] = float("nan")  # member 1's actor row
     assert _bad(t, 2, 1) and not _bad(t, 2, 0) and _bad(t, 1, 0)
+
+
+def test_the_trace_and_the_drift_probe_are_not_combined(tmp_path, monkeypatch):
+    from esper_exp.config import ConfigError
+    from esper_exp.train import run
+
+    _traced(tmp_path, monkeypatch)
+    with pytest.raises(ConfigError, match="cannot be combined with drift.probe_every=1"):
+        run(make_cfg(*TINY_CARTPOLE, "drift.probe_every=1"), tmp_path / "run")
+    assert not (tmp_path / "run" / "run.json").exists() and not (tmp_path / "trace.jsonl").exists()
