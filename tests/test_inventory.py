@@ -152,3 +152,27 @@ def test_registered_prints_an_arms_run_count_only(capsys):
     """analyse.sh reads each arm's registered count here (the one place it is written)."""
     assert inventory.main(["--registered", "3m"]) == 0 and capsys.readouterr().out == "40\n"
     assert inventory.main(["--registered", "width384"]) == 0 and capsys.readouterr().out == "20\n"
+
+
+def test_a_compiled_arms_carry_and_its_running_runs_updates(tmp_path, monkeypatch, capsys):
+    # session 20: the compile arm's state packed from a frozen sweep: cells named <env>-<gelu>-<dtype>-compiled,
+    # run.json still "running" at update 0 (rewritten only when a run stops), metrics.jsonl at the real update
+    monkeypatch.chdir(tmp_path)
+    sweep, comp = Path("outputs/sweeps/mujoco_gelu_amp"), Path("outputs/sweeps/mujoco_gelu_amp_compile")
+    sweep.mkdir(parents=True)
+    for cell in ("halfcheetah-exact-bf16-compiled", "halfcheetah-tanh-bf16-compiled"):
+        for s in (1, 2):
+            d = comp / cell / f"seed={s}"
+            (d / "checkpoints").mkdir(parents=True)
+            (d / "run.json").write_text(json.dumps({"status": "running", "update": 0}))
+            (d / "metrics.jsonl").write_text("".join(json.dumps({"update": u}) + "\n" for u in range(1, 43)))
+            (d / "checkpoints" / "ckpt-00000040.pt").write_bytes(b"\0" * 64)
+            (d / "checkpoints" / "ckpt-00000040.pt.sha256").write_text("x")
+    carry.pack(comp, Path(".carry_s20c"), part_mb=15)
+    capsys.readouterr()
+    assert inventory.main(["--study", str(tmp_path), "--sweep", str(sweep), "--runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("carry "))
+    assert line.endswith("mujoco_gelu_amp_compile halfcheetah seeds 1-2: 4 runs at update 40")
+    assert inventory.other_state(tmp_path, Path("outputs/sweeps"), "compile") == \
+        "compile: 0 of 20 registered runs kept in git, 4 unfinished there (updates 42-42)"

@@ -43,14 +43,23 @@ def _archive(runs: Path, env: str, cell: str, a: int, b: int) -> Path:
 
 
 def _state(run_dir: Path) -> tuple[str, int]:
-    """(status, update) from run.json: ("missing", 0) where there is none, ("unreadable", 0) where it is damaged."""
+    """(status, update) from run.json: ("missing", 0) where there is none, ("unreadable", 0) where it is damaged. A run
+    still "running" in its run.json (its state packed from a frozen sweep: run.json is rewritten when a run stops, not
+    per update) has its update from the last line of metrics.jsonl."""
     try:
         info = json.loads((run_dir / "run.json").read_text())
     except FileNotFoundError:
         return "missing", 0
     except (OSError, ValueError):
         return "unreadable", 0
-    return str(info.get("status")), int(info.get("update") or 0)
+    update = int(info.get("update") or 0)
+    if info.get("status") == "running" and not update:
+        try:
+            lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+            update = int(json.loads(lines[-1])["update"]) if lines else 0
+        except (OSError, ValueError, KeyError):
+            pass
+    return str(info.get("status")), update
 
 
 def block_state(sweep: Path, runs: Path, env: str, a: int, b: int) -> tuple[str, dict[str, int]]:
@@ -73,7 +82,7 @@ def block_state(sweep: Path, runs: Path, env: str, a: int, b: int) -> tuple[str,
     return ", ".join(parts), {"completed": done, "unfinished": len(ups), "not started": fresh}
 
 
-_CKPT = re.compile(r"^(?P<sweep>.+?)/(?P<cell>[a-z0-9]+-[a-z]+-[a-z0-9]+)/seed=(?P<seed>\d+)/checkpoints/"
+_CKPT = re.compile(r"^(?P<sweep>.+?)/(?P<cell>[a-z0-9]+(?:-[a-z0-9]+){2,})/seed=(?P<seed>\d+)/checkpoints/"
                    r"ckpt-(?P<u>\d+)\.pt")
 
 
