@@ -5,7 +5,9 @@ metrics then say *that* it happened, not *where*. With ``ESPER_NONFINITE_TRACE=<
 PPO (:class:`Tracer`) recomputes such a step's minibatch loss for that member eagerly, with the same parameters, loss
 scale and numerics, and backpropagates it with a hook on every autograd node: the first node, in execution order,
 whose incoming gradient is finite but whose outgoing gradient is not, is the op that made the non-finite value
-(:func:`trace_backward`). One JSON line per traced step goes to the file.
+(:func:`trace_backward`). One JSON line per traced step goes to the file, naming the member by its process (``pid``)
+and its index in the group (``member``), as run.json records them (``pid``, ``group.member_index``); processes of one
+sweep may share the file (each line is one short append).
 
 It changes no number a run records: the recomputation runs outside any CUDA graph, reads the parameters and the
 static minibatch, takes its gradients with ``torch.autograd.grad`` (nothing accumulates into ``.grad``) and draws no
@@ -180,7 +182,7 @@ class Tracer:
         (times its loss scale) with :func:`trace_backward`, append the record to the file and return it."""
         self.count[k] = self.count.get(k, 0) + 1
         loss, parts = loss_fn()
-        record = {**where, "member": k, "loss_scale": scale, "loss": loss[k].item(),
+        record = {**where, "member": k, "pid": os.getpid(), "loss_scale": scale, "loss": loss[k].item(),
                   **{name: v[k].item() for name, v in parts.items()}}
         record["trace"] = trace_backward(loss[k] * scale, params, members, k)
         with open(self.path, "a") as f:

@@ -50,3 +50,28 @@ def test_no_runs_is_one_line_and_exit_2(tmp_path, capsys):
     assert fp16_stalls.main([str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no runs in" in err
+
+
+def test_a_trace_adds_each_runs_first_non_finite_op(tmp_path, capsys):
+    sweep = tmp_path / "s"
+    _run(sweep, "exact-fp16", 1, [8192.0, 0.0], [1, 8])
+    _run(sweep, "exact-fp16", 2, [8192.0, 4096.0], [1, 1])
+    for seed, k in ((1, 0), (2, 1)):  # one group of two members, process 77
+        p = sweep / "halfcheetah-exact-fp16" / f"seed={seed}" / "run.json"
+        p.write_text(json.dumps({**json.loads(p.read_text()), "pid": 77, "group": {"member_index": k}}))
+    first = lambda node, path: {"node": node, "path": path}  # noqa: E731
+    records = [{"pid": 77, "member": 0, "update": 2, "loss_scale": 0.5,
+                "trace": {"first": first("ExpBackward0", ["SumBackward0", "MulBackward0", "ExpBackward0"])}},
+               {"pid": 77, "member": 0, "update": 2, "loss_scale": 0.25,
+                "trace": {"first": first("MulBackward0", ["SumBackward0", "MulBackward0"])}},
+               {"pid": 78, "member": 1, "update": 2, "loss_scale": 0.5,  # another process's member 1: not seed 2
+                "trace": {"first": first("AddmmBackward0", ["AddmmBackward0"])}}]
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert fp16_stalls.main([str(sweep), "--trace", str(trace)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| halfcheetah")]
+    assert rows[0].endswith("| update 2, scale 0.5: ExpBackward0 (ExpBackward0 <- MulBackward0 <- SumBackward0); "
+                            "later also MulBackward0 [2 traced] |")
+    assert rows[1].endswith("| 0 | - |")
+    assert fp16_stalls.main([str(sweep), "--trace", str(tmp_path / "none.jsonl")]) == 2
+    assert "--trace" in capsys.readouterr().err

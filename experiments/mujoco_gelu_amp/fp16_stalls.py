@@ -1,6 +1,6 @@
 """How the fp16 runs stalled, from their metrics.jsonl only (dev side; no device, no rerun).
 
-    python experiments/mujoco_gelu_amp/fp16_stalls.py [SWEEP] [--out FILE.md]
+    python experiments/mujoco_gelu_amp/fp16_stalls.py [SWEEP] [--out FILE.md] [--trace TRACE.jsonl]
 
 SWEEP (default outputs/sweeps/mujoco_gelu_amp_fp16; a new checkout unpacks exploratory/fp16/runs/*.tar.xz there)
 holds the runs; every run that records a ``loss_scale`` (the fp16 members) gets one row: the update in which its loss
@@ -17,6 +17,11 @@ from S down to 2**-127. At the smallest of those scales the scaled gradient ente
 non-finite gradient there needs an infinite or NaN value inside the backward pass itself (0 x inf, inf - inf): not an
 overflow caused by the scale, which the back-off exists to cure, but a value that no scale removes. Which value that
 is cannot be told from these files (they record per-update means); it needs a rerun with the gradients inspected.
+
+``--trace``: the file such a rerun wrote (``ESPER_NONFINITE_TRACE``, esper_exp/nonfinite.py; the runs of SWEEP are
+the rerun's). Each run's traced steps (matched by run.json's ``pid`` and ``group.member_index``) add a column: the
+first traced step (update, loss scale) and the backward op that first made its gradient non-finite, with the ops
+named by its later traced steps where they differ.
 """
 
 from __future__ import annotations
@@ -61,27 +66,57 @@ def run_row(run: Path) -> dict | None:
     return out
 
 
+def traced_ops(run: Path, records: list[dict]) -> str:
+    """The trace column of one run: its first traced step and op, then the other ops its traced steps name."""
+    info = json.loads((run / "run.json").read_text())
+    k = (info.get("group") or {}).get("member_index", 0)
+    mine = [r for r in records if r.get("pid") == info.get("pid") and r.get("member") == k]
+    if not mine:
+        return "-"
+    op = lambda r: (r["trace"]["first"] or {}).get("node", "none found")  # noqa: E731
+    first = mine[0]
+    tail = " <- ".join((first["trace"]["first"] or {}).get("path", [])[-4:][::-1])
+    others = sorted({op(r) for r in mine[1:]} - {op(first)})
+    return (f"update {first['update']}, scale {first['loss_scale']:g}: {op(first)}" + (f" ({tail})" if tail else "")
+            + (f"; later also {', '.join(others)}" if others else "") + f" [{len(mine)} traced]")
+
+
 def table(rows: list[dict]) -> str:
+    traced = any("trace" in r for r in rows)
     head = ("| run | scale collapsed in update | scale before | steps skipped in that update | most skipped in an "
-            "earlier update | that update's losses finite | stalled updates |\n|---|---:|---:|---:|---:|---|---:|\n")
+            "earlier update | that update's losses finite | stalled updates |" + (" first non-finite op (trace) |"
+                                                                                  if traced else "")
+            + "\n|---|---:|---:|---:|---:|---|---:|" + ("---|" if traced else "") + "\n")
     fmt = lambda v: "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))  # noqa: E731
     return head + "".join(
         f"| {r['run']} | {fmt(r['collapse'])} | {fmt(r['scale_before'])} | {fmt(r['skipped_then'])} | "
-        f"{fmt(r['most_skipped_before'])} | {fmt(r['losses_finite_then'])} | {r['stalled_updates']} |\n" for r in rows)
+        f"{fmt(r['most_skipped_before'])} | {fmt(r['losses_finite_then'])} | {r['stalled_updates']} |"
+        + (f" {r.get('trace', '-')} |" if traced else "") + "\n" for r in rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep", nargs="?", type=Path, default=Path("outputs/sweeps/mujoco_gelu_amp_fp16"))
     ap.add_argument("--out", type=Path, help="also write the table (and a one-line summary) to this markdown file")
+    ap.add_argument("--trace", type=Path, help="the ESPER_NONFINITE_TRACE file of a rerun whose runs SWEEP holds")
     a = ap.parse_args(argv)
+    if a.trace and not a.trace.is_file():
+        print(f"fp16_stalls.py: --trace {a.trace}: no such file", file=sys.stderr)
+        return 2
     runs = sorted((p.parent for p in a.sweep.glob("*/seed=*/run.json")),
                   key=lambda p: (p.parent.name, int(p.name.removeprefix("seed="))))
     if not runs:
         print(f"fp16_stalls.py: no runs in {a.sweep} (unpack exploratory/fp16/runs/*.tar.xz there first)",
               file=sys.stderr)
         return 2
-    rows = [r for r in map(run_row, runs) if r is not None]
+    records = [json.loads(line) for line in a.trace.read_text().splitlines() if line.strip()] if a.trace else None
+    rows = []
+    for run in runs:
+        row = run_row(run)
+        if row is not None and records is not None:
+            row["trace"] = traced_ops(run, records)
+        if row is not None:
+            rows.append(row)
     collapsed = [r for r in rows if r["collapse"] is not None]
     summary = (f"{len(collapsed)} of {len(rows)} loss-scaled runs had their scale collapse (below 2**-127)"
                + (f"; in that update they skipped {min(r['skipped_then'] for r in collapsed)}-"
@@ -91,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows) + "\n" + summary + "\n"
     print(text, end="")
     if a.out:
-        a.out.write_text(f"# fp16 stalls: `python experiments/mujoco_gelu_amp/fp16_stalls.py {a.sweep}`\n\n" + text)
+        cmd = f"{a.sweep}" + (f" --trace {a.trace}" if a.trace else "")
+        a.out.write_text(f"# fp16 stalls: `python experiments/mujoco_gelu_amp/fp16_stalls.py {cmd}`\n\n" + text)
     return 0
 
 
