@@ -75,3 +75,14 @@ def test_a_trace_adds_each_runs_first_non_finite_op(tmp_path, capsys):
     assert rows[1].endswith("| 0 | - |")
     assert fp16_stalls.main([str(sweep), "--trace", str(tmp_path / "none.jsonl")]) == 2
     assert "--trace" in capsys.readouterr().err
+    # the kept runs: seed 1 as the rerun through its 2 updates (wall clock aside), seed 2 different from update 2
+    kept = tmp_path / "kept"
+    _run(kept, "exact-fp16", 1, [8192.0, 0.0, 0.0], [1, 8, 8])
+    _run(kept, "exact-fp16", 2, [8192.0, 2048.0], [1, 1])
+    rows = (kept / "halfcheetah-exact-fp16" / "seed=1" / "metrics.jsonl").read_text().splitlines()
+    (kept / "halfcheetah-exact-fp16" / "seed=1" / "metrics.jsonl").write_text(
+        "".join(json.dumps({**json.loads(r), "time_update": 1.5}) + "\n" for r in rows))
+    assert fp16_stalls.main([str(sweep), "--trace", str(trace), "--kept", str(kept)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| halfcheetah")]
+    assert rows[0].endswith("[2 traced] | yes (updates 1-2) |") and rows[1].endswith("| - | no: from update 2 |")
+    assert fp16_stalls.main([str(sweep), "--kept", str(kept)]) == 2

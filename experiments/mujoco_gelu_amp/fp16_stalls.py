@@ -21,7 +21,9 @@ is cannot be told from these files (they record per-update means); it needs a re
 ``--trace``: the file such a rerun wrote (``ESPER_NONFINITE_TRACE``, esper_exp/nonfinite.py; the runs of SWEEP are
 the rerun's). Each run's traced steps (matched by run.json's ``pid`` and ``group.member_index``) add a column: the
 first traced step (update, loss scale) and the backward op that first made its gradient non-finite, with the ops
-named by its later traced steps where they differ.
+named by its later traced steps where they differ. ``--kept KEPT_SWEEP`` (with ``--trace``): whether each rerun
+run's metrics.jsonl equals the same cell and seed's in KEPT_SWEEP (the kept runs), wall-clock keys aside, line by line
+through the rerun's last update: the trace describes the kept runs' collapses only where it does.
 """
 
 from __future__ import annotations
@@ -81,17 +83,32 @@ def traced_ops(run: Path, records: list[dict]) -> str:
             + (f"; later also {', '.join(others)}" if others else "") + f" [{len(mine)} traced]")
 
 
+def same_as_kept(run: Path, kept: Path) -> str:
+    """'yes (updates 1-N)', 'no: from update U', or 'no kept run' for the rerun ``run`` against its kept twin."""
+    twin = kept / run.parent.name / run.name / "metrics.jsonl"
+    if not twin.is_file():
+        return "no kept run"
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k not in runformat.WALL_CLOCK}  # noqa: E731
+                          for line in path.read_text().splitlines() if line.strip()]
+    mine, theirs = strip(run / "metrics.jsonl"), strip(twin)
+    for i, r in enumerate(mine):
+        if i >= len(theirs) or r != theirs[i]:
+            return f"no: from update {r.get('update', i + 1)}"
+    return f"yes (updates 1-{len(mine)})"
+
+
 def table(rows: list[dict]) -> str:
-    traced = any("trace" in r for r in rows)
+    extra = [(key, title) for key, title in (("trace", "first non-finite op (trace)"), ("kept", "same as the kept run"))
+             if any(key in r for r in rows)]
     head = ("| run | scale collapsed in update | scale before | steps skipped in that update | most skipped in an "
-            "earlier update | that update's losses finite | stalled updates |" + (" first non-finite op (trace) |"
-                                                                                  if traced else "")
-            + "\n|---|---:|---:|---:|---:|---|---:|" + ("---|" if traced else "") + "\n")
+            "earlier update | that update's losses finite | stalled updates |"
+            + "".join(f" {title} |" for _, title in extra) + "\n|---|---:|---:|---:|---:|---|---:|"
+            + "---|" * len(extra) + "\n")
     fmt = lambda v: "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))  # noqa: E731
     return head + "".join(
         f"| {r['run']} | {fmt(r['collapse'])} | {fmt(r['scale_before'])} | {fmt(r['skipped_then'])} | "
         f"{fmt(r['most_skipped_before'])} | {fmt(r['losses_finite_then'])} | {r['stalled_updates']} |"
-        + (f" {r.get('trace', '-')} |" if traced else "") + "\n" for r in rows)
+        + "".join(f" {r.get(key, '-')} |" for key, _ in extra) + "\n" for r in rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,9 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("sweep", nargs="?", type=Path, default=Path("outputs/sweeps/mujoco_gelu_amp_fp16"))
     ap.add_argument("--out", type=Path, help="also write the table (and a one-line summary) to this markdown file")
     ap.add_argument("--trace", type=Path, help="the ESPER_NONFINITE_TRACE file of a rerun whose runs SWEEP holds")
+    ap.add_argument("--kept", type=Path, help="with --trace: the kept runs' sweep, to compare the rerun's runs with")
     a = ap.parse_args(argv)
     if a.trace and not a.trace.is_file():
         print(f"fp16_stalls.py: --trace {a.trace}: no such file", file=sys.stderr)
+        return 2
+    if a.kept and not (a.trace and a.kept.is_dir()):
+        print(f"fp16_stalls.py: --kept {a.kept}: needs --trace and an existing sweep directory", file=sys.stderr)
         return 2
     runs = sorted((p.parent for p in a.sweep.glob("*/seed=*/run.json")),
                   key=lambda p: (p.parent.name, int(p.name.removeprefix("seed="))))
@@ -115,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         row = run_row(run)
         if row is not None and records is not None:
             row["trace"] = traced_ops(run, records)
+            if a.kept:
+                row["kept"] = same_as_kept(run, a.kept)
         if row is not None:
             rows.append(row)
     collapsed = [r for r in rows if r["collapse"] is not None]
@@ -126,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows) + "\n" + summary + "\n"
     print(text, end="")
     if a.out:
-        cmd = f"{a.sweep}" + (f" --trace {a.trace}" if a.trace else "")
+        cmd = f"{a.sweep}" + (f" --trace {a.trace}" if a.trace else "") + (f" --kept {a.kept}" if a.kept else "")
         a.out.write_text(f"# fp16 stalls: `python experiments/mujoco_gelu_amp/fp16_stalls.py {cmd}`\n\n" + text)
     return 0
 
