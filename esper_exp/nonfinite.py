@@ -46,11 +46,28 @@ def _amax(ts) -> float | None:
     return max(vals) if vals else None
 
 
+def _saved(node) -> dict:
+    """The forward values ``node`` saved for its backward (``_saved_*`` tensors: e.g. exp's result, mul's operands),
+    each as its largest |value| and how many of its entries are not finite: a 0 x inf shows here as an infinite
+    operand."""
+    out = {}
+    for name in dir(node):
+        if not name.startswith("_saved_"):
+            continue
+        try:
+            t = getattr(node, name)
+        except RuntimeError:  # freed, or not a tensor the binding can return
+            continue
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+            out[name.removeprefix("_saved_")] = {"absmax": _amax([t]), "nonfinite": int((~torch.isfinite(t)).sum())}
+    return out
+
+
 def trace_backward(output: torch.Tensor, inputs: list[torch.Tensor], members: int = 1, k: int = 0) -> dict:
     """Backpropagate the scalar ``output`` to ``inputs`` (``torch.autograd.grad``: no ``.grad`` is written) with a
     hook on every node of its graph. Returns ``first``: the first node (execution order) with finite incoming and
     non-finite outgoing gradients, as {node, path (node names from the output down to it), shapes, dtypes, largest
-    |incoming| and |outgoing| gradient}, or None; ``nodes`` (hooked) and ``nonfinite_nodes`` (with a non-finite
+    |incoming| and |outgoing| gradient, the forward values it saved (:func:`_saved`)}, or None; ``nodes`` (hooked) and ``nonfinite_nodes`` (with a non-finite
     outgoing gradient); ``inputs_finite`` (every gradient reaching ``inputs``). With ``members`` > 1 a tensor that leads
     with the member axis is judged on member ``k``'s rows only (other members' rows may hold their own 0 * inf;
     :func:`_bad`); in a mixed group's several trunk segments a trunk tensor is judged whole."""
@@ -71,9 +88,14 @@ def trace_backward(output: torch.Tensor, inputs: list[torch.Tensor], members: in
             node = parent[node]
         return out[::-1]
 
+    saved: dict = {}
+
     def hook(node) -> Callable:
         def fn(grad_inputs, grad_outputs):
-            events.append((node, _bad_any(grad_outputs), _bad_any(grad_inputs), grad_outputs, grad_inputs))
+            bad_in, bad_out = _bad_any(grad_outputs), _bad_any(grad_inputs)
+            if bad_out and not bad_in and not saved:  # the first such node: its saved values, before they are freed
+                saved[node] = _saved(node)
+            events.append((node, bad_in, bad_out, grad_outputs, grad_inputs))
         return fn
 
     def _bad_any(ts) -> bool:
@@ -93,7 +115,7 @@ def trace_backward(output: torch.Tensor, inputs: list[torch.Tensor], members: in
             desc = lambda ts: [None if t is None else [list(t.shape), str(t.dtype).removeprefix("torch.")]  # noqa: E731
                                for t in ts]
             first = {"node": node.name(), "path": path(node), "incoming": desc(g_in), "outgoing": desc(g_out),
-                     "incoming_absmax": _amax(g_in), "outgoing_absmax": _amax(g_out)}
+                     "incoming_absmax": _amax(g_in), "outgoing_absmax": _amax(g_out), "saved": saved.get(node, {})}
             break
     return {"first": first, "nodes": len(handles), "nonfinite_nodes": sum(e[2] for e in events),
             "inputs_finite": not any(_bad(g, members, k) for g in grads)}

@@ -24,6 +24,7 @@ def test_trace_names_the_op_whose_finite_input_gradient_becomes_non_finite():
     assert out["first"]["node"] == "ExpBackward0" and out["first"]["path"][-1] == "ExpBackward0"
     assert out["first"]["path"][0] == "SumBackward0" and not out["inputs_finite"]
     assert out["first"]["incoming_absmax"] == 0.0 and out["nonfinite_nodes"] >= 1
+    assert out["first"]["saved"]["result"] == {"absmax": float("inf"), "nonfinite": 1}  # exp(100) = inf in fp32
     assert z.grad is None  # torch.autograd.grad: nothing accumulated
     fine = trace_backward(torch.minimum((z * 0.01).exp(), torch.tensor(2.0)).sum(), [z])
     assert fine["first"] is None and fine["inputs_finite"] and fine["nonfinite_nodes"] == 0
