@@ -5,9 +5,9 @@ metrics then say *that* it happened, not *where*. With ``ESPER_NONFINITE_TRACE=<
 PPO (:class:`Tracer`) recomputes such a step's minibatch loss for that member eagerly, with the same parameters, loss
 scale and numerics, and backpropagates it with a hook on every autograd node: the first node, in execution order,
 whose incoming gradient is finite but whose outgoing gradient is not, is the op that made the non-finite value
-(:func:`trace_backward`). One JSON line per traced step goes to the file, naming the member by its process (``pid``)
-and its index in the group (``member``), as run.json records them (``pid``, ``group.member_index``); processes of one
-sweep may share the file (each line is one short append).
+(:func:`trace_backward`). One JSON line per traced step goes to the file, naming the member's run as run.json does
+(``env_id``, ``gelu``, ``precision``, ``seed``; also its process ``pid`` and index in the group ``member``); the
+processes of a sweep, and a run's later launches, may share the file (each line is one short append).
 
 It changes no number a run records: the recomputation runs outside any CUDA graph, reads the parameters and the
 static minibatch, takes its gradients with ``torch.autograd.grad`` (nothing accumulates into ``.grad``) and draws no
@@ -26,6 +26,8 @@ import os
 from collections.abc import Callable
 
 import torch
+
+from esper_exp.numerics import MemberNumerics
 
 ENV_FILE, ENV_BELOW, ENV_MAX = "ESPER_NONFINITE_TRACE", "ESPER_NONFINITE_TRACE_BELOW", "ESPER_NONFINITE_TRACE_MAX"
 
@@ -67,8 +69,8 @@ def trace_backward(output: torch.Tensor, inputs: list[torch.Tensor], members: in
     """Backpropagate the scalar ``output`` to ``inputs`` (``torch.autograd.grad``: no ``.grad`` is written) with a
     hook on every node of its graph. Returns ``first``: the first node (execution order) with finite incoming and
     non-finite outgoing gradients, as {node, path (node names from the output down to it), shapes, dtypes, largest
-    |incoming| and |outgoing| gradient, the forward values it saved (:func:`_saved`)}, or None; ``nodes`` (hooked) and ``nonfinite_nodes`` (with a non-finite
-    outgoing gradient); ``inputs_finite`` (every gradient reaching ``inputs``). With ``members`` > 1 a tensor that leads
+    |incoming| and |outgoing| gradient, the forward values it saved (:func:`_saved`)}, or None; ``nodes`` (hooked)
+    and ``nonfinite_nodes`` (with a non-finite outgoing gradient); ``inputs_finite`` (every gradient reaching ``inputs``). With ``members`` > 1 a tensor that leads
     with the member axis is judged on member ``k``'s rows only (other members' rows may hold their own 0 * inf;
     :func:`_bad`); in a mixed group's several trunk segments a trunk tensor is judged whole."""
     if output.grad_fn is None:
@@ -185,9 +187,11 @@ class Tracer:
         from esper_exp.ppo import ppo_loss
 
         for k in self.wanted(overflow, bad, scale):
+            n = ppo.numerics.members[k] if isinstance(ppo.numerics, MemberNumerics) else ppo.numerics
             self.trace(k, lambda: ppo_loss(ppo.policy.evaluate, mb, ppo.hp, ppo.numerics),
                        list(ppo.policy.parameters()), scale[k], ppo.members,
-                       {"update": ppo.update_idx[k] + 1, "seed": ppo.seeds[k], **where,
+                       {"update": ppo.update_idx[k] + 1, "env_id": ppo.envs.env_id, "gelu": n.gelu,
+                        "precision": n.precision, "seed": ppo.seeds[k], **where,
                         "failed": bad[k], "members_skipping": sum(overflow), "members_failing": sum(bad)})
 
     def wanted(self, overflow: list[bool], bad: list[bool], scale: list[float] | None) -> list[int]:

@@ -153,3 +153,25 @@ def test_a_compiled_cuda_group_completes_with_its_trunks_compiled(tmp_path):
     last = [read_jsonl(d / "metrics.jsonl")[-1] for d in dirs]
     assert all(math.isfinite(m["value_loss"]) and math.isfinite(m["policy_loss"]) for m in last)
     assert last[0]["value_loss"] != last[1]["value_loss"]
+
+
+def test_a_traced_fp16_cuda_group_trains_as_untraced_and_traces_its_skipped_steps(tmp_path, monkeypatch):
+    """ESPER_NONFINITE_TRACE on the captured CUDA-graph path (the fp16 arm's layout in small: one fp16 group,
+    deterministic): the trace reads each minibatch replay's flags and pre-step scale, recomputes a skipped step's
+    loss eagerly outside the graph, finds its gradient non-finite again, and changes none of the training's numbers."""
+    base = (*CHEETAH, "device=cuda", "deterministic=true", "precision=fp16", "model.gelu=exact")
+    _, plain = _group(tmp_path, base, seeds=(1, 2), name="plain")
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("ESPER_NONFINITE_TRACE", str(trace))
+    monkeypatch.setenv("ESPER_NONFINITE_TRACE_BELOW", "1e9")  # from 2^16: trace the scaler's ordinary overflows
+    statuses, traced = _group(tmp_path, base, seeds=(1, 2), name="traced")
+    assert statuses == ["completed"] * 2
+    for p, q in zip(traced, plain):
+        assert read_run_json(p)["cuda_graphs"] is True and read_run_json(p)["nonfinite_trace"] == str(trace)
+        assert without_wall_clock(read_jsonl(p / "metrics.jsonl")) == \
+            without_wall_clock(read_jsonl(q / "metrics.jsonl"))
+        assert read_jsonl(p / "episodes.jsonl") == read_jsonl(q / "episodes.jsonl")
+    records = read_jsonl(trace)
+    skipped = [read_jsonl(p / "metrics.jsonl")[-1]["nonfinite_grad_steps"] for p in traced]
+    assert sum(skipped) > 0 and len(records) == sum(min(n, 3) for n in skipped)
+    assert all(r["trace"]["first"] is not None and not r["trace"]["inputs_finite"] for r in records)

@@ -56,15 +56,16 @@ def test_a_trace_adds_each_runs_first_non_finite_op(tmp_path, capsys):
     sweep = tmp_path / "s"
     _run(sweep, "exact-fp16", 1, [8192.0, 0.0], [1, 8])
     _run(sweep, "exact-fp16", 2, [8192.0, 4096.0], [1, 1])
-    for seed, k in ((1, 0), (2, 1)):  # one group of two members, process 77
+    run_keys = {"env_id": "HalfCheetah-v5", "gelu": "exact", "precision": "fp16"}
+    for seed in (1, 2):
         p = sweep / "halfcheetah-exact-fp16" / f"seed={seed}" / "run.json"
-        p.write_text(json.dumps({**json.loads(p.read_text()), "pid": 77, "group": {"member_index": k}}))
+        p.write_text(json.dumps({**json.loads(p.read_text()), **run_keys, "seed": seed}))
     first = lambda node, path: {"node": node, "path": path}  # noqa: E731
-    records = [{"pid": 77, "member": 0, "update": 2, "loss_scale": 0.5,
-                "trace": {"first": first("ExpBackward0", ["SumBackward0", "MulBackward0", "ExpBackward0"])}},
-               {"pid": 77, "member": 0, "update": 2, "loss_scale": 0.25,
-                "trace": {"first": first("MulBackward0", ["SumBackward0", "MulBackward0"])}},
-               {"pid": 78, "member": 1, "update": 2, "loss_scale": 0.5,  # another process's member 1: not seed 2
+    records = [{**run_keys, "seed": 1, "update": 2, "loss_scale": 0.5,  # seed 1 in two launches (pids 77, 91)
+                "pid": 77, "trace": {"first": first("ExpBackward0", ["SumBackward0", "MulBackward0", "ExpBackward0"])}},
+               {**run_keys, "seed": 1, "update": 2, "loss_scale": 0.25,
+                "pid": 91, "trace": {"first": first("MulBackward0", ["SumBackward0", "MulBackward0"])}},
+               {**run_keys, "gelu": "tanh", "seed": 2, "update": 2, "loss_scale": 0.5,  # tanh's seed 2: not this run
                 "trace": {"first": first("AddmmBackward0", ["AddmmBackward0"])}}]
     trace = tmp_path / "trace.jsonl"
     trace.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -60,6 +60,7 @@ def test_a_traced_run_is_bitwise_the_untraced_one_and_traces_its_skipped_steps(t
     assert skipped > 0 and len(records) == min(skipped, 2)  # at most ESPER_NONFINITE_TRACE_MAX per member
     for r in records:
         assert r["member"] == 0 and r["seed"] == 1 and not r["failed"] and r["loss_scale"] >= 2.0 ** 10
+        assert (r["env_id"], r["gelu"], r["precision"]) == ("CartPole-v1", "exact", "fp16")
         assert r["trace"]["first"] is not None and not r["trace"]["inputs_finite"]  # the recompute overflows again
         assert 1 <= r["epoch"] and 1 <= r["minibatch"] and r["update"] >= 1
 

@@ -19,7 +19,8 @@ overflow caused by the scale, which the back-off exists to cure, but a value tha
 is cannot be told from these files (they record per-update means); it needs a rerun with the gradients inspected.
 
 ``--trace``: the file such a rerun wrote (``ESPER_NONFINITE_TRACE``, esper_exp/nonfinite.py; the runs of SWEEP are
-the rerun's). Each run's traced steps (matched by run.json's ``pid`` and ``group.member_index``) add a column: the
+the rerun's). Each run's traced steps (matched by run.json's ``env_id``, ``gelu``, ``precision``, ``seed``; a resumed
+run's earlier launches included) add a column: the
 first traced step (update, loss scale) and the backward op that first made its gradient non-finite, with the ops
 named by its later traced steps where they differ. ``--kept KEPT_SWEEP`` (with ``--trace``): whether each rerun
 run's metrics.jsonl equals the same cell and seed's in KEPT_SWEEP (the kept runs), wall-clock keys aside, line by line
@@ -71,8 +72,7 @@ def run_row(run: Path) -> dict | None:
 def traced_ops(run: Path, records: list[dict]) -> str:
     """The trace column of one run: its first traced step and op, then the other ops its traced steps name."""
     info = json.loads((run / "run.json").read_text())
-    k = (info.get("group") or {}).get("member_index", 0)
-    mine = [r for r in records if r.get("pid") == info.get("pid") and r.get("member") == k]
+    mine = [r for r in records if all(r.get(key) == info.get(key) for key in ("env_id", "gelu", "precision", "seed"))]
     if not mine:
         return "-"
     op = lambda r: (r["trace"]["first"] or {}).get("node", "none found")  # noqa: E731
