@@ -66,14 +66,14 @@ def _saved(node) -> dict:
 
 
 def trace_backward(output: torch.Tensor, inputs: list[torch.Tensor], members: int = 1, k: int = 0) -> dict:
-    """Backpropagate the scalar ``output`` to ``inputs`` (``torch.autograd.grad``: no ``.grad`` is written) with a
-    hook on every node of its graph. Returns ``first``: the first node (execution order) with finite incoming and
-    non-finite outgoing gradients, as {node, path (node names from the output down to it), shapes, dtypes, largest |incoming|
-    and |outgoing| gradient, the forward values it saved (:func:`_saved`)}, or None; ``nodes`` (hooked) and
-    ``nonfinite_nodes`` (with a non-finite outgoing gradient); ``inputs_finite`` (every gradient reaching
-    ``inputs``). With ``members`` > 1 a tensor that leads with the member axis is judged on member ``k``'s rows only
-    (other members' rows may hold their own 0 * inf; :func:`_bad`); in a mixed group's several trunk segments a
-    trunk tensor is judged whole."""
+    """Backpropagate the scalar ``output`` to ``inputs`` (``torch.autograd.grad``: no ``.grad`` is written) with a hook
+    on every node of its graph. Returns ``first``: the first node (execution order) with finite incoming and non-finite
+    outgoing gradients, as {node, path (node names from the output down to it), shapes, dtypes, largest |incoming| and
+    |outgoing| gradient, the forward values it saved (:func:`_saved`)}, or None; ``nodes`` (hooked) and
+    ``nonfinite_nodes`` (with a non-finite outgoing gradient); ``inputs_finite`` (every gradient reaching ``inputs``).
+    With ``members`` > 1 a tensor that leads with the member axis is judged on member ``k``'s rows only (other members'
+    rows may hold their own 0 * inf; :func:`_bad`); in a mixed group's several trunk segments a trunk tensor is judged
+    whole."""
     if output.grad_fn is None:
         raise ValueError("output has no autograd graph")
     parent: dict = {output.grad_fn: None}
