@@ -165,7 +165,7 @@ class Tracer:
         def clipped_grads(mb, stepping):  # host loop: flags are returned, the scale is still the step's
             out = cls._clipped_grads(ppo, mb, stepping)
             bad, overflow = out[3], out[4]
-            self._check(ppo, mb, overflow.tolist(), bad.tolist(), ppo.scaler.scale.tolist(), where())
+            self._check(ppo, lambda: mb, overflow.tolist(), bad.tolist(), ppo.scaler.scale, where())
             return out
 
         def call(name, fn):  # CUDA graphs: the step's flags and scale from the device around the replay
@@ -175,7 +175,7 @@ class Tracer:
             scale, skipped, stepping = ppo.scaler.scale.clone(), S.skipped.clone(), S.stepping.clone()
             out = cls._call(ppo, name, fn)
             overflow, bad = (S.skipped > skipped).tolist(), (stepping & ~S.stepping).tolist()
-            self._check(ppo, S.batch.index(S.idx), overflow, bad, scale.tolist(), where())
+            self._check(ppo, lambda: S.batch.index(S.idx), overflow, bad, scale, where())
             return out
 
         ppo.update = update
@@ -184,9 +184,15 @@ class Tracer:
         else:
             ppo._clipped_grads = clipped_grads
 
-    def _check(self, ppo, mb, overflow: list[bool], bad: list[bool], scale: list[float], where: dict) -> None:
+    def _check(self, ppo, mb_fn: Callable, overflow: list[bool], bad: list[bool], scale_t: torch.Tensor,
+               where: dict) -> None:
+        """Trace the wanted members of one minibatch step; the minibatch (``mb_fn``) and the scale are read only when
+        some member skipped or failed it (most steps: nothing to do but the flags' read)."""
         from esper_exp.ppo import ppo_loss
 
+        if not (any(overflow) or any(bad)):
+            return
+        scale, mb = scale_t.tolist(), mb_fn()
         for k in self.wanted(overflow, bad, scale):
             n = ppo.numerics.members[k] if isinstance(ppo.numerics, MemberNumerics) else ppo.numerics
             self.trace(k, lambda: ppo_loss(ppo.policy.evaluate, mb, ppo.hp, ppo.numerics),
@@ -195,11 +201,11 @@ class Tracer:
                         "precision": n.precision, "seed": ppo.seeds[k], **where,
                         "failed": bad[k], "members_skipping": sum(overflow), "members_failing": sum(bad)})
 
-    def wanted(self, overflow: list[bool], bad: list[bool], scale: list[float] | None) -> list[int]:
+    def wanted(self, overflow: list[bool], bad: list[bool], scale: list[float]) -> list[int]:
         """Members whose step this minibatch is to be traced."""
         out = []
         for k, (o, b) in enumerate(zip(overflow, bad)):
-            if self.count.get(k, 0) < self.per_member and (b or (o and scale is not None and scale[k] < self.below)):
+            if self.count.get(k, 0) < self.per_member and (b or (o and scale[k] < self.below)):
                 out.append(k)
         return out
 

@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from esper_exp import runformat  # noqa: E402
+from esper_exp import repro, runformat  # noqa: E402
 
 FLOOR = 2.0 ** -127  # the smallest scale whose float32 reciprocal is finite (2**127)
 
@@ -88,11 +88,9 @@ def same_as_kept(run: Path, kept: Path) -> str:
     twin = kept / run.parent.name / run.name / "metrics.jsonl"
     if not twin.is_file():
         return "no kept run"
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k not in runformat.WALL_CLOCK}  # noqa: E731
-                          for line in path.read_text().splitlines() if line.strip()]
-    mine, theirs = strip(run / "metrics.jsonl"), strip(twin)
-    for i, r in enumerate(mine):
-        if i >= len(theirs) or r != theirs[i]:
+    mine, theirs = runformat.read_jsonl(run / "metrics.jsonl"), runformat.read_jsonl(twin)
+    for i, r in enumerate(mine):  # esper-repro's comparison (wall-clock keys aside, NaN equal to NaN), line by line
+        if i >= len(theirs) or repro.first_divergence([theirs[i]], [r]) is not None:
             return f"no: from update {r.get('update', i + 1)}"
     return f"yes (updates 1-{len(mine)})"
 
