@@ -9,6 +9,12 @@ whose incoming gradient is finite but whose outgoing gradient is not, is the op 
 (``env_id``, ``gelu``, ``precision``, ``seed``; also its process ``pid`` and index in the group ``member``); the
 processes of a sweep, and a run's later launches, may share the file (each line is one short append).
 
+Each record also holds ``step_gradients`` (:func:`step_gradients`): the whole step's gradient for that member
+recomputed eagerly (every member's scaled loss, unscaled, its norm as the step's finite check reads it, in float32 and
+float64), beside the parameter keys where the gradient the step itself left in ``flat.grad`` is non-finite. Where the
+node trace finds nothing, this says whether the recomputation's norm overflows too (finite gradients whose float32
+norm does not) or only the step's gradient is non-finite, and in which parameters.
+
 It changes no number a run records: the recomputation runs outside any CUDA graph, reads the parameters and the
 static minibatch, takes its gradients with ``torch.autograd.grad`` (nothing accumulates into ``.grad``) and draws no
 random numbers (tests/test_nonfinite.py compares a traced run with an untraced one). It costs a device sync per
@@ -124,6 +130,36 @@ def trace_backward(output: torch.Tensor, inputs: list[torch.Tensor], members: in
             "inputs_finite": not any(_bad(g, members, k) for g in grads)}
 
 
+def _nonfinite_keys(flat, row: torch.Tensor) -> dict[str, int]:
+    """Non-finite entries of one member's [P] flat row, per parameter key (FlatParams.columns), where there are any."""
+    counts = {key: int((~torch.isfinite(row[off:off + n])).sum()) for key, (off, n) in flat.columns.items()}
+    return {key: c for key, c in counts.items() if c}
+
+
+def step_gradients(flat, scaler, loss: torch.Tensor, scale: torch.Tensor, k: int, step_row: torch.Tensor) -> dict:
+    """Member k's gradient as the minibatch step forms it, recomputed eagerly, beside what the step itself left.
+
+    ``eager``: every member's ``loss`` [K] times its ``scale`` [K] (the step's scales), summed and backpropagated
+    (``torch.autograd.grad``: no ``.grad`` written), flattened, unscaled, then member k's L2 norm as the step computes
+    it (float32) and in float64, its non-finite entries per parameter key and its largest finite |value| with that key; the
+    norm is what the step's finite check reads, so an infinite float32 norm of finite gradients shows here as a
+    finite float64 one. ``step``: the non-finite entries per key of member k's row of ``flat.grad`` as the step left it
+    (``step_row``: unscaled and clipped; a clip by an infinite norm turns every inf entry to NaN and the rest to 0, a
+    NaN norm turns every entry to NaN). Where the recomputed norm is inf, a key the step lists and the recomputation
+    does not is where the two computations part."""
+    grads = torch.autograd.grad((loss * scale).sum(), flat.params, allow_unused=True)
+    g = flat.flatten(list(grads))
+    scaler.unscale_(g, scale)
+    row = g[k]
+    finite = torch.where(torch.isfinite(row), row.abs(), 0.0)
+    magnitudes = {key: finite[off:off + n].max().item() if n else 0.0 for key, (off, n) in flat.columns.items()}
+    top = max(magnitudes, key=magnitudes.get)
+    eager = {"grad_norm": torch.linalg.vector_norm(g, 2, dim=1)[k].item(),
+             "grad_norm_f64": torch.linalg.vector_norm(row.double(), 2).item(),
+             "nonfinite": _nonfinite_keys(flat, row), "absmax_finite": magnitudes[top], "absmax_key": top}
+    return {"eager": eager, "step": {"nonfinite": _nonfinite_keys(flat, step_row)}}
+
+
 class Tracer:
     """PPO's side of the trace: which steps to trace, the recomputation, the JSON lines. ``Tracer.from_env()`` is
     None unless ``ESPER_NONFINITE_TRACE`` is set."""
@@ -192,14 +228,17 @@ class Tracer:
 
         if not (any(overflow) or any(bad)):
             return
+        scale_t = scale_t.clone()  # the step's scales (the host loop's live tensor is halved after the step)
         scale, mb = scale_t.tolist(), mb_fn()
+        loss_fn = lambda: ppo_loss(ppo.policy.evaluate, mb, ppo.hp, ppo.numerics)  # noqa: E731
         for k in self.wanted(overflow, bad, scale):
             n = ppo.numerics.members[k] if isinstance(ppo.numerics, MemberNumerics) else ppo.numerics
-            self.trace(k, lambda: ppo_loss(ppo.policy.evaluate, mb, ppo.hp, ppo.numerics),
-                       list(ppo.policy.parameters()), scale[k], ppo.members,
-                       {"update": ppo.update_idx[k] + 1, "env_id": ppo.envs.env_id, "gelu": n.gelu,
-                        "precision": n.precision, "seed": ppo.seeds[k], **where,
-                        "failed": bad[k], "members_skipping": sum(overflow), "members_failing": sum(bad)})
+            record = self.trace(k, loss_fn, list(ppo.policy.parameters()), scale[k], ppo.members,
+                                {"update": ppo.update_idx[k] + 1, "env_id": ppo.envs.env_id, "gelu": n.gelu,
+                                 "precision": n.precision, "seed": ppo.seeds[k], **where,
+                                 "failed": bad[k], "members_skipping": sum(overflow), "members_failing": sum(bad)},
+                                lambda loss, k=k: step_gradients(ppo.flat, ppo.scaler, loss, scale_t, k,
+                                                                 ppo.flat.grad[k]))
 
     def wanted(self, overflow: list[bool], bad: list[bool], scale: list[float]) -> list[int]:
         """Members whose step this minibatch is to be traced."""
@@ -210,14 +249,18 @@ class Tracer:
         return out
 
     def trace(self, k: int, loss_fn: Callable[[], tuple[torch.Tensor, dict]], params: list[torch.Tensor],
-              scale: float, members: int, where: dict) -> dict:
+              scale: float, members: int, where: dict, step_fn: Callable[[torch.Tensor], dict] | None = None) -> dict:
         """Recompute the minibatch loss (``loss_fn``: every member's [K] loss and parts), backpropagate member k's
-        (times its loss scale) with :func:`trace_backward`, append the record to the file and return it."""
+        (times its loss scale) with :func:`trace_backward`; with ``step_fn`` (:func:`step_gradients` bound to the
+        step) also the whole step's gradient from a second recomputation (``step_gradients``); append the record to
+        the file and return it."""
         self.count[k] = self.count.get(k, 0) + 1
         loss, parts = loss_fn()
         record = {**where, "member": k, "pid": os.getpid(), "loss_scale": scale, "loss": loss[k].item(),
                   **{name: v[k].item() for name, v in parts.items()}}
         record["trace"] = trace_backward(loss[k] * scale, params, members, k)
+        if step_fn is not None:
+            record["step_gradients"] = step_fn(loss_fn()[0])
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         return record

@@ -112,6 +112,7 @@ class FlatParams:
         # per parameter: where its members' rows sit in a [K, P] buffer (rows a..b, columns off..off+n, r stacked
         # networks per member), and the parameter itself as [r, m, n/r] (its storage never moves: updates are copies)
         self._spec = [(a, b, offsets[key], sizes[key], p.shape[0] // (b - a)) for key, p, a, b in layout]
+        self.columns = {key: (offsets[key], sizes[key]) for key in sizes}  # each key's columns in a member's row
         self._param_views = [p.data.view(r, b - a, -1) for (a, b, _, _, r), p in zip(self._spec, self.params)]
         self._views, self._grad_views = self._views_of(self.data), self._views_of(self.grad)
         self.pull()
@@ -182,10 +183,11 @@ class MemberGradScaler:
         """loss [K] -> the scalar to call backward on (sum of member losses, each times its scale)."""
         return (loss * self.scale).sum() if self.enabled else loss.sum()
 
-    def unscale_(self, grad: torch.Tensor) -> None:
-        """grad: [K, P] flat gradients, multiplied by each member's 1/scale (as torch's GradScaler does)."""
+    def unscale_(self, grad: torch.Tensor, scale: torch.Tensor | None = None) -> None:
+        """grad: [K, P] flat gradients, multiplied by each member's 1/scale (as torch's GradScaler does); ``scale``: a
+        [K] scale to use instead of the current one (the non-finite trace's recomputation of a step already taken)."""
         if self.enabled:
-            grad.mul_(self.scale.double().reciprocal().float().unsqueeze(1))
+            grad.mul_((self.scale if scale is None else scale).double().reciprocal().float().unsqueeze(1))
 
     def update(self, found_inf: torch.Tensor, stepped: torch.Tensor) -> None:
         """found_inf, stepped: [K] bool. Members that did not take part (stepped and found_inf both false because

@@ -158,7 +158,8 @@ def test_a_compiled_cuda_group_completes_with_its_trunks_compiled(tmp_path):
 def test_a_traced_fp16_cuda_group_trains_as_untraced_and_traces_its_skipped_steps(tmp_path, monkeypatch):
     """ESPER_NONFINITE_TRACE on the captured CUDA-graph path (the fp16 arm's layout in small: one fp16 group,
     deterministic): the trace reads each minibatch replay's flags and pre-step scale, recomputes a skipped step's
-    loss eagerly outside the graph, finds its gradient non-finite again, and changes none of the training's numbers."""
+    loss eagerly outside the graph, finds its gradient non-finite again, and in the same parameters as the replayed
+    step (nonfinite.step_gradients), and changes none of the training's numbers."""
     base = (*CHEETAH, "device=cuda", "deterministic=true", "precision=fp16", "model.gelu=exact")
     _, plain = _group(tmp_path, base, seeds=(1, 2), name="plain")
     trace = tmp_path / "trace.jsonl"
@@ -175,3 +176,8 @@ def test_a_traced_fp16_cuda_group_trains_as_untraced_and_traces_its_skipped_step
     skipped = [read_jsonl(p / "metrics.jsonl")[-1]["nonfinite_grad_steps"] for p in traced]
     assert sum(skipped) > 0 and len(records) == sum(min(n, 3) for n in skipped)
     assert all(r["trace"]["first"] is not None and not r["trace"]["inputs_finite"] for r in records)
+    for r in records:  # the whole step recomputed eagerly is non-finite where the replayed step was (an inf norm
+        eager, step = r["step_gradients"]["eager"], r["step_gradients"]["step"]  # clips inf to NaN, the rest to 0;
+        assert eager["nonfinite"] and set(eager["nonfinite"]) <= set(step["nonfinite"])  # a NaN norm: all NaN)
+        if eager["grad_norm"] == float("inf"):
+            assert eager["nonfinite"] == step["nonfinite"]

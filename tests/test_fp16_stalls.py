@@ -87,3 +87,12 @@ def test_a_trace_adds_each_runs_first_non_finite_op(tmp_path, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| halfcheetah")]
     assert rows[0].endswith("[2 traced] | yes (updates 1-2) |") and rows[1].endswith("| - | no: from update 2 |")
     assert fp16_stalls.main([str(sweep), "--kept", str(kept)]) == 2
+    # a record with the whole step recomputed (nonfinite.step_gradients): what it found goes into the column
+    records[0]["trace"]["first"] = None
+    records[0]["step_gradients"] = {"eager": {"grad_norm": 6.25, "grad_norm_f64": 6.25, "nonfinite": {}},
+                                    "step": {"nonfinite": {"trunk.seed.0.weight": 12}}}
+    trace.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert fp16_stalls.main([str(sweep), "--trace", str(trace)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| halfcheetah")]
+    assert rows[0].endswith("| update 2, scale 0.5: none found; eager step: norm 6.25, non-finite nowhere; the run's "
+                            "step: non-finite trunk.seed.0.weight (12); later also MulBackward0 [2 traced] |")

@@ -39,6 +39,38 @@ def test_a_stacked_tensor_is_judged_on_the_traced_members_row():
     assert one["first"] is None and one["inputs_finite"]
 
 
+class _Stacked(torch.nn.Module):
+    """Two members' weights [K, 3] and biases [K, 1]; member k's loss is sum(w_k * x_k) + b_k."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.b = torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(2, 1))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.w * x).sum(-1) + self.b[:, 0]
+
+
+def test_step_gradients_tell_a_norm_overflow_from_a_step_whose_own_gradient_went_non_finite():
+    from esper_exp.nonfinite import step_gradients
+    from esper_exp.stacked import FlatParams, MemberGradScaler
+
+    model = _Stacked()
+    flat, scaler = FlatParams(model, 2, align=8), MemberGradScaler(2, torch.device("cpu"), True)
+    assert flat.columns == {"w": (0, 3), "b": (3, 1)}
+    scale = torch.tensor([4.0, 0.5])
+    x = torch.tensor([[1.0, -2.0, 3.0], [3e19, 0.0, 1.0]])  # member 1's gradient is finite, its fp32 norm is not
+    step_row = torch.zeros(8)
+    step_row[3] = float("nan")  # the step left a NaN in member 0's bias, which the recomputation does not make
+    out = step_gradients(flat, scaler, model.loss(x), scale, 0, step_row)
+    assert out["step"] == {"nonfinite": {"b": 1}} and out["eager"]["nonfinite"] == {}
+    assert out["eager"]["grad_norm"] == pytest.approx(15 ** 0.5)  # |(1, -2, 3, 1)|, unscaled by the step's 4
+    assert out["eager"]["absmax_finite"] == 3.0 and out["eager"]["absmax_key"] == "w"
+    one = step_gradients(flat, scaler, model.loss(x), scale, 1, torch.zeros(8))["eager"]
+    assert one["grad_norm"] == float("inf") and one["grad_norm_f64"] == pytest.approx(3e19)
+    assert one["nonfinite"] == {} and one["absmax_finite"] == pytest.approx(3e19)
+    assert model.w.grad is None and flat.grad.abs().sum() == 0  # nothing written
+
+
 def _traced(tmp_path, monkeypatch, below="1e9", most="2"):
     path = tmp_path / "trace.jsonl"
     monkeypatch.setenv("ESPER_NONFINITE_TRACE", str(path))
@@ -62,6 +94,9 @@ def test_a_traced_run_is_bitwise_the_untraced_one_and_traces_its_skipped_steps(t
         assert r["member"] == 0 and r["seed"] == 1 and not r["failed"] and r["loss_scale"] >= 2.0 ** 10
         assert (r["env_id"], r["gelu"], r["precision"]) == ("CartPole-v1", "exact", "fp16")
         assert r["trace"]["first"] is not None and not r["trace"]["inputs_finite"]  # the recompute overflows again
+        eager, step = r["step_gradients"]["eager"], r["step_gradients"]["step"]
+        assert eager["nonfinite"] and eager["nonfinite"] == step["nonfinite"]  # the host step, recomputed: the same
+        assert eager["grad_norm"] == float("inf")
         assert 1 <= r["epoch"] and 1 <= r["minibatch"] and r["update"] >= 1
 
 

@@ -80,7 +80,22 @@ def traced_ops(run: Path, records: list[dict]) -> str:
     tail = " <- ".join((first["trace"]["first"] or {}).get("path", [])[-4:][::-1])
     others = sorted({op(r) for r in mine[1:]} - {op(first)})
     return (f"update {first['update']}, scale {first['loss_scale']:g}: {op(first)}" + (f" ({tail})" if tail else "")
-            + (f"; later also {', '.join(others)}" if others else "") + f" [{len(mine)} traced]")
+            + step_note(first) + (f"; later also {', '.join(others)}" if others else "") + f" [{len(mine)} traced]")
+
+
+def step_note(record: dict) -> str:
+    """What the record's whole-step recomputation says (nonfinite.step_gradients; records from before it: nothing):
+    the recomputed norm (float32, as the step's check reads it; float64 where they differ) and where the step's own
+    gradient, and the recomputation's, were non-finite."""
+    sg = record.get("step_gradients")
+    if sg is None:
+        return ""
+    e = sg["eager"]
+    where = lambda d: ", ".join(f"{key} ({n})" for key, n in d.items()) or "nowhere"  # noqa: E731
+    norm = f"{e['grad_norm']:.3g}" + (f" (float64 {e['grad_norm_f64']:.3g})" if e["grad_norm"] != e["grad_norm_f64"]
+                                      and math.isfinite(e["grad_norm_f64"]) else "")
+    return (f"; eager step: norm {norm}, non-finite {where(e['nonfinite'])}; the run's step: non-finite "
+            f"{where(sg['step']['nonfinite'])}")
 
 
 def same_as_kept(run: Path, kept: Path) -> str:
