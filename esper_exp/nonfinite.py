@@ -141,12 +141,12 @@ def step_gradients(flat, scaler, loss: torch.Tensor, scale: torch.Tensor, k: int
 
     ``eager``: every member's ``loss`` [K] times its ``scale`` [K] (the step's scales), summed and backpropagated
     (``torch.autograd.grad``: no ``.grad`` written), flattened, unscaled, then member k's L2 norm as the step computes
-    it (float32) and in float64, its non-finite entries per parameter key and its largest finite |value| with that key; the
-    norm is what the step's finite check reads, so an infinite float32 norm of finite gradients shows here as a
-    finite float64 one. ``step``: the non-finite entries per key of member k's row of ``flat.grad`` as the step left it
-    (``step_row``: unscaled and clipped; a clip by an infinite norm turns every inf entry to NaN and the rest to 0, a
-    NaN norm turns every entry to NaN). Where the recomputed norm is inf, a key the step lists and the recomputation
-    does not is where the two computations part."""
+    it (float32) and in float64, its non-finite entries per parameter key and its largest finite |value| with that
+    key; the norm is what the step's finite check reads, so an infinite float32 norm of finite gradients shows here
+    as a finite float64 one. ``step``: the non-finite entries per key of member k's row of ``flat.grad`` as the step
+    left it (``step_row``: unscaled and clipped; a clip by an infinite norm turns every inf entry to NaN and the rest
+    to 0, a NaN norm turns every entry to NaN). Where the recomputed norm is inf, a key the step lists and the
+    recomputation does not is where the two computations part."""
     grads = torch.autograd.grad((loss * scale).sum(), flat.params, allow_unused=True)
     g = flat.flatten(list(grads))
     scaler.unscale_(g, scale)
@@ -186,6 +186,8 @@ class Tracer:
         """Hook into ``ppo`` for the rest of its life (instance attributes wrapping ``PPO.update`` and, per path, the
         minibatch step: ``_clipped_grads`` on the host loop, ``_call`` on the CUDA-graph one, as the drift probe does
         for one update; the two are not combined: train.py refuses)."""
+        from esper_exp.ppo import STAT_KEYS, _stat_rows
+
         cls, n_mb = type(ppo), ppo.batch_size // ppo.minibatch_size
         step = [0]
 
@@ -200,8 +202,9 @@ class Tracer:
 
         def clipped_grads(mb, stepping):  # host loop: flags are returned, the scale is still the step's
             out = cls._clipped_grads(ppo, mb, stepping)
-            bad, overflow = out[3], out[4]
-            self._check(ppo, lambda: mb, overflow.tolist(), bad.tolist(), ppo.scaler.scale, where())
+            loss, parts, grad_norm, bad, overflow = out
+            stats = lambda: dict(zip(STAT_KEYS, _stat_rows(parts, grad_norm)))  # noqa: E731
+            self._check(ppo, lambda: mb, overflow.tolist(), bad.tolist(), ppo.scaler.scale, where(), stats)
             return out
 
         def call(name, fn):  # CUDA graphs: the step's flags and scale from the device around the replay
@@ -209,9 +212,13 @@ class Tracer:
                 return cls._call(ppo, name, fn)
             S = ppo._st
             scale, skipped, stepping = ppo.scaler.scale.clone(), S.skipped.clone(), S.stepping.clone()
+            sums = S.sums.clone()
             out = cls._call(ppo, name, fn)
             overflow, bad = (S.skipped > skipped).tolist(), (stepping & ~S.stepping).tolist()
-            self._check(ppo, lambda: S.batch.index(S.idx), overflow, bad, scale, where())
+            # the replay's own statistics: what it added to the update's sums (a stepping member's; rounded by the
+            # subtraction, and NaN where a sum is already non-finite)
+            stats = lambda: dict(zip(STAT_KEYS, S.sums - sums))  # noqa: E731
+            self._check(ppo, lambda: S.batch.index(S.idx), overflow, bad, scale, where(), stats)
             return out
 
         ppo.update = update
@@ -221,7 +228,7 @@ class Tracer:
             ppo._clipped_grads = clipped_grads
 
     def _check(self, ppo, mb_fn: Callable, overflow: list[bool], bad: list[bool], scale_t: torch.Tensor,
-               where: dict) -> None:
+               where: dict, stats_fn: Callable[[], dict[str, torch.Tensor]]) -> None:
         """Trace the wanted members of one minibatch step; the minibatch (``mb_fn``) and the scale are read only when
         some member skipped or failed it (most steps: nothing to do but the flags' read)."""
         from esper_exp.ppo import ppo_loss
@@ -229,7 +236,7 @@ class Tracer:
         if not (any(overflow) or any(bad)):
             return
         scale_t = scale_t.clone()  # the step's scales (the host loop's live tensor is halved after the step)
-        scale, mb = scale_t.tolist(), mb_fn()
+        scale, mb, stats = scale_t.tolist(), mb_fn(), stats_fn()
         loss_fn = lambda: ppo_loss(ppo.policy.evaluate, mb, ppo.hp, ppo.numerics)  # noqa: E731
         for k in self.wanted(overflow, bad, scale):
             n = ppo.numerics.members[k] if isinstance(ppo.numerics, MemberNumerics) else ppo.numerics
@@ -237,8 +244,10 @@ class Tracer:
                                 {"update": ppo.update_idx[k] + 1, "env_id": ppo.envs.env_id, "gelu": n.gelu,
                                  "precision": n.precision, "seed": ppo.seeds[k], **where,
                                  "failed": bad[k], "members_skipping": sum(overflow), "members_failing": sum(bad)},
-                                lambda loss, k=k: step_gradients(ppo.flat, ppo.scaler, loss, scale_t, k,
-                                                                 ppo.flat.grad[k]))
+                                lambda loss, k=k: {
+                                    "step_stats": {name: v[k].item() for name, v in stats.items()},
+                                    "step_gradients": step_gradients(ppo.flat, ppo.scaler, loss, scale_t, k,
+                                                                     ppo.flat.grad[k])})
 
     def wanted(self, overflow: list[bool], bad: list[bool], scale: list[float]) -> list[int]:
         """Members whose step this minibatch is to be traced."""
@@ -251,16 +260,16 @@ class Tracer:
     def trace(self, k: int, loss_fn: Callable[[], tuple[torch.Tensor, dict]], params: list[torch.Tensor],
               scale: float, members: int, where: dict, step_fn: Callable[[torch.Tensor], dict] | None = None) -> dict:
         """Recompute the minibatch loss (``loss_fn``: every member's [K] loss and parts), backpropagate member k's
-        (times its loss scale) with :func:`trace_backward`; with ``step_fn`` (:func:`step_gradients` bound to the
-        step) also the whole step's gradient from a second recomputation (``step_gradients``); append the record to
-        the file and return it."""
+        (times its loss scale) with :func:`trace_backward`; with ``step_fn`` also what it returns for a second
+        recomputation's loss (PPO's: the step's own statistics ``step_stats`` and :func:`step_gradients`); append
+        the record to the file and return it."""
         self.count[k] = self.count.get(k, 0) + 1
         loss, parts = loss_fn()
         record = {**where, "member": k, "pid": os.getpid(), "loss_scale": scale, "loss": loss[k].item(),
                   **{name: v[k].item() for name, v in parts.items()}}
         record["trace"] = trace_backward(loss[k] * scale, params, members, k)
         if step_fn is not None:
-            record["step_gradients"] = step_fn(loss_fn()[0])
+            record.update(step_fn(loss_fn()[0]))
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         return record

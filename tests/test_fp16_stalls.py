@@ -91,8 +91,10 @@ def test_a_trace_adds_each_runs_first_non_finite_op(tmp_path, capsys):
     records[0]["trace"]["first"] = None
     records[0]["step_gradients"] = {"eager": {"grad_norm": 6.25, "grad_norm_f64": 6.25, "nonfinite": {}},
                                     "step": {"nonfinite": {"trunk.seed.0.weight": 12}}}
+    records[0].update(policy_loss=0.0125, step_stats={"policy_loss": 0.0125, "grad_norm": float("nan")})
     trace.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert fp16_stalls.main([str(sweep), "--trace", str(trace)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| halfcheetah")]
     assert rows[0].endswith("| update 2, scale 0.5: none found; eager step: norm 6.25, non-finite nowhere; the run's "
-                            "step: non-finite trunk.seed.0.weight (12); later also MulBackward0 [2 traced] |")
+                            "step: policy loss 0.0125 (eager 0.0125), norm nan, non-finite trunk.seed.0.weight (12); "
+                            "later also MulBackward0 [2 traced] |")

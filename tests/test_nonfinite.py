@@ -97,6 +97,8 @@ def test_a_traced_run_is_bitwise_the_untraced_one_and_traces_its_skipped_steps(t
         eager, step = r["step_gradients"]["eager"], r["step_gradients"]["step"]
         assert eager["nonfinite"] and eager["nonfinite"] == step["nonfinite"]  # the host step, recomputed: the same
         assert eager["grad_norm"] == float("inf")
+        assert r["step_stats"]["grad_norm"] == float("inf")  # the step's own statistics, beside the recomputation's:
+        assert all(r["step_stats"][n] == r[n] for n in ("policy_loss", "value_loss", "entropy", "clipfrac"))
         assert 1 <= r["epoch"] and 1 <= r["minibatch"] and r["update"] >= 1
 
 
@@ -134,6 +136,10 @@ def test_the_cuda_graph_paths_code_traces_without_changing_it(tmp_path, monkeypa
         mine = [r for r in graph_trace if r["member"] == k]
         assert skipped > 0 and len(mine) == min(skipped, 3) and all(not r["trace"]["inputs_finite"] for r in mine)
     assert mine[0]["loss_scale"] == 2.0 ** 16  # the scale the step ran with, not the halved one after it
+    # the step's own statistics: the host loop's as computed, the graph's as what the replay added to the sums
+    graph_stats, host_stats = graph_trace[0].pop("step_stats"), host_trace[0].pop("step_stats")
+    assert graph_stats.keys() == host_stats.keys() and graph_stats["grad_norm"] == float("inf")
+    assert graph_stats == pytest.approx(host_stats, nan_ok=True)
     assert json.dumps(graph_trace[0]) == json.dumps(host_trace[0])
 
 

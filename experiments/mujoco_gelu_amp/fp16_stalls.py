@@ -86,7 +86,8 @@ def traced_ops(run: Path, records: list[dict]) -> str:
 def step_note(record: dict) -> str:
     """What the record's whole-step recomputation says (nonfinite.step_gradients; records from before it: nothing):
     the recomputed norm (float32, as the step's check reads it; float64 where they differ) and where the step's own
-    gradient, and the recomputation's, were non-finite."""
+    gradient, and the recomputation's, were non-finite; with ``step_stats`` the step's own policy loss (beside the
+    recomputation's) and norm."""
     sg = record.get("step_gradients")
     if sg is None:
         return ""
@@ -94,7 +95,10 @@ def step_note(record: dict) -> str:
     where = lambda d: ", ".join(f"{key} ({n})" for key, n in d.items()) or "nowhere"  # noqa: E731
     norm = f"{e['grad_norm']:.3g}" + (f" (float64 {e['grad_norm_f64']:.3g})" if e["grad_norm"] != e["grad_norm_f64"]
                                       and math.isfinite(e["grad_norm_f64"]) else "")
-    return (f"; eager step: norm {norm}, non-finite {where(e['nonfinite'])}; the run's step: non-finite "
+    own = record.get("step_stats", {})
+    losses = (f"policy loss {own['policy_loss']:.4g} (eager {record['policy_loss']:.4g}), norm {own['grad_norm']:.3g}, "
+              if "policy_loss" in own else "")
+    return (f"; eager step: norm {norm}, non-finite {where(e['nonfinite'])}; the run's step: {losses}non-finite "
             f"{where(sg['step']['nonfinite'])}")
 
 
