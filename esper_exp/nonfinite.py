@@ -38,13 +38,24 @@ from esper_exp.numerics import MemberNumerics
 ENV_FILE, ENV_BELOW, ENV_MAX = "ESPER_NONFINITE_TRACE", "ESPER_NONFINITE_TRACE_BELOW", "ESPER_NONFINITE_TRACE_MAX"
 
 
-def _bad(t: torch.Tensor | None, members: int, k: int) -> bool:
-    """Non-finite anywhere in ``t``, or only in member k's rows where ``t`` leads with the member axis: K rows (row
-    k), or 2K (a one-segment trunk's critic rows, then its actor rows: rows k and K + k; policy.py)."""
+def _rows(d: int, members: int, k: int, segment: tuple[int, int] | None) -> list[int] | None:
+    """Member k's rows in a tensor that leads with ``d`` rows: K rows (row k), or 2K (a one-segment trunk's critic
+    rows, then its actor rows: rows k and K + k; policy.py); in a mixed group's trunk ``segment`` [a, b) also b - a
+    rows (row k - a) and 2(b - a) (rows k - a, b - a + k - a). A size two of these layouts share is judged on the
+    union of their rows. None: no member axis (judged whole)."""
+    out = set()
+    for m, j in ((members, k), *([(segment[1] - segment[0], k - segment[0])] if segment else [])):
+        out |= {j} if d == m else {j, m + j} if d == 2 * m else set()
+    return sorted(out) or None
+
+
+def _bad(t: torch.Tensor | None, members: int, k: int, segment: tuple[int, int] | None = None) -> bool:
+    """Non-finite anywhere in ``t``, or only in member k's rows where ``t`` leads with a member axis (:func:`_rows`)."""
     if t is None or not t.is_floating_point():
         return False
-    if members > 1 and t.dim() > 0 and t.shape[0] in (members, 2 * members):
-        t = t[k] if t.shape[0] == members else t[[k, members + k]]
+    rows = _rows(t.shape[0], members, k, segment) if members > 1 and t.dim() > 0 else None
+    if rows is not None:
+        t = t[rows]
     return not bool(torch.isfinite(t).all())
 
 
@@ -71,15 +82,16 @@ def _saved(node) -> dict:
     return out
 
 
-def trace_backward(output: torch.Tensor, inputs: list[torch.Tensor], members: int = 1, k: int = 0) -> dict:
+def trace_backward(output: torch.Tensor, inputs: list[torch.Tensor], members: int = 1, k: int = 0,
+                   segment: tuple[int, int] | None = None) -> dict:
     """Backpropagate the scalar ``output`` to ``inputs`` (``torch.autograd.grad``: no ``.grad`` is written) with a hook
     on every node of its graph. Returns ``first``: the first node (execution order) with finite incoming and non-finite
     outgoing gradients, as {node, path (node names from the output down to it), shapes, dtypes, largest |incoming| and
     |outgoing| gradient, the forward values it saved (:func:`_saved`)}, or None; ``nodes`` (hooked) and
     ``nonfinite_nodes`` (with a non-finite outgoing gradient); ``inputs_finite`` (every gradient reaching ``inputs``).
     With ``members`` > 1 a tensor that leads with the member axis is judged on member ``k``'s rows only (other members'
-    rows may hold their own 0 * inf; :func:`_bad`); in a mixed group's several trunk segments a trunk tensor is judged
-    whole."""
+    rows may hold their own 0 * inf; :func:`_bad`); ``segment``: the members [a, b) of member k's trunk segment in a
+    mixed group (several segments), whose trunk tensors lead with b - a or 2(b - a) rows."""
     if output.grad_fn is None:
         raise ValueError("output has no autograd graph")
     parent: dict = {output.grad_fn: None}
@@ -108,7 +120,7 @@ def trace_backward(output: torch.Tensor, inputs: list[torch.Tensor], members: in
         return fn
 
     def _bad_any(ts) -> bool:
-        return any(_bad(t, members, k) for t in ts)
+        return any(_bad(t, members, k, segment) for t in ts)
 
     try:
         for node in order:
@@ -127,7 +139,7 @@ def trace_backward(output: torch.Tensor, inputs: list[torch.Tensor], members: in
                      "incoming_absmax": _amax(g_in), "outgoing_absmax": _amax(g_out), "saved": saved.get(node, {})}
             break
     return {"first": first, "nodes": len(handles), "nonfinite_nodes": sum(e[2] for e in events),
-            "inputs_finite": not any(_bad(g, members, k) for g in grads)}
+            "inputs_finite": not any(_bad(g, members, k, segment) for g in grads)}
 
 
 def _nonfinite_keys(flat, row: torch.Tensor) -> dict[str, int]:
@@ -238,16 +250,19 @@ class Tracer:
         scale_t = scale_t.clone()  # the step's scales (the host loop's live tensor is halved after the step)
         scale, mb, stats = scale_t.tolist(), mb_fn(), stats_fn()
         loss_fn = lambda: ppo_loss(ppo.policy.evaluate, mb, ppo.hp, ppo.numerics)  # noqa: E731
+        bounds = getattr(ppo.policy, "bounds", [])  # a mixed group's trunk segments (policy.py)
         for k in self.wanted(overflow, bad, scale):
             n = ppo.numerics.members[k] if isinstance(ppo.numerics, MemberNumerics) else ppo.numerics
-            record = self.trace(k, loss_fn, list(ppo.policy.parameters()), scale[k], ppo.members,
-                                {"update": ppo.update_idx[k] + 1, "env_id": ppo.envs.env_id, "gelu": n.gelu,
-                                 "precision": n.precision, "seed": ppo.seeds[k], **where,
-                                 "failed": bad[k], "members_skipping": sum(overflow), "members_failing": sum(bad)},
-                                lambda loss, k=k: {
-                                    "step_stats": {name: v[k].item() for name, v in stats.items()},
-                                    "step_gradients": step_gradients(ppo.flat, ppo.scaler, loss, scale_t, k,
-                                                                     ppo.flat.grad[k])})
+            segment = next(((a, b) for a, b in bounds if a <= k < b), None) if len(bounds) > 1 else None
+            where_k = {"update": ppo.update_idx[k] + 1, "env_id": ppo.envs.env_id, "gelu": n.gelu,
+                       "precision": n.precision, "seed": ppo.seeds[k], **where,
+                       "failed": bad[k], "members_skipping": sum(overflow), "members_failing": sum(bad)}
+
+            def step_fn(loss: torch.Tensor, k: int = k) -> dict:
+                return {"step_stats": {name: v[k].item() for name, v in stats.items()},
+                        "step_gradients": step_gradients(ppo.flat, ppo.scaler, loss, scale_t, k, ppo.flat.grad[k])}
+
+            self.trace(k, loss_fn, list(ppo.policy.parameters()), scale[k], ppo.members, where_k, step_fn, segment)
 
     def wanted(self, overflow: list[bool], bad: list[bool], scale: list[float]) -> list[int]:
         """Members whose step this minibatch is to be traced."""
@@ -258,7 +273,8 @@ class Tracer:
         return out
 
     def trace(self, k: int, loss_fn: Callable[[], tuple[torch.Tensor, dict]], params: list[torch.Tensor],
-              scale: float, members: int, where: dict, step_fn: Callable[[torch.Tensor], dict] | None = None) -> dict:
+              scale: float, members: int, where: dict, step_fn: Callable[[torch.Tensor], dict] | None = None,
+              segment: tuple[int, int] | None = None) -> dict:
         """Recompute the minibatch loss (``loss_fn``: every member's [K] loss and parts), backpropagate member k's
         (times its loss scale) with :func:`trace_backward`; with ``step_fn`` also what it returns for a second
         recomputation's loss (PPO's: the step's own statistics ``step_stats`` and :func:`step_gradients`); append
@@ -267,7 +283,7 @@ class Tracer:
         loss, parts = loss_fn()
         record = {**where, "member": k, "pid": os.getpid(), "loss_scale": scale, "loss": loss[k].item(),
                   **{name: v[k].item() for name, v in parts.items()}}
-        record["trace"] = trace_backward(loss[k] * scale, params, members, k)
+        record["trace"] = trace_backward(loss[k] * scale, params, members, k, segment)
         if step_fn is not None:
             record.update(step_fn(loss_fn()[0]))
         with open(self.path, "a") as f:

@@ -164,6 +164,22 @@ def test_a_trunk_tensor_of_2k_rows_is_judged_on_the_members_critic_and_actor_row
     assert _bad(t, 2, 1) and not _bad(t, 2, 0) and _bad(t, 1, 0)
 
 
+def test_a_mixed_groups_segment_trunk_tensor_is_judged_on_the_members_rows_in_that_segment():
+    from esper_exp.nonfinite import _bad
+
+    # K = 4 in segments [0, 2) and [2, 4): the second segment's trunk tensor has 2 x 2 rows (critic 0, 1; actor 2, 3)
+    t = torch.zeros(4, 3)
+    t[3, 0] = float("inf")  # segment member 1's actor row: member 3's (as a K-row tensor, row 3 is member 3's too)
+    assert _bad(t, 4, 3, (2, 4))
+    t = torch.zeros(4, 3)
+    t[2, 0] = float("inf")  # member 2's actor row in its segment (row 2 of a K-row tensor would be member 2's too)
+    assert _bad(t, 4, 2, (2, 4)) and not _bad(t, 4, 3, (2, 4))
+    t = torch.zeros(4, 3)
+    t[1, 0] = float("inf")  # member 3's critic row in its segment: a K-row reading would give member 1 only
+    assert _bad(t, 4, 3, (2, 4)) and not _bad(t, 4, 3)
+    assert not _bad(torch.zeros(2, 3), 4, 3, (2, 4)) and _bad(torch.full((2, 3), float("nan")), 4, 3, (2, 4))
+
+
 def test_the_trace_and_the_drift_probe_are_not_combined(tmp_path, monkeypatch):
     from esper_exp.config import ConfigError
     from esper_exp.train import run
