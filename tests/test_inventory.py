@@ -176,3 +176,8 @@ def test_a_compiled_arms_carry_and_its_running_runs_updates(tmp_path, monkeypatc
     assert line.endswith("mujoco_gelu_amp_compile halfcheetah seeds 1-2: 4 runs at update 40")
     assert inventory.other_state(tmp_path, Path("outputs/sweeps"), "compile") == \
         "compile: 0 of 20 registered runs kept in git, 4 unfinished there (updates 42-42)"
+    # session 21: a run resumed from update 165 says so in run.json; its metrics.jsonl has gone on to 371
+    for d in comp.glob("*/seed=*"):
+        (d / "run.json").write_text(json.dumps({"status": "running", "update": 165}))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"update": u}) + "\n" for u in range(1, 372)))
+    assert inventory.other_state(tmp_path, Path("outputs/sweeps"), "compile").endswith("(updates 371-371)")

@@ -44,8 +44,9 @@ def _archive(runs: Path, env: str, cell: str, a: int, b: int) -> Path:
 
 def _state(run_dir: Path) -> tuple[str, int]:
     """(status, update) from run.json: ("missing", 0) where there is none, ("unreadable", 0) where it is damaged. A run
-    still "running" in its run.json (its state packed from a frozen sweep: run.json is rewritten when a run stops, not
-    per update) has its update from the last line of metrics.jsonl."""
+    still "running" in its run.json (its state packed from a frozen sweep: run.json is rewritten when a run starts,
+    resumes or stops, not per update, so it holds 0 or the update it resumed from) has its update from the last line
+    of metrics.jsonl where that is later."""
     try:
         info = json.loads((run_dir / "run.json").read_text())
     except FileNotFoundError:
@@ -53,10 +54,10 @@ def _state(run_dir: Path) -> tuple[str, int]:
     except (OSError, ValueError):
         return "unreadable", 0
     update = int(info.get("update") or 0)
-    if info.get("status") == "running" and not update:
+    if info.get("status") == "running":
         try:
             lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-            update = int(json.loads(lines[-1])["update"]) if lines else 0
+            update = max(update, int(json.loads(lines[-1])["update"]) if lines else 0)
         except (OSError, ValueError, KeyError):
             pass
     return str(info.get("status")), update
