@@ -11,8 +11,9 @@
 #    are unpacked in TWIN (outputs/sweeps/mujoco_gelu_amp_cpu: archive.py unpack exploratory/cpu/runs/*.tar.xz).
 # 5. each CUDA exploratory arm whose registered runs (`inventory.py --registered ARM`: 20 or 40) have all completed
 #    in ARMS/mujoco_gelu_amp_<arm> (default: SWEEP's parent; a new checkout unpacks exploratory/<arm>/runs/*.tar.xz):
-#    its report by its own stored rule into OUT/exploratory/<arm>, the recompute, and for fp16, alpha1 and width384
-#    the comparison with the primary's cells (`--vs`, descriptive); an arm with fewer is named and left out.
+#    its report by its own stored rule into OUT/exploratory/<arm>, the recompute, and for fp16, alpha1, width384 and
+#    compile the comparison with the primary's cells (`--vs`, descriptive; compile's compiled bf16 cells against the
+#    primary's eager bf16 ones, added in session 21 before the arm completed); an arm with fewer is named and left out.
 # PY: the Python with esper-exp installed (default .venv/bin/python where it exists, else python3).
 set -eu
 SWEEP=${1:-outputs/sweeps/mujoco_gelu_amp}; OUT=${2:-experiments/mujoco_gelu_amp}
@@ -50,5 +51,7 @@ for arm in fp16 width384 compile alpha1 3m; do
             --out "$OUT/exploratory/fp16_vs_fp32" --reps 20000 --seed 0;;
     alpha1) report "$SWEEP" --vs "$d" --out "$OUT/exploratory/alpha1_vs_ramp" --reps 20000 --seed 0;;
     width384) report "$SWEEP" --vs "$d" --out "$OUT/exploratory/width384_vs_64" --reps 20000 --seed 0;;
+    compile) report "$SWEEP" --vs "$d" --pair exact/bf16/compiled=exact/bf16 --pair tanh/bf16/compiled=tanh/bf16 \
+               --out "$OUT/exploratory/compile_vs_eager" --reps 20000 --seed 0;;
   esac
 done
