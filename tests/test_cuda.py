@@ -181,4 +181,5 @@ def test_a_traced_fp16_cuda_group_trains_as_untraced_and_traces_its_skipped_step
         assert eager["nonfinite"] and set(eager["nonfinite"]) <= set(step["nonfinite"])  # a NaN norm: all NaN)
         if eager["grad_norm"] == float("inf"):
             assert eager["nonfinite"] == step["nonfinite"]
-        assert r["step_stats"]["policy_loss"] == pytest.approx(r["policy_loss"], rel=1e-4, abs=1e-6)  # the same loss
+        # the same loss (the replay's, as a difference of the update's float32 sums: rounded)
+        assert r["step_stats"]["policy_loss"] == pytest.approx(r["policy_loss"], rel=1e-3, abs=1e-5)
