@@ -34,6 +34,7 @@ from collections.abc import Callable
 import torch
 
 from esper_exp.numerics import MemberNumerics
+from esper_exp.stacked import member_grad_norms
 
 ENV_FILE, ENV_BELOW, ENV_MAX = "ESPER_NONFINITE_TRACE", "ESPER_NONFINITE_TRACE_BELOW", "ESPER_NONFINITE_TRACE_MAX"
 
@@ -151,22 +152,21 @@ def _nonfinite_keys(flat, row: torch.Tensor) -> dict[str, int]:
 def step_gradients(flat, scaler, loss: torch.Tensor, scale: torch.Tensor, k: int, step_row: torch.Tensor) -> dict:
     """Member k's gradient as the minibatch step forms it, recomputed eagerly, beside what the step itself left.
 
-    ``eager``: every member's ``loss`` [K] times its ``scale`` [K] (the step's scales), summed and backpropagated
-    (``torch.autograd.grad``: no ``.grad`` written), flattened, unscaled, then member k's L2 norm as the step computes
-    it (float32) and in float64, its non-finite entries per parameter key and its largest finite |value| with that
-    key; the norm is what the step's finite check reads, so an infinite float32 norm of finite gradients shows here
-    as a finite float64 one. ``step``: the non-finite entries per key of member k's row of ``flat.grad`` as the step
-    left it (``step_row``: unscaled and clipped; a clip by an infinite norm turns every inf entry to NaN and the rest
-    to 0, a NaN norm turns every entry to NaN). Where the recomputed norm is inf, a key the step lists and the
-    recomputation does not is where the two computations part."""
-    grads = torch.autograd.grad((loss * scale).sum(), flat.params, allow_unused=True)
-    g = flat.flatten(list(grads))
+    ``eager``: every member's ``loss`` [K] scaled by ``scale`` [K] (the step's scales; ``scaler.scale_loss``) and
+    backpropagated (``FlatParams.grads_of``: no ``.grad`` written), flattened, unscaled, then member k's L2 norm as the
+    step computes it (``member_grad_norms``, float32) and in float64, its non-finite entries per parameter key and its
+    largest finite |value| with that key; the norm is what the step's finite check reads, so an infinite float32 norm of
+    finite gradients shows here as a finite float64 one. ``step``: the non-finite entries per key of member k's row of
+    ``flat.grad`` as the step left it (``step_row``: unscaled and clipped; a clip by an infinite norm turns every inf
+    entry to NaN and the rest to 0, a NaN norm turns every entry to NaN). Where the recomputed norm is inf, a key the
+    step lists and the recomputation does not is where the two computations part."""
+    g = flat.grads_of(scaler.scale_loss(loss, scale))
     scaler.unscale_(g, scale)
     row = g[k]
     finite = torch.where(torch.isfinite(row), row.abs(), 0.0)
     magnitudes = {key: finite[off:off + n].max().item() if n else 0.0 for key, (off, n) in flat.columns.items()}
     top = max(magnitudes, key=magnitudes.get)
-    eager = {"grad_norm": torch.linalg.vector_norm(g, 2, dim=1)[k].item(),
+    eager = {"grad_norm": member_grad_norms(g)[k].item(),
              "grad_norm_f64": torch.linalg.vector_norm(row.double(), 2).item(),
              "nonfinite": _nonfinite_keys(flat, row), "absmax_finite": magnitudes[top], "absmax_key": top}
     return {"eager": eager, "step": {"nonfinite": _nonfinite_keys(flat, step_row)}}
@@ -250,7 +250,7 @@ class Tracer:
         scale_t = scale_t.clone()  # the step's scales (the host loop's live tensor is halved after the step)
         scale, mb, stats = scale_t.tolist(), mb_fn(), stats_fn()
         loss_fn = lambda: ppo_loss(ppo.policy.evaluate, mb, ppo.hp, ppo.numerics)  # noqa: E731
-        bounds = getattr(ppo.policy, "bounds", [])  # a mixed group's trunk segments (policy.py)
+        bounds = ppo.policy.bounds  # the trunk segments (policy.py): several in a mixed group
         for k in self.wanted(overflow, bad, scale):
             n = ppo.numerics.members[k] if isinstance(ppo.numerics, MemberNumerics) else ppo.numerics
             segment = next(((a, b) for a, b in bounds if a <= k < b), None) if len(bounds) > 1 else None

@@ -204,11 +204,8 @@ class AppliedUpdateProbe:
         loss, _ = ppo_loss(ppo.policy.evaluate, mb, ppo.hp, numerics)
         scaled = scaler.enabled and numerics.needs_grad_scaler
         total = (loss * scaler.scale).sum() if scaled else loss.sum()
-        params = [p for p in flat.params if p.requires_grad]
-        grads = iter(torch.autograd.grad(total, params, allow_unused=True))
+        g = flat.grads_of(total)
         with torch.no_grad():
-            g = [next(grads) if p.requires_grad else None for p in flat.params]
-            g = flat.flatten(g)
             if scaled:
                 scaler.unscale_(g)
             gnorm = clip_grad_norm_per_member(g, ppo.hp.max_grad_norm)

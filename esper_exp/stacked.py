@@ -139,6 +139,16 @@ class FlatParams:
                 t.zero_()
         return out
 
+    def grads_of(self, output: torch.Tensor) -> torch.Tensor:
+        """The gradients of the scalar ``output`` w.r.t. the parameters as a new [K, P] tensor, read-only
+        (``torch.autograd.grad``: no ``.grad`` is written; a parameter that does not require grad, or that ``output``
+        does not use, gives zeros): a step's gradient recomputed beside the run (the drift probe, the non-finite
+        trace)."""
+        params = [p for p in self.params if p.requires_grad]
+        grads = iter(torch.autograd.grad(output, params, allow_unused=True))
+        with torch.no_grad():
+            return self.flatten([next(grads) if p.requires_grad else None for p in self.params])
+
     def gather_grads(self) -> None:
         self.flatten([p.grad for p in self.params], self.grad)
 
@@ -151,10 +161,16 @@ class FlatParams:
             p.grad = None
 
 
+def member_grad_norms(grad: torch.Tensor) -> torch.Tensor:
+    """Each member's L2 norm of its flat gradients (grad: [K, P]) in grad's dtype: what the clip and the finite
+    check read."""
+    return torch.linalg.vector_norm(grad, 2, dim=1)
+
+
 def clip_grad_norm_per_member(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
     """``clip_grad_norm_`` applied to each member's gradients separately (grad: [K, P], the flat gradients);
     returns the per-member L2 norms before clipping [K]."""
-    total = torch.linalg.vector_norm(grad, 2, dim=1)
+    total = member_grad_norms(grad)
     grad.mul_((max_norm / (total + 1e-6)).clamp(max=1.0).unsqueeze(1))
     return total
 
@@ -179,9 +195,10 @@ class MemberGradScaler:
         self.scale = torch.tensor([init_scale if e else 1.0 for e in per_member], dtype=torch.float32, device=device)
         self.growth_tracker = torch.zeros(members, dtype=torch.int32, device=device)
 
-    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
-        """loss [K] -> the scalar to call backward on (sum of member losses, each times its scale)."""
-        return (loss * self.scale).sum() if self.enabled else loss.sum()
+    def scale_loss(self, loss: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """loss [K] -> the scalar to call backward on (sum of member losses, each times its scale); ``scale``: as in
+        :meth:`unscale_`."""
+        return (loss * (self.scale if scale is None else scale)).sum() if self.enabled else loss.sum()
 
     def unscale_(self, grad: torch.Tensor, scale: torch.Tensor | None = None) -> None:
         """grad: [K, P] flat gradients, multiplied by each member's 1/scale (as torch's GradScaler does); ``scale``: a
