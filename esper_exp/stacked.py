@@ -86,7 +86,11 @@ class FlatParams:
     for an element at another alignment). The module keeps its own contiguous [K, ...] parameters, because CPU GEMM
     kernels are chosen by strides and views into ``data`` would make a member's numbers depend on K:
     :meth:`gather_grads` copies the gradients in (one op), :meth:`scatter` copies updated values back (one op), and
-    :meth:`pull` re-reads the module after its parameters were written directly (checkpoint load)."""
+    :meth:`pull` re-reads the module after its parameters were written directly (checkpoint load).
+
+    Every gather writes whole rows, padding included (zeros), so ``grad`` depends on the current gradients alone: a
+    NaN that the per-member clip's in-place multiply leaves in the padding (a member whose norm was NaN) would else
+    outlive its step and make every later norm of that member NaN (session 22: the cause of the fp16 arm's stalls)."""
 
     def __init__(self, module: nn.Module, members: int, align: int = 64):
         """Every parameter's leading dim is r * members (r stacked networks per member, e.g. r = 2 for a critic and
@@ -102,7 +106,8 @@ class FlatParams:
         for key, p, a, b in layout:
             if b <= a or p.shape[0] % (b - a) or sizes.setdefault(key, p.numel() // (b - a)) != p.numel() // (b - a):
                 raise ValueError(f"parameter {key} of shape {tuple(p.shape)} has no member axis of {b - a}")
-        P = -(-sum(sizes.values()) // align) * align
+        self.used = sum(sizes.values())  # columns of a row that hold parameters; the rest is padding
+        P = -(-self.used // align) * align
         ref = self.params[0]
         self.data = torch.zeros(K, P, dtype=ref.dtype, device=ref.device)
         self.grad = torch.zeros_like(self.data)
@@ -137,6 +142,7 @@ class FlatParams:
         for t, g in zip(targets, grads):
             if g is None:
                 t.zero_()
+        out[:, self.used:].zero_()  # the padding: a non-finite value left there would outlive this gather
         return out
 
     def grads_of(self, output: torch.Tensor) -> torch.Tensor:

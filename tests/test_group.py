@@ -176,6 +176,24 @@ def test_grad_clip_and_loss_scale_are_per_member():
     assert scaler.scale.tolist() == [2.0**15, 2.0**17]  # member 1 grew after 2 good steps; member 0 after 1 only
 
 
+def test_a_nan_gradient_does_not_outlive_its_step():
+    # the clip multiplies whole rows in place: a NaN norm makes every column NaN, the padding too; the next gather
+    # must leave a row that is the new gradients alone (before session 22 the padding kept the NaN, so every later
+    # norm of that member was NaN: an fp16 member skipped every later step)
+    module, flat = _flat(members=2, shapes=((3, 4), (3,)))
+    assert flat.used == 15 and flat.grad.shape[1] == 64  # 49 columns of padding
+    for p in module:
+        p.grad = torch.ones_like(p)
+    module[0].grad[1, 0, 0] = float("nan")
+    flat.gather_grads()
+    assert clip_grad_norm_per_member(flat.grad, 0.5)[1].isnan() and flat.grad[1].isnan().all()
+    for p in module:
+        p.grad = torch.ones_like(p)
+    flat.gather_grads()
+    assert torch.equal(flat.grad, flat.flatten([p.grad for p in module]))  # as a fresh buffer: padding zero
+    torch.testing.assert_close(clip_grad_norm_per_member(flat.grad, 0.5), torch.full((2,), 15**0.5))
+
+
 def test_env_workers_change_nothing_and_a_run_resumes_across_worker_counts(tmp_path, monkeypatch):
     # env_workers is not part of a run's identity: a run started with 2 env worker processes, stopped, and resumed
     # with the envs in the training process equals the run trained in one go without workers, bitwise

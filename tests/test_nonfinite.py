@@ -2,6 +2,7 @@
 judges a stacked tensor on the traced member's row, and leaves a run bitwise as it is."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -188,3 +189,65 @@ def test_the_trace_and_the_drift_probe_are_not_combined(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="cannot be combined with drift.probe_every=1"):
         run(make_cfg(*TINY_CARTPOLE, "drift.probe_every=1"), tmp_path / "run")
     assert not (tmp_path / "run" / "run.json").exists() and not (tmp_path / "trace.jsonl").exists()
+
+
+class _NaNGradOfMember(torch.autograd.Function):
+    """A [K] zero added to the loss whose backward is NaN in one member's rows of a parameter (rows k, K + k, ...):
+    a finite loss with a NaN gradient, as fp16's backward makes one now and then (inf - inf, 0 * inf)."""
+
+    @staticmethod
+    def forward(ctx, param, members, k):
+        ctx.shape, ctx.members, ctx.k = param.shape, members, k
+        return param.new_zeros(members)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.new_zeros(ctx.shape)
+        g[ctx.k::ctx.members] = float("nan")
+        return g, None, None
+
+
+@pytest.mark.parametrize("graphed", [False, True], ids=["host", "graph-code"])
+def test_an_fp16_member_skips_one_step_for_one_nan_gradient_and_then_steps_again(graphed, monkeypatch):
+    """One NaN gradient in member 1 (update 1, its 3rd minibatch step): member 1 skips that step and steps again
+    from the next one, as torch's GradScaler would; member 0 is bitwise the run without it. Before session 22 the NaN
+    stayed in the flat gradients' padding and member 1 skipped every later step (the fp16 arm's stalls)."""
+    import esper_exp.ppo as ppo_module
+    from esper_exp.stacked import MemberAdam
+
+    real_loss = ppo_module.ppo_loss
+
+    def run_updates(inject: bool) -> list[dict]:
+        calls = [0]
+
+        def loss_with_a_nan_gradient(evaluate, mb, p, numerics):
+            loss, parts = real_loss(evaluate, mb, p, numerics)
+            calls[0] += 1
+            if inject and calls[0] == steps_per_update + 3:
+                param = next(evaluate.__self__.parameters())
+                loss = loss + _NaNGradOfMember.apply(param, 2, 1)
+            return loss, parts
+
+        monkeypatch.setattr(ppo_module, "ppo_loss", loss_with_a_nan_gradient)
+        cfg = make_cfg("env=cartpole", "ppo.num_steps=32", "ppo.total_timesteps=1280", *FP16)
+        prepare(cfg.seed, torch.device("cpu"), True, 1)
+        ppo, _ = build_ppo(cfg, [1, 2], torch.device("cpu"))
+        if graphed:
+            ppo.cuda_graphs, ppo.graph_capture = True, False
+            ppo.optimizer = MemberAdam(ppo.flat, lr=ppo.hp.learning_rate, eps=ppo.hp.adam_eps, on_device=True)
+            ppo._init_static()
+        records = [ppo.run_update(lambda *a: None).records for _ in range(4)]
+        ppo.close()
+        return [{k: {n: v for n, v in r.items() if not n.startswith("time_")} for k, r in u.items()} for u in records]
+
+    cfg = make_cfg("env=cartpole", "ppo.num_steps=32", "ppo.total_timesteps=1280")
+    steps_per_update = cfg.ppo.update_epochs * cfg.ppo.num_minibatches
+    plain, injected = run_updates(False), run_updates(True)
+    assert [u[0] for u in plain] == [u[0] for u in injected]  # member 0: bitwise the run without the NaN
+    assert [u[1] for u in plain[:1]] == [u[1] for u in injected[:1]]  # update 0: before the NaN
+    skipped = lambda records, u: (records[u][1]["nonfinite_grad_steps"]  # noqa: E731
+                                  - records[u - 1][1]["nonfinite_grad_steps"])
+    assert skipped(injected, 1) >= 1 and math.isnan(injected[1][1]["grad_norm"])  # the update's mean holds it
+    for u in (2, 3):  # it steps again: most of its steps are taken, and their norms are finite
+        assert skipped(injected, u) < steps_per_update // 2 and math.isfinite(injected[u][1]["grad_norm"])
+        assert injected[u][1]["loss_scale"] >= 2.0 ** -8
