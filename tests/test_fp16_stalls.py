@@ -13,7 +13,7 @@ spec.loader.exec_module(fp16_stalls)
 N_MB, EPOCHS = 4, 2  # 8 attempted steps per update
 
 
-def _run(sweep: Path, cell: str, seed: int, scales, skipped, scaled: bool = True) -> None:
+def _run(sweep: Path, cell: str, seed: int, scales, skipped, scaled: bool = True, norms=None) -> None:
     d = sweep / f"halfcheetah-{cell}" / f"seed={seed}"
     d.mkdir(parents=True)
     (d / "run.json").write_text(json.dumps({"status": "completed", "config": {"ppo": {"num_minibatches": N_MB}}}))
@@ -23,6 +23,8 @@ def _run(sweep: Path, cell: str, seed: int, scales, skipped, scaled: bool = True
         row = {"update": u, "epochs": EPOCHS, "nonfinite_grad_steps": total, "policy_loss": 0.01, "value_loss": 0.002}
         if scaled:
             row["loss_scale"] = scale
+        if norms is not None:
+            row["grad_norm"] = norms[u - 1]  # as metrics.jsonl writes them: non-finite values as strings
         lines.append(json.dumps(row))
     (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
@@ -30,19 +32,26 @@ def _run(sweep: Path, cell: str, seed: int, scales, skipped, scaled: bool = True
 def test_a_collapse_is_found_with_the_steps_skipped_before_and_in_it(tmp_path, capsys):
     sweep = tmp_path / "s"
     # seed 1: probing skips (1, then 2), then the scale collapses in update 4 (7 of 8 skipped) and stays 0
-    _run(sweep, "exact-fp16", 1, [8192.0, 4096.0, 2048.0, 0.0, 0.0], [1, 1, 2, 7, 8])
-    _run(sweep, "exact-fp16", 2, [65536.0, 32768.0, 2.0 ** -126, 2.0 ** -126], [0, 1, 3, 0])  # above the floor
+    # (its mean norms: inf in the probing updates, NaN from the collapse on)
+    _run(sweep, "exact-fp16", 1, [8192.0, 4096.0, 2048.0, 0.0, 0.0], [1, 1, 2, 7, 8],
+         norms=["Infinity", "Infinity", "Infinity", "NaN", "NaN"])
+    _run(sweep, "exact-fp16", 2, [65536.0, 32768.0, 2.0 ** -126, 2.0 ** -126], [0, 1, 3, 0],  # above the floor
+         norms=[5.0, "Infinity", "NaN", 4.0])
     _run(sweep, "exact-fp32", 1, [None] * 3, [0, 0, 0], scaled=False)
     rows = [fp16_stalls.run_row(p) for p in sorted((sweep / "halfcheetah-exact-fp16").iterdir())]
     assert rows[0] == {"run": "halfcheetah-exact-fp16/seed=1", "collapse": 4, "scale_before": 2048.0,
-                       "skipped_then": 7, "most_skipped_before": 2, "losses_finite_then": True, "stalled_updates": 1}
+                       "skipped_then": 7, "most_skipped_before": 2, "losses_finite_then": True, "stalled_updates": 1,
+                       "inf_norm_updates": 3, "first_nan_norm": 4}
     assert rows[1]["collapse"] is None and rows[1]["most_skipped_before"] == 3 and rows[1]["stalled_updates"] == 0
+    assert rows[1]["inf_norm_updates"] == 1 and rows[1]["first_nan_norm"] == 3
     assert fp16_stalls.run_row(sweep / "halfcheetah-exact-fp32" / "seed=1") is None
     out = tmp_path / "stalls.md"
     assert fp16_stalls.main([str(sweep), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "1 of 2 loss-scaled runs had their scale collapse" in printed and "skipped 7-7 steps" in printed
     assert "at most 3 in any other update" in printed and "exact-fp32" not in printed
+    assert "2 runs had updates with an inf mean gradient norm (4 updates); 2 had one with a NaN mean norm, 1 of them " \
+           "first in their collapse update." in printed
     assert out.read_text().endswith(printed)
 
 
@@ -73,7 +82,7 @@ def test_a_trace_adds_each_runs_first_non_finite_op(tmp_path, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| halfcheetah")]
     assert rows[0].endswith("| update 2, scale 0.5: ExpBackward0 (ExpBackward0 <- MulBackward0 <- SumBackward0); "
                             "later also MulBackward0 [2 traced] |")
-    assert rows[1].endswith("| 0 | - |")
+    assert rows[1].endswith("| 0 | 0 | - | - |")
     assert fp16_stalls.main([str(sweep), "--trace", str(tmp_path / "none.jsonl")]) == 2
     assert "--trace" in capsys.readouterr().err
     # the kept runs: seed 1 as the rerun through its 2 updates (wall clock aside), seed 2 different from update 2

@@ -10,13 +10,17 @@ were finite, and how many updates stalled (runformat.stalled: every attempted st
 
 Why 2**-127: the scaler multiplies the gradients by 1/scale in float32 (MemberGradScaler.unscale_, as torch's
 GradScaler), and 1/scale overflows float32 once the scale is at or below 2**-128; from then on a zero gradient times an
-infinite factor is NaN, every step is skipped and the scale halves to 0 and stays there: the stall is permanent by the
-scaler's own arithmetic. Getting there from a scale S takes log2(S) + 128 halvings, each a skipped step (the scale
-grows only after 2,000 good steps in a row), so a collapse within one update means steps were skipped at every scale
-from S down to 2**-127. At the smallest of those scales the scaled gradient entering any fp16 op underflows to 0, so a
-non-finite gradient there needs an infinite or NaN value inside the backward pass itself (0 x inf, inf - inf): not an
-overflow caused by the scale, which the back-off exists to cure, but a value that no scale removes. Which value that
-is cannot be told from these files (they record per-update means); it needs a rerun with the gradients inspected.
+infinite factor is NaN, every step is skipped and the scale halves to 0 and stays there. Getting there from a scale S
+takes log2(S) + 128 halvings, each a skipped step (the scale grows only after 2,000 good steps in a row), so a collapse
+within one update means steps were skipped at every scale from S down to 2**-127: a non-finite gradient that no scale
+removes.
+
+Two more columns tell what kind of non-finite value a run's steps saw, from each update's mean gradient norm (the
+mean over its attempted steps, so one non-finite step makes it non-finite): the updates whose mean norm was inf (an
+ordinary overflow: some step's norm inf, none NaN) and the first whose mean was NaN. Session 22 found why a NaN norm
+stalled a run for good: the clip's in-place multiply left the NaN in the padding of the flat gradient buffer, which
+no later step rewrote (esper_exp/stacked.py, FlatParams; fixed there). Before that fix the first NaN-norm update is
+the collapse, and every later update's norm is NaN.
 
 ``--trace``: the file such a rerun wrote (``ESPER_NONFINITE_TRACE``, esper_exp/nonfinite.py; the runs of SWEEP are
 the rerun's). Each run's traced steps (matched by run.json's ``env_id``, ``gelu``, ``precision``, ``seed``; a resumed
@@ -54,8 +58,13 @@ def run_row(run: Path) -> dict | None:
     n_mb = info["config"]["ppo"]["num_minibatches"]
     prev_skipped, prev_scale, worst = 0, None, 0
     out = {"run": f"{run.parent.name}/{run.name}", "collapse": None, "scale_before": None, "skipped_then": None,
-           "most_skipped_before": None, "losses_finite_then": None, "stalled_updates": 0}
+           "most_skipped_before": None, "losses_finite_then": None, "stalled_updates": 0, "inf_norm_updates": 0,
+           "first_nan_norm": None}
     for r in rows:
+        norm = float(r["grad_norm"]) if "grad_norm" in r else 0.0  # metrics.jsonl writes inf and NaN as strings
+        out["inf_norm_updates"] += norm == math.inf
+        if math.isnan(norm) and out["first_nan_norm"] is None:
+            out["first_nan_norm"] = r["update"]
         skipped = r["nonfinite_grad_steps"] - prev_skipped
         out["stalled_updates"] += bool(runformat.stalled(skipped, r["epochs"], n_mb))
         if out["collapse"] is None and _finite(r["loss_scale"]) and r["loss_scale"] < FLOOR:
@@ -118,13 +127,15 @@ def table(rows: list[dict]) -> str:
     extra = [(key, title) for key, title in (("trace", "first non-finite op (trace)"), ("kept", "same as the kept run"))
              if any(key in r for r in rows)]
     head = ("| run | scale collapsed in update | scale before | steps skipped in that update | most skipped in an "
-            "earlier update | that update's losses finite | stalled updates |"
-            + "".join(f" {title} |" for _, title in extra) + "\n|---|---:|---:|---:|---:|---|---:|"
+            "earlier update | that update's losses finite | stalled updates | updates with an inf mean norm | first "
+            "update with a NaN mean norm |" + "".join(f" {title} |" for _, title in extra)
+            + "\n|---|---:|---:|---:|---:|---|---:|---:|---:|"
             + "---|" * len(extra) + "\n")
     fmt = lambda v: "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))  # noqa: E731
     return head + "".join(
         f"| {r['run']} | {fmt(r['collapse'])} | {fmt(r['scale_before'])} | {fmt(r['skipped_then'])} | "
-        f"{fmt(r['most_skipped_before'])} | {fmt(r['losses_finite_then'])} | {r['stalled_updates']} |"
+        f"{fmt(r['most_skipped_before'])} | {fmt(r['losses_finite_then'])} | {r['stalled_updates']} | "
+        f"{r['inf_norm_updates']} | {fmt(r['first_nan_norm'])} |"
         + "".join(f" {r.get(key, '-')} |" for key, _ in extra) + "\n" for r in rows)
 
 
@@ -163,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{max(r['skipped_then'] for r in collapsed)} steps, against at most "
                   f"{max(r['most_skipped_before'] for r in rows)} in any other update before a collapse"
                   if collapsed else "") + ".")
+    nan = [r for r in rows if r["first_nan_norm"] is not None]
+    summary += (f" {sum(r['inf_norm_updates'] > 0 for r in rows)} runs had updates with an inf mean gradient norm "
+                f"({sum(r['inf_norm_updates'] for r in rows)} updates); {len(nan)} had one with a NaN mean norm, "
+                f"{sum(r['first_nan_norm'] == r['collapse'] for r in nan)} of them first in their collapse update.")
     text = table(rows) + "\n" + summary + "\n"
     print(text, end="")
     if a.out:
