@@ -95,7 +95,10 @@ def test_a_trace_adds_each_runs_first_non_finite_op(tmp_path, capsys):
     assert fp16_stalls.main([str(sweep), "--trace", str(trace), "--kept", str(kept)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| halfcheetah")]
     assert rows[0].endswith("[2 traced] | yes (updates 1-2) |") and rows[1].endswith("| - | no: from update 2 |")
-    assert fp16_stalls.main([str(sweep), "--kept", str(kept)]) == 2
+    assert fp16_stalls.main([str(sweep), "--kept", str(kept)]) == 0  # without a trace: the comparison alone
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| halfcheetah")]
+    assert rows[0].endswith("| yes (updates 1-2) |") and rows[1].endswith("| no: from update 2 |")
+    assert fp16_stalls.main([str(sweep), "--kept", str(tmp_path / "none")]) == 2 and "--kept" in capsys.readouterr().err
     # a record with the whole step recomputed (nonfinite.step_gradients): what it found goes into the column
     records[0]["trace"]["first"] = None
     records[0]["step_gradients"] = {"eager": {"grad_norm": 6.25, "grad_norm_f64": 6.25, "nonfinite": {}},

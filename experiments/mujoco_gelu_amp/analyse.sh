@@ -14,6 +14,8 @@
 #    its report by its own stored rule into OUT/exploratory/<arm>, the recompute, and for fp16, alpha1, width384 and
 #    compile the comparison with the primary's cells (`--vs`, descriptive; compile's compiled bf16 cells against the
 #    primary's eager bf16 ones, added in session 21 before the arm completed); an arm with fewer is named and left out.
+#    fp16_fixed (added in session 22, before any of its runs): the fp16 arm again after the flat-gradient fix
+#    (df46b10), reported as fp16 is, into exploratory/fp16_fixed and exploratory/fp16_fixed_vs_fp32.
 # PY: the Python with esper-exp installed (default .venv/bin/python where it exists, else python3).
 set -eu
 SWEEP=${1:-outputs/sweeps/mujoco_gelu_amp}; OUT=${2:-experiments/mujoco_gelu_amp}
@@ -37,7 +39,7 @@ completed() {  # how many runs of sweep dir $1 have run.json status "completed"
 runs = pathlib.Path(sys.argv[1]).glob("*/seed=*/run.json")
 print(sum(json.loads(p.read_text()).get("status") == "completed" for p in runs))' "$1"
 }
-for arm in fp16 width384 compile alpha1 3m; do
+for arm in fp16 fp16_fixed width384 compile alpha1 3m; do
   want=$("$PY" experiments/mujoco_gelu_amp/inventory.py --registered "$arm"); d=$ARMS/mujoco_gelu_amp_$arm
   if [ ! -d "$d" ]; then echo "arm $arm: no $d (python experiments/gpu_throughput/archive.py unpack" \
     "experiments/mujoco_gelu_amp/exploratory/$arm/runs/*.tar.xz outputs/sweeps, where kept)"; continue; fi
@@ -47,8 +49,8 @@ for arm in fp16 width384 compile alpha1 3m; do
   report "$d" --out "$OUT/exploratory/$arm" --reps 20000 --seed 0
   report --recompute "$OUT/exploratory/$arm"
   case $arm in
-    fp16) report "$SWEEP" --vs "$d" --pair exact/fp16=exact/fp32 --pair tanh/fp16=tanh/fp32 \
-            --out "$OUT/exploratory/fp16_vs_fp32" --reps 20000 --seed 0;;
+    fp16|fp16_fixed) report "$SWEEP" --vs "$d" --pair exact/fp16=exact/fp32 --pair tanh/fp16=tanh/fp32 \
+            --out "$OUT/exploratory/${arm}_vs_fp32" --reps 20000 --seed 0;;
     alpha1) report "$SWEEP" --vs "$d" --out "$OUT/exploratory/alpha1_vs_ramp" --reps 20000 --seed 0;;
     width384) report "$SWEEP" --vs "$d" --out "$OUT/exploratory/width384_vs_64" --reps 20000 --seed 0;;
     compile) report "$SWEEP" --vs "$d" --pair exact/bf16/compiled=exact/bf16 --pair tanh/bf16/compiled=tanh/bf16 \

@@ -26,9 +26,9 @@ the collapse, and every later update's norm is NaN.
 the rerun's). Each run's traced steps (matched by run.json's ``env_id``, ``gelu``, ``precision``, ``seed``; a resumed
 run's earlier launches included) add a column: the
 first traced step (update, loss scale) and the backward op that first made its gradient non-finite, with the ops
-named by its later traced steps where they differ. ``--kept KEPT_SWEEP`` (with ``--trace``): whether each rerun
-run's metrics.jsonl equals the same cell and seed's in KEPT_SWEEP (the kept runs), wall-clock keys aside, line by line
-through the rerun's last update: the trace describes the kept runs' collapses only where it does.
+named by its later traced steps where they differ. ``--kept KEPT_SWEEP``: whether each rerun run's metrics.jsonl
+equals the same cell and seed's in KEPT_SWEEP (the kept runs), wall-clock keys aside, line by line through the rerun's
+last update, or from which update it differs: a trace describes the kept runs' collapses only where they are equal.
 """
 
 from __future__ import annotations
@@ -144,13 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("sweep", nargs="?", type=Path, default=Path("outputs/sweeps/mujoco_gelu_amp_fp16"))
     ap.add_argument("--out", type=Path, help="also write the table (and a one-line summary) to this markdown file")
     ap.add_argument("--trace", type=Path, help="the ESPER_NONFINITE_TRACE file of a rerun whose runs SWEEP holds")
-    ap.add_argument("--kept", type=Path, help="with --trace: the kept runs' sweep, to compare the rerun's runs with")
+    ap.add_argument("--kept", type=Path, help="the kept runs' sweep, to compare SWEEP's runs (a rerun's) with")
     a = ap.parse_args(argv)
     if a.trace and not a.trace.is_file():
         print(f"fp16_stalls.py: --trace {a.trace}: no such file", file=sys.stderr)
         return 2
-    if a.kept and not (a.trace and a.kept.is_dir()):
-        print(f"fp16_stalls.py: --kept {a.kept}: needs --trace and an existing sweep directory", file=sys.stderr)
+    if a.kept and not a.kept.is_dir():
+        print(f"fp16_stalls.py: --kept {a.kept}: no such sweep directory", file=sys.stderr)
         return 2
     runs = sorted((p.parent for p in a.sweep.glob("*/seed=*/run.json")),
                   key=lambda p: (p.parent.name, int(p.name.removeprefix("seed="))))
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         row = run_row(run)
         if row is not None and records is not None:
             row["trace"] = traced_ops(run, records)
-            if a.kept:
-                row["kept"] = same_as_kept(run, a.kept)
+        if row is not None and a.kept:
+            row["kept"] = same_as_kept(run, a.kept)
         if row is not None:
             rows.append(row)
     collapsed = [r for r in rows if r["collapse"] is not None]

@@ -34,7 +34,8 @@ BLOCKS = ((1, 10), (11, 20), (21, 30), (31, 40))
 # mujoco_gelu_amp_<name> beside --sweep.
 OTHERS = {"probe": ("probe/runs", 60), "cpu": ("exploratory/cpu/runs", 40), "fp16": ("exploratory/fp16/runs", 20),
           "alpha1": ("exploratory/alpha1/runs", 40), "3m": ("exploratory/3m/runs", 40),
-          "width384": ("exploratory/width384/runs", 20), "compile": ("exploratory/compile/runs", 20)}
+          "width384": ("exploratory/width384/runs", 20), "compile": ("exploratory/compile/runs", 20),
+          "fp16_fixed": ("exploratory/fp16_fixed/runs", 20)}  # fp16 again after session 22's fix (stacked.py)
 STEPS_PER_RUN = 488 * 2048  # 999,424: the registered 1M steps in whole updates of 2,048
 
 
