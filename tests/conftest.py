@@ -69,3 +69,15 @@ def interrupt_after_update(monkeypatch, overrides, run_dir: Path, update: int) -
         m.setattr(Tracker, "log_update", stop)
         with pytest.raises(KeyboardInterrupt):
             run(make_cfg(*overrides), run_dir)
+
+
+def graph_code_on_cpu(ppo):
+    """A PPO built on CPU switched to the CUDA-graph path's code, run eagerly (no capture): device-side flags and
+    sums, the static tensors, and the device-side Adam (MemberAdam ``on_device``). What the GPU suite captures and
+    replays, checkable on CPU. Returns ``ppo``."""
+    from esper_exp.stacked import MemberAdam
+
+    ppo.cuda_graphs, ppo.graph_capture = True, False
+    ppo.optimizer = MemberAdam(ppo.flat, lr=ppo.hp.learning_rate, eps=ppo.hp.adam_eps, on_device=True)
+    ppo._init_static()
+    return ppo

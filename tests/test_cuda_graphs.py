@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import graph_code_on_cpu, make_cfg
 
 from esper_exp.ppo import compute_gae
 from esper_exp.runtime import prepare
@@ -64,10 +64,7 @@ def _pair(*overrides, seeds=(1, 2, 3)):
                    "ppo.update_epochs=3", *overrides)
     prepare(cfg.seed, torch.device("cpu"), True, 1)
     host = build_ppo(cfg, list(seeds), torch.device("cpu"))[0]
-    dev = build_ppo(cfg, list(seeds), torch.device("cpu"))[0]
-    dev.cuda_graphs, dev.graph_capture = True, False
-    dev.optimizer = MemberAdam(dev.flat, lr=cfg.ppo.learning_rate, eps=cfg.ppo.adam_eps, on_device=True)
-    dev._init_static()
+    dev = graph_code_on_cpu(build_ppo(cfg, list(seeds), torch.device("cpu"))[0])
     return host, dev
 
 
@@ -148,9 +145,7 @@ def test_graph_path_rollout_equals_the_host_rollout(env, cells, parts, monkeypat
     seeds = [1, 2, 3, 4][:len(cells) if cells else 3]
     host = build_ppo(cfg, seeds, torch.device("cpu"), cells)[0]
     monkeypatch.setenv("ESPER_ENV_PARTS", parts)
-    dev = build_ppo(cfg, seeds, torch.device("cpu"), cells)[0]
-    dev.cuda_graphs, dev.graph_capture = True, False
-    dev._init_static()
+    dev = graph_code_on_cpu(build_ppo(cfg, seeds, torch.device("cpu"), cells)[0])
     assert len(host.envs.parts) == (1 if cells is None else len({p for _, p in cells}))
     assert len(dev.envs.parts) == (1 if parts == "one" else len(host.envs.parts))
     for _ in range(2):

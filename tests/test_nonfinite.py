@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_CARTPOLE, make_cfg, read_jsonl, without_wall_clock
+from conftest import TINY_CARTPOLE, graph_code_on_cpu, make_cfg, read_jsonl, without_wall_clock
 
 from esper_exp.nonfinite import Tracer, trace_backward
 from esper_exp.runtime import prepare
@@ -107,8 +107,6 @@ def test_the_cuda_graph_paths_code_traces_without_changing_it(tmp_path, monkeypa
     """The CUDA-graph path's code run eagerly on CPU (as tests/test_probe.py does): the trace reads the step's flags
     and pre-step scale from the device tensors, leaves the path's numbers as they are, and its first record (the
     first skipped step, before any Adam step: the graphed Adam rounds apart from the host loop's) is the host loop's."""
-    from esper_exp.stacked import MemberAdam
-
     def ppo_run(graphed: bool, traced: str | None) -> tuple[list[dict], list[dict]]:
         monkeypatch.delenv("ESPER_NONFINITE_TRACE", raising=False)
         path = _traced(tmp_path, monkeypatch, most="3").with_name(f"{traced}.jsonl") if traced else None
@@ -118,9 +116,7 @@ def test_the_cuda_graph_paths_code_traces_without_changing_it(tmp_path, monkeypa
         prepare(cfg.seed, torch.device("cpu"), True, 1)
         ppo, _ = build_ppo(cfg, [1, 2], torch.device("cpu"))
         if graphed:
-            ppo.cuda_graphs, ppo.graph_capture = True, False
-            ppo.optimizer = MemberAdam(ppo.flat, lr=ppo.hp.learning_rate, eps=ppo.hp.adam_eps, on_device=True)
-            ppo._init_static()
+            graph_code_on_cpu(ppo)
         if path:
             Tracer.from_env().attach(ppo)
         records = [ppo.run_update(lambda *a: None).records for _ in range(3)]
@@ -213,7 +209,6 @@ def test_an_fp16_member_skips_one_step_for_one_nan_gradient_and_then_steps_again
     from the next one, as torch's GradScaler would; member 0 is bitwise the run without it. Before session 22 the NaN
     stayed in the flat gradients' padding and member 1 skipped every later step (the fp16 arm's stalls)."""
     import esper_exp.ppo as ppo_module
-    from esper_exp.stacked import MemberAdam
 
     real_loss = ppo_module.ppo_loss
 
@@ -233,9 +228,7 @@ def test_an_fp16_member_skips_one_step_for_one_nan_gradient_and_then_steps_again
         prepare(cfg.seed, torch.device("cpu"), True, 1)
         ppo, _ = build_ppo(cfg, [1, 2], torch.device("cpu"))
         if graphed:
-            ppo.cuda_graphs, ppo.graph_capture = True, False
-            ppo.optimizer = MemberAdam(ppo.flat, lr=ppo.hp.learning_rate, eps=ppo.hp.adam_eps, on_device=True)
-            ppo._init_static()
+            graph_code_on_cpu(ppo)
         records = [ppo.run_update(lambda *a: None).records for _ in range(4)]
         ppo.close()
         return [{k: {n: v for n, v in r.items() if not n.startswith("time_")} for k, r in u.items()} for u in records]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CARTPOLE, make_cfg, read_jsonl, without_wall_clock
+from conftest import TINY_CARTPOLE, graph_code_on_cpu, make_cfg, read_jsonl, without_wall_clock
 
 from esper_exp import probe as P
 from esper_exp.numerics import Numerics, gelu_perturbation, hash_sign
@@ -196,12 +196,7 @@ def test_recent_observations_are_the_rollouts_raw_observations():
 def test_applied_update_probe_on_the_cuda_graph_path_code_uncaptured(precision):
     """The CUDA-graph path's code run eagerly on CPU (as tests/test_cuda_graphs.py does): the probe runs before each
     minibatch replay, copies the device-side Adam, is exactly 0 against itself and equals the applied step."""
-    from esper_exp.stacked import MemberAdam
-
-    ppo, _ = _ppo("model.alpha.kind=constant", f"precision={precision}")
-    ppo.cuda_graphs, ppo.graph_capture = True, False
-    ppo.optimizer = MemberAdam(ppo.flat, lr=ppo.hp.learning_rate, eps=ppo.hp.adam_eps, on_device=True)
-    ppo._init_static()
+    ppo = graph_code_on_cpu(_ppo("model.alpha.kind=constant", f"precision={precision}")[0])
     ppo.run_update(lambda *a: None)
     actual = _record_adam_steps(ppo, "step_masked")
     _, steps = P.AppliedUpdateProbe(ppo, other_gelu=ppo.numerics, fp32=ppo.numerics).run_update(lambda *a: None)
