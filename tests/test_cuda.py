@@ -183,3 +183,55 @@ def test_a_traced_fp16_cuda_group_trains_as_untraced_and_traces_its_skipped_step
             assert eager["nonfinite"] == step["nonfinite"]
         # the same loss (the replay's, as a difference of the update's float32 sums: rounded)
         assert r["step_stats"]["policy_loss"] == pytest.approx(r["policy_loss"], rel=1e-3, abs=1e-5)
+
+
+class _NaNGradAtCount(torch.autograd.Function):
+    """A [K] zero added to the loss; its backward is NaN in member k's rows of ``param`` when the device counter is 0,
+    zero otherwise, and counts down at every backward: one NaN gradient at a chosen replay of a captured step."""
+
+    @staticmethod
+    def forward(ctx, param, counter, members, k):
+        ctx.shape, ctx.members, ctx.k, ctx.counter = param.shape, members, k, counter
+        return param.new_zeros(members)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.new_zeros(ctx.shape)
+        rows = g[ctx.k::ctx.members]
+        rows.copy_(torch.where(ctx.counter == 0, float("nan"), 0.0).expand_as(rows))
+        ctx.counter.sub_(1)
+        return g, None, None, None
+
+
+def test_a_captured_fp16_member_skips_one_step_for_one_nan_gradient_and_then_steps_again(monkeypatch):
+    """The session 22 fix on the captured graph path: one NaN gradient in member 1 (update 1's 4th replay) is skipped
+    once; before the fix it stayed in the flat gradients' padding, and every later step of member 1 was skipped with
+    a NaN norm until its loss scale was 0 (the fp16 arm's stalls). tests/test_nonfinite.py checks the same on CPU."""
+    import esper_exp.ppo as ppo_module
+    from esper_exp.runtime import prepare
+    from esper_exp.train import build_ppo
+
+    counter = torch.full((), 10**6, dtype=torch.long, device="cuda")
+    real_loss = ppo_module.ppo_loss
+
+    def loss_with_a_nan_gradient(evaluate, mb, p, numerics):
+        loss, parts = real_loss(evaluate, mb, p, numerics)
+        return loss + _NaNGradAtCount.apply(next(evaluate.__self__.parameters()), counter, 2, 1), parts
+
+    monkeypatch.setattr(ppo_module, "ppo_loss", loss_with_a_nan_gradient)
+    cfg = make_cfg(*CHEETAH, "device=cuda", "deterministic=true", "precision=fp16")
+    device = torch.device("cuda:0")
+    prepare(cfg.seed, device, True, 1)
+    ppo = build_ppo(cfg, [1, 2], device)[0]
+    assert ppo.cuda_graphs and ppo.graph_capture
+    records = [ppo.run_update(lambda *a: None).records]
+    counter.fill_(3)  # after update 0 (the capture's warm-up runs counted down too): NaN at update 1's 4th replay
+    records += [ppo.run_update(lambda *a: None).records for _ in range(3)]
+    ppo.close()
+    steps = cfg.ppo.update_epochs * cfg.ppo.num_minibatches
+    member = [r[1] for r in records]
+    skipped = [b["nonfinite_grad_steps"] - a["nonfinite_grad_steps"] for a, b in zip(member, member[1:])]
+    assert skipped[0] >= 1 and math.isnan(member[1]["grad_norm"])  # update 1: the NaN step skipped
+    for r, n in zip(member[2:], skipped[1:]):  # it steps again: not every step skipped, no NaN norm, a scale left
+        assert n < steps and not math.isnan(r["grad_norm"]) and r["loss_scale"] > 0
+    assert all(not math.isnan(r[0]["grad_norm"]) for r in records)  # member 0 never saw it
