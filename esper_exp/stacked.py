@@ -136,13 +136,14 @@ class FlatParams:
         (one foreach copy), or a new one."""
         if out is None:
             out = torch.zeros_like(self.data)
+        else:  # the padding: a non-finite value left there would outlive this gather
+            out[:, self.used:].zero_()
         targets = self._grad_views if out is self.grad else self._views_of(out)
         pairs = [(t, g.reshape(pv.shape)) for t, g, pv in zip(targets, grads, self._param_views) if g is not None]
         torch._foreach_copy_([t for t, _ in pairs], [g for _, g in pairs])
         for t, g in zip(targets, grads):
             if g is None:
                 t.zero_()
-        out[:, self.used:].zero_()  # the padding: a non-finite value left there would outlive this gather
         return out
 
     def grads_of(self, output: torch.Tensor) -> torch.Tensor:
