@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from esper_exp.train import CONFIG_DIR, run
@@ -81,3 +82,22 @@ def graph_code_on_cpu(ppo):
     ppo.optimizer = MemberAdam(ppo.flat, lr=ppo.hp.learning_rate, eps=ppo.hp.adam_eps, on_device=True)
     ppo._init_static()
     return ppo
+
+
+class NaNGradAtCount(torch.autograd.Function):
+    """A [K] zero added to the loss; its backward is NaN in member k's rows of ``param`` when the device counter is 0,
+    zero otherwise, and counts down at every backward: one NaN gradient at a chosen step, also at a chosen replay of a
+    captured step (a finite loss with a NaN gradient, as fp16's backward makes one now and then: inf - inf, 0 * inf)."""
+
+    @staticmethod
+    def forward(ctx, param, counter, members, k):
+        ctx.shape, ctx.members, ctx.k, ctx.counter = param.shape, members, k, counter
+        return param.new_zeros(members)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.new_zeros(ctx.shape)
+        rows = g[ctx.k::ctx.members]
+        rows.copy_(torch.where(ctx.counter == 0, float("nan"), 0.0).expand_as(rows))
+        ctx.counter.sub_(1)
+        return g, None, None, None

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_cfg, read_jsonl, without_wall_clock
+from conftest import NaNGradAtCount, make_cfg, read_jsonl, without_wall_clock
 from esper_exp.tracking import read_run_json
 from esper_exp.train import run, run_group
 
@@ -185,24 +185,6 @@ def test_a_traced_fp16_cuda_group_trains_as_untraced_and_traces_its_skipped_step
         assert r["step_stats"]["policy_loss"] == pytest.approx(r["policy_loss"], rel=1e-3, abs=1e-5)
 
 
-class _NaNGradAtCount(torch.autograd.Function):
-    """A [K] zero added to the loss; its backward is NaN in member k's rows of ``param`` when the device counter is 0,
-    zero otherwise, and counts down at every backward: one NaN gradient at a chosen replay of a captured step."""
-
-    @staticmethod
-    def forward(ctx, param, counter, members, k):
-        ctx.shape, ctx.members, ctx.k, ctx.counter = param.shape, members, k, counter
-        return param.new_zeros(members)
-
-    @staticmethod
-    def backward(ctx, grad):
-        g = grad.new_zeros(ctx.shape)
-        rows = g[ctx.k::ctx.members]
-        rows.copy_(torch.where(ctx.counter == 0, float("nan"), 0.0).expand_as(rows))
-        ctx.counter.sub_(1)
-        return g, None, None, None
-
-
 def test_a_captured_fp16_member_skips_one_step_for_one_nan_gradient_and_then_steps_again(monkeypatch):
     """The session 22 fix on the captured graph path: one NaN gradient in member 1 (update 1's 4th replay) is skipped
     once; before the fix it stayed in the flat gradients' padding, and every later step of member 1 was skipped with
@@ -216,7 +198,7 @@ def test_a_captured_fp16_member_skips_one_step_for_one_nan_gradient_and_then_ste
 
     def loss_with_a_nan_gradient(evaluate, mb, p, numerics):
         loss, parts = real_loss(evaluate, mb, p, numerics)
-        return loss + _NaNGradAtCount.apply(next(evaluate.__self__.parameters()), counter, 2, 1), parts
+        return loss + NaNGradAtCount.apply(next(evaluate.__self__.parameters()), counter, 2, 1), parts
 
     monkeypatch.setattr(ppo_module, "ppo_loss", loss_with_a_nan_gradient)
     cfg = make_cfg(*CHEETAH, "device=cuda", "deterministic=true", "precision=fp16")

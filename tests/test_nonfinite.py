@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_CARTPOLE, graph_code_on_cpu, make_cfg, read_jsonl, without_wall_clock
+from conftest import TINY_CARTPOLE, NaNGradAtCount, graph_code_on_cpu, make_cfg, read_jsonl, without_wall_clock
 
 from esper_exp.nonfinite import Tracer, trace_backward
 from esper_exp.runtime import prepare
@@ -187,22 +187,6 @@ def test_the_trace_and_the_drift_probe_are_not_combined(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "run.json").exists() and not (tmp_path / "trace.jsonl").exists()
 
 
-class _NaNGradOfMember(torch.autograd.Function):
-    """A [K] zero added to the loss whose backward is NaN in one member's rows of a parameter (rows k, K + k, ...):
-    a finite loss with a NaN gradient, as fp16's backward makes one now and then (inf - inf, 0 * inf)."""
-
-    @staticmethod
-    def forward(ctx, param, members, k):
-        ctx.shape, ctx.members, ctx.k = param.shape, members, k
-        return param.new_zeros(members)
-
-    @staticmethod
-    def backward(ctx, grad):
-        g = grad.new_zeros(ctx.shape)
-        g[ctx.k::ctx.members] = float("nan")
-        return g, None, None
-
-
 @pytest.mark.parametrize("graphed", [False, True], ids=["host", "graph-code"])
 def test_an_fp16_member_skips_one_step_for_one_nan_gradient_and_then_steps_again(graphed, monkeypatch):
     """One NaN gradient in member 1 (update 1, its 3rd minibatch step): member 1 skips that step and steps again
@@ -220,7 +204,7 @@ def test_an_fp16_member_skips_one_step_for_one_nan_gradient_and_then_steps_again
             calls[0] += 1
             if inject and calls[0] == steps_per_update + 3:
                 param = next(evaluate.__self__.parameters())
-                loss = loss + _NaNGradOfMember.apply(param, 2, 1)
+                loss = loss + NaNGradAtCount.apply(param, torch.zeros((), dtype=torch.long), 2, 1)
             return loss, parts
 
         monkeypatch.setattr(ppo_module, "ppo_loss", loss_with_a_nan_gradient)
